@@ -1,0 +1,1 @@
+"""capacitor_decoder: not implemented yet."""

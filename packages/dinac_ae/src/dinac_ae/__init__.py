@@ -1,0 +1,1 @@
+"""dinac_ae: not implemented yet."""

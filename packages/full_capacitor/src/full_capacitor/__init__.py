@@ -1,0 +1,1 @@
+"""full_capacitor: not implemented yet."""

@@ -1,0 +1,1 @@
+"""m_diffae: not implemented yet."""

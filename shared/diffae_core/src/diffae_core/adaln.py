@@ -1,0 +1,46 @@
+"""AdaLN-Zero modulation: one shared base projection plus low-rank per-block deltas (spec §4)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class AdaLNScaleGateZeroProjector(nn.Module):
+    """proj(SiLU(cond)): [N, d_cond] -> [N, num_chunks * d_model], zero-initialised."""
+
+    def __init__(self, d_model: int, d_cond: int, num_chunks: int = 2) -> None:
+        super().__init__()
+        self.act = nn.SiLU()
+        self.proj = nn.Linear(d_cond, num_chunks * d_model)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, cond: Tensor) -> Tensor:
+        return self.proj(self.act(cond))
+
+    def forward_activated(self, activated_cond: Tensor) -> Tensor:
+        """The projection of an input that already went through SiLU."""
+        return self.proj(activated_cond)
+
+
+class AdaLNScaleGateZeroLowRankDelta(nn.Module):
+    """up(down(a)) without biases: a per-block low-rank correction of the shared projection."""
+
+    def __init__(self, d_model: int, d_cond: int, rank: int, num_chunks: int = 2) -> None:
+        super().__init__()
+        self.down = nn.Linear(d_cond, rank, bias=False)
+        self.up = nn.Linear(rank, num_chunks * d_model, bias=False)
+        nn.init.normal_(self.down.weight, std=0.02)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, activated_cond: Tensor) -> Tensor:
+        return self.up(self.down(activated_cond))
+
+
+def shared_modulation(
+    base: AdaLNScaleGateZeroProjector, cond: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(a, base(a)) with a = SiLU(cond): computed once, shared by every block's delta."""
+    activated = F.silu(cond)
+    return activated, base.forward_activated(activated)

@@ -1,0 +1,166 @@
+"""The whitened-latent VP autoencoder API shared by fcdm_diffae, dinac_ae and full_capacitor.
+
+encode: images -> encoder posterior mode -> whitened latents. decode: whitened latents ->
+dewhiten -> FCDM diffusion decoder sampled from noise -> images. A family supplies the encoder
+(through `_raw_posterior`) and its config; everything else lives here once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .fcdm_decoder import FCDMDecoder
+from .inference import VPInferenceConfig
+from .posterior import EncoderPosterior
+from .precision import compute_dtype
+from .pretrained import PretrainedModel
+from .samplers import sample_images
+from .validation import check_images, check_latents
+from .vp import get_schedule
+from .whitening import dewhiten, whiten
+
+
+def build_fcdm_decoder(config: Any) -> FCDMDecoder:
+    """The FCDM decoder described by a family config's published fields."""
+    return FCDMDecoder(
+        in_channels=config.in_channels,
+        patch_size=config.patch_size,
+        model_dim=config.model_dim,
+        depth=config.decoder_depth,
+        start_block_count=config.decoder_start_blocks,
+        end_block_count=config.decoder_end_blocks,
+        bottleneck_dim=config.bottleneck_dim,
+        mlp_ratio=config.mlp_ratio,
+        depthwise_kernel_size=config.depthwise_kernel_size,
+        adaln_low_rank_rank=config.adaln_low_rank_rank,
+    )
+
+
+class WhitenedVPAutoencoder(PretrainedModel):
+    """Encoder + FCDM decoder + per-channel latent whitening with stored running statistics.
+
+    The config must provide `in_channels`, `latent_channels`, `effective_patch_size`,
+    `logsnr_min`, `logsnr_max`, `pixel_noise_std` and `whitening_eps`, plus the decoder fields
+    read by `build_fcdm_decoder`. Subclasses set `self.encoder` and implement `_raw_posterior`.
+    """
+
+    inference_config_class: ClassVar[type[VPInferenceConfig]] = VPInferenceConfig
+    decoder: FCDMDecoder
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.register_buffer("latent_norm_running_mean", torch.zeros(config.latent_channels))
+        self.register_buffer("latent_norm_running_var", torch.ones(config.latent_channels))
+
+    # -- family hooks ------------------------------------------------------------------------
+    def _raw_posterior(self, images: Tensor) -> EncoderPosterior:
+        """images (checked, in the compute dtype) -> raw posterior in the latent layout."""
+        raise NotImplementedError
+
+    def _decoder_latents(self, latents: Tensor) -> Tensor:
+        """Dewhitened latents -> the decoder's latent input (identity unless the layout differs)."""
+        return latents
+
+    # -- latent maths ------------------------------------------------------------------------
+    def whiten(self, latents: Tensor) -> Tensor:
+        """Raw latents [N, C, h, w] -> whitened, float32 (per-channel running statistics)."""
+        return whiten(
+            latents,
+            self.latent_norm_running_mean,
+            self.latent_norm_running_var,
+            self.config.whitening_eps,
+        )
+
+    def dewhiten(self, latents: Tensor) -> Tensor:
+        """Whitened latents [N, C, h, w] -> raw, float32; the inverse of `whiten`."""
+        return dewhiten(
+            latents,
+            self.latent_norm_running_mean,
+            self.latent_norm_running_var,
+            self.config.whitening_eps,
+        )
+
+    # -- public API --------------------------------------------------------------------------
+    def encode_posterior(self, images: Tensor) -> EncoderPosterior:
+        """images [N, 3, H, W] in [-1, 1] -> raw posterior (mean, logsnr) [N, C, h, w].
+
+        H and W must be multiples of `config.effective_patch_size`; the images are moved to the
+        model's device and weight dtype. mean/logsnr come out in that dtype, unwhitened.
+        """
+        images = check_images(images, self.config.in_channels, self.config.effective_patch_size)
+        parameter = self.latent_norm_running_mean
+        images = images.to(device=parameter.device, dtype=compute_dtype(self))
+        return self._raw_posterior(images)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, C, H/p, W/p].
+
+        The posterior mode alpha * mean, whitened in float32 and returned in the model's weight
+        dtype (p = `config.effective_patch_size`, C = `config.latent_channels`).
+        """
+        posterior = self.encode_posterior(images)
+        return self.whiten(posterior.mode()).to(posterior.mean.dtype)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        latents: Tensor,
+        height: int,
+        width: int,
+        *,
+        inference_config: VPInferenceConfig | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Whitened latents [N, C, h, w] -> images [N, 3, height, width], float32, ~[-1, 1].
+
+        Not clamped. Runs on `latents.device`. `inference_config` defaults to one DDIM step
+        without PDG. `noise` ([N, 3, height, width], std `config.pixel_noise_std`) replaces the
+        seeded draw, e.g. under torch.compile.
+        """
+        config = self.config
+        cfg = self.inference_config_class() if inference_config is None else inference_config
+        cfg.validate()
+        check_latents(latents, config.latent_channels, height, width, config.effective_patch_size)
+        decoder_latents = self._decoder_latents(self.dewhiten(latents))
+        return self._sample(decoder_latents, height, width, cfg, noise)
+
+    def reconstruct(
+        self, images: Tensor, *, inference_config: VPInferenceConfig | None = None
+    ) -> Tensor:
+        """encode then decode: images [N, 3, H, W] in [-1, 1] -> float32 images, same size."""
+        height, width = int(images.shape[-2]), int(images.shape[-1])
+        return self.decode(
+            self.encode(images), height, width, inference_config=inference_config
+        )
+
+    # -- sampling ----------------------------------------------------------------------------
+    def _sample(
+        self,
+        decoder_latents: Tensor,
+        height: int,
+        width: int,
+        cfg: VPInferenceConfig,
+        noise: Tensor | None,
+    ) -> Tensor:
+        dtype = compute_dtype(self)
+        latents_in = decoder_latents.to(dtype)
+
+        def predict(x_t: Tensor, t: Tensor, *, weak: bool) -> Tensor:
+            return self.decoder(x_t.to(dtype), t, latents_in, drop_middle_blocks=weak)
+
+        return sample_images(
+            predict,
+            (decoder_latents.shape[0], self.config.in_channels, height, width),
+            device=decoder_latents.device,
+            sampler=cfg.sampler,
+            times=get_schedule(cfg.schedule, cfg.num_steps),
+            guidance_strength=cfg.guidance_strength,
+            logsnr_min=self.config.logsnr_min,
+            logsnr_max=self.config.logsnr_max,
+            noise_std=self.config.pixel_noise_std,
+            seed=cfg.seed,
+            noise=noise,
+        )

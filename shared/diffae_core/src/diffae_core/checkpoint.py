@@ -1,0 +1,155 @@
+"""Reading, checking and strictly loading `model.safetensors` files.
+
+`read_header` lists a file's tensors (name, dtype, shape) from its JSON header without reading
+any weights; `diff_state` compares such a listing with a model built on the `meta` device. The
+same comparison guards `load_checkpoint`, so a mismatch is reported once, with every key named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+MAX_LISTED = 10
+"""How many keys of each kind a mismatch report names."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a checkpoint says of one tensor."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:
+    """Tensor names, dtypes and shapes of a `.safetensors` file, reading only its header."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) != 8:
+            raise ValueError(f"{path}: too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > 100_000_000:
+            raise ValueError(f"{path}: header length {length} is not plausible for safetensors")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: unreadable safetensors header ({error})") from error
+    header.pop("__metadata__", None)
+    return {
+        name: TensorInfo(SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"]))
+        for name, entry in header.items()
+    }
+
+
+def state_info(state: Mapping[str, Tensor]) -> dict[str, TensorInfo]:
+    """The (dtype, shape) listing of a state dict, e.g. of a model on `meta`."""
+    return {name: TensorInfo(t.dtype, tuple(t.shape)) for name, t in state.items()}
+
+
+@dataclass(frozen=True)
+class StateDiff:
+    """How a checkpoint's tensors differ from what a model expects."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=list
+    )
+    dtype_differences: list[tuple[str, torch.dtype, torch.dtype]] = field(default_factory=list)
+
+    @property
+    def loadable(self) -> bool:
+        """True when strict loading succeeds (dtypes may differ: they are cast by policy)."""
+        return not (self.missing or self.unexpected or self.shape_mismatches)
+
+    def report(self, limit: int = MAX_LISTED) -> str:
+        """Counts of each kind of difference and the first `limit` keys of each, sorted."""
+
+        def section(title: str, rows: list[str]) -> list[str]:
+            if not rows:
+                return []
+            more = f" (first {limit})" if len(rows) > limit else ""
+            return [f"{len(rows)} {title}{more}:"] + [f"  {row}" for row in rows[:limit]]
+
+        lines = section("missing keys", self.missing)
+        lines += section("unexpected keys", self.unexpected)
+        lines += section(
+            "shape mismatches (checkpoint vs model)",
+            [f"{k}: {tuple(a)} vs {tuple(b)}" for k, a, b in self.shape_mismatches],
+        )
+        lines += section(
+            "dtype differences (checkpoint vs model)",
+            [f"{k}: {a} vs {b}" for k, a, b in self.dtype_differences],
+        )
+        return "\n".join(lines) if lines else "checkpoint matches the model"
+
+
+def diff_state(
+    checkpoint: Mapping[str, TensorInfo], expected: Mapping[str, TensorInfo]
+) -> StateDiff:
+    """Compare a checkpoint listing with a model's (see `state_info`)."""
+    shared = sorted(set(checkpoint) & set(expected))
+    return StateDiff(
+        missing=sorted(set(expected) - set(checkpoint)),
+        unexpected=sorted(set(checkpoint) - set(expected)),
+        shape_mismatches=[
+            (k, checkpoint[k].shape, expected[k].shape)
+            for k in shared
+            if checkpoint[k].shape != expected[k].shape
+        ],
+        dtype_differences=[
+            (k, checkpoint[k].dtype, expected[k].dtype)
+            for k in shared
+            if checkpoint[k].dtype != expected[k].dtype
+        ],
+    )
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys or shapes do not match the model it is loaded into."""
+
+    def __init__(self, source: str, diff: StateDiff) -> None:
+        self.diff = diff
+        super().__init__(f"{source} does not match the model:\n{diff.report()}")
+
+
+def load_state_strict(
+    model: nn.Module, state: Mapping[str, Tensor], *, source: str = "checkpoint"
+) -> None:
+    """`load_state_dict(strict=True, assign=True)` after one check that names every problem.
+
+    `assign=True` adopts the checkpoint's tensors (and dtypes) in place of a `meta` model's.
+    """
+    diff = diff_state(state_info(state), state_info(model.state_dict()))
+    if not diff.loadable:
+        raise CheckpointMismatchError(source, diff)
+    model.load_state_dict(state, strict=True, assign=True)

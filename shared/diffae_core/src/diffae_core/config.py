@@ -1,0 +1,91 @@
+"""Published `config.json` <-> frozen dataclass, strictly: unknown or missing keys are errors.
+
+A field whose default is `None` is optional: some releases of a family omit it from their file
+(e.g. semdisdiffae p16 has no `latent_running_stats_eps`). Such a field is written back only when
+it is set, so a config saves to exactly the keys of the release it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from .io import atomic_write_text
+
+ConfigT = TypeVar("ConfigT", bound="JsonConfig")
+
+
+class ConfigError(ValueError):
+    """A config file or dict does not match the config class."""
+
+
+class JsonConfig:
+    """Mixin for frozen dataclass configs whose fields are a published JSON file's keys."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], data: dict[str, Any], *, source: str = "config") -> ConfigT:
+        """Build from a JSON object; names every unknown and missing key in one error."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(fields))
+        required = [name for name, f in fields.items() if f.default is not None]
+        missing = [name for name in required if name not in data]
+        if unknown or missing:
+            problems = []
+            if unknown:
+                problems.append(f"unknown keys {unknown}")
+            if missing:
+                problems.append(f"missing keys {missing}")
+            raise ConfigError(
+                f"{source}: not a {cls.__name__}: {' and '.join(problems)}; "
+                f"expected the keys {list(fields)}"
+            )
+        return cls(**data)
+
+    @classmethod
+    def load(cls: type[ConfigT], path: str | os.PathLike[str]) -> ConfigT:
+        """Read a published `config.json`."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not valid JSON ({error})") from error
+        return cls.from_dict(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fields in declaration order; optional fields only when set."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if not (f.default is None and getattr(self, f.name) is None)
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write `config.json` as the published files are: indent 2, trailing newline."""
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def preset(cls: type[ConfigT], name: str) -> ConfigT:
+        """The config of a published checkpoint, by its Hugging Face repo name."""
+        if name not in cls.PRESETS:
+            raise KeyError(f"preset: expected one of {sorted(cls.PRESETS)}, got {name!r}")
+        return cls(**cls.PRESETS[name])
+
+
+def check_choice(field: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise ValueError naming `field` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{field}: expected one of {choices}, got {value!r}")
+
+
+def check_positive(field: str, value: Any, kind: type = int) -> None:
+    """Raise ValueError naming `field` unless `value` is a positive `kind` (bools refused)."""
+    kinds = (int, float) if kind is float else (kind,)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        raise ValueError(f"{field}: expected a positive {kind.__name__}, got {value!r}")

@@ -1,0 +1,52 @@
+"""The families installed beside the core, found through the `diffae.families` entry points.
+
+Each model package declares `[project.entry-points."diffae.families"] <name> = "<pkg>.family:FAMILY"`.
+Tools that serve every family (command line, bundles, benchmarks) use `installed_families()`
+and never import a family by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+ENTRY_POINT_GROUP = "diffae.families"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a tool needs to know of one model family."""
+
+    name: str
+    model_class: type
+    config_class: type
+    inference_config_class: type
+    repo_ids: tuple[str, ...]
+    """Published Hugging Face repos, e.g. 'data-archetype/semdisdiffae_p32_v2'."""
+    tiny_config: Any = None
+    """A small config with the family's structure, for tests and smoke runs."""
+
+    def presets(self) -> list[str]:
+        """Names of the published configs (`config_class.preset(name)`)."""
+        return sorted(getattr(self.config_class, "PRESETS", {}))
+
+
+def installed_families() -> dict[str, Family]:
+    """Every family whose package is installed, by name; a broken package is an error."""
+    families: dict[str, Family] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            family = entry.load()
+        except Exception as error:
+            raise ImportError(
+                f"the diffae family entry point {entry.name!r} ({entry.value}) failed to load: "
+                f"{error}"
+            ) from error
+        if not isinstance(family, Family):
+            raise TypeError(
+                f"entry point {entry.name!r}: expected a diffae_core.Family, got "
+                f"{type(family).__name__}"
+            )
+        families[family.name] = family
+    return dict(sorted(families.items()))

@@ -1,0 +1,76 @@
+"""The FCDM encoder of SemDisDiffAE and full_capacitor (fcdm_diffae spec §5)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .fcdm_block import FCDMBlock
+from .norms import ChannelWiseRMSNorm
+from .patchify import Patchify
+from .posterior import EncoderPosterior, split_posterior
+
+POSTERIOR_KINDS = ("diagonal_gaussian", "deterministic")
+
+
+class FCDMEncoder(nn.Module):
+    """images [N, 3, H, W] in [-1, 1] -> raw posterior, mean/logsnr [N, B, H/P, W/P].
+
+    patchify -> unconditioned FCDM blocks (layer-scale residuals) -> 1x1 `to_bottleneck`.
+    `normalize_mean` chooses whether `norm_out` (an affine-free channel RMSNorm, no state-dict
+    keys either way) is applied to the posterior mean or is an identity: the published files
+    cannot tell, so each family decides it in one documented place.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        patch_size: int = 16,
+        model_dim: int = 896,
+        depth: int = 4,
+        bottleneck_dim: int = 128,
+        mlp_ratio: float = 4.0,
+        depthwise_kernel_size: int = 7,
+        posterior_kind: str = "diagonal_gaussian",
+        normalize_mean: bool = True,
+    ) -> None:
+        super().__init__()
+        if posterior_kind not in POSTERIOR_KINDS:
+            raise ValueError(
+                f"posterior_kind: expected one of {POSTERIOR_KINDS}, got {posterior_kind!r}"
+            )
+        self.posterior_kind = posterior_kind
+        self.patchify = Patchify(in_channels, model_dim, patch_size)
+        self.blocks = nn.ModuleList(
+            FCDMBlock(model_dim, mlp_ratio, depthwise_kernel_size=depthwise_kernel_size)
+            for _ in range(depth)
+        )
+        projection_channels = 2 * bottleneck_dim
+        if posterior_kind == "deterministic":
+            projection_channels = bottleneck_dim
+        self.to_bottleneck = nn.Conv2d(model_dim, projection_channels, 1)
+        self.norm_out: nn.Module = (
+            ChannelWiseRMSNorm(bottleneck_dim, eps=1e-6, affine=False)
+            if normalize_mean
+            else nn.Identity()
+        )
+
+    def features(self, images: Tensor) -> Tensor:
+        """images [N, 3, H, W] -> bottleneck projection [N, 2B (or B), H/P, W/P]."""
+        x = self.patchify(images)
+        for block in self.blocks:
+            x = block(x)
+        return self.to_bottleneck(x)
+
+    def posterior(self, images: Tensor) -> EncoderPosterior:
+        """The raw posterior; a deterministic encoder has logsnr = +inf (alpha = 1, sigma = 0)."""
+        projection = self.features(images)
+        if self.posterior_kind == "deterministic":
+            latents = self.norm_out(projection)
+            return EncoderPosterior(mean=latents, logsnr=latents.new_full(latents.shape, 1e4))
+        posterior = split_posterior(projection)
+        return EncoderPosterior(mean=self.norm_out(posterior.mean), logsnr=posterior.logsnr)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images -> posterior mode alpha * mean, in the model dtype."""
+        return self.posterior(images).mode()

@@ -1,0 +1,62 @@
+"""Normalisations of the FCDM family: channel-wise RMSNorm and GRN (diffae_core spec §1-2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def channel_rms_norm(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """Divide each pixel's channel vector [N, C, ...] by its RMS; statistics in float32.
+
+    The mean of squares is accumulated in float32 but the final multiply runs in x's dtype: the
+    published models switched to this form "to match training code" (2026-04-10).
+    """
+    mean_square = x.square().mean(dim=1, keepdim=True, dtype=torch.float32)
+    inv_rms = torch.rsqrt(mean_square + eps)
+    return x * inv_rms.to(x.dtype)
+
+
+class ChannelWiseRMSNorm(nn.Module):
+    """RMSNorm over dim 1 of [N, C, ...] tensors, with an optional per-channel affine."""
+
+    def __init__(self, channels: int, eps: float = 1e-6, affine: bool = True) -> None:
+        super().__init__()
+        self.channels = channels
+        self.eps = eps
+        if affine:
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim < 2:
+            return x
+        y = channel_rms_norm(x, self.eps)
+        if self.weight is not None:
+            view = (1, self.channels) + (1,) * (x.ndim - 2)
+            y = y * self.weight.view(view).to(x.dtype) + self.bias.view(view).to(x.dtype)
+        return y
+
+
+def global_response_norm(x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-6) -> Tensor:
+    """ConvNeXt-V2 GRN on [N, C, h, w]: gamma * (x * n) + beta + x, channel mean in float32."""
+    spatial_l2 = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True).float()
+    relative = spatial_l2 / (spatial_l2.mean(dim=1, keepdim=True) + eps)
+    relative = relative.to(x.dtype)
+    return gamma.to(x.dtype) * (x * relative) + beta.to(x.dtype) + x
+
+
+class GRN(nn.Module):
+    """Global response normalisation with zero-initialised gamma/beta [1, C, 1, 1] (identity)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return global_response_norm(x, self.gamma, self.beta, self.eps)

@@ -1,0 +1,156 @@
+"""`from_pretrained` / `save_pretrained` for every family: one loading convention (spec §15).
+
+Build on the `meta` device (no memory, no init), load `model.safetensors` straight to the target
+device with strict key matching and `assign=True`, then apply the dtype policy explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .checkpoint import StateDiff, diff_state, load_state_strict, read_header, state_info
+from .config import JsonConfig
+from .hub import resolve_model_dir
+from .io import atomic_write
+from .precision import Float32BuffersModule, check_dtype
+from .validation import check_device
+
+ModelT = TypeVar("ModelT", bound="PretrainedModel")
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class PretrainedModel(Float32BuffersModule):
+    """Base of every family's model: `Model(config)` plus loading, saving and inspection.
+
+    Subclasses set `config_class` and may override `canonical_checkpoint_keys` (to accept other
+    published spellings of a key) and `checkpoint_state` (to write the published spelling).
+    """
+
+    config_class: ClassVar[type[JsonConfig]]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"config: expected a {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+
+    # -- hooks -------------------------------------------------------------------------------
+    @classmethod
+    def canonical_checkpoint_keys(cls, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Map a checkpoint's key spellings to this model's (identity unless overridden)."""
+        return dict(state)
+
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        """The tensors `save_pretrained` writes, under the published key names."""
+        return self.state_dict()
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_config_on_meta(cls: type[ModelT], config: Any) -> ModelT:
+        """The model with every tensor on `meta`: shapes and key names, no memory."""
+        with torch.device("meta"):
+            return cls(config)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[ModelT],
+        path_or_repo_id: str | os.PathLike[str],
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+    ) -> ModelT:
+        """Load a published checkpoint from a local directory or a Hugging Face repo id.
+
+        device: where the weights go (loaded there directly). dtype: None keeps the stored
+        dtype (float32 for every published file); torch.bfloat16 casts the weights while
+        float32 buffers stay float32. The Hub keywords go to `huggingface_hub.snapshot_download`.
+        Returns the model in eval mode.
+        """
+        dtype = check_dtype(dtype)
+        device = check_device(device)
+        folder = resolve_model_dir(
+            path_or_repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            force_download=force_download,
+        )
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"path_or_repo_id: {folder} has no {name}")
+        config = cls.config_class.load(folder / CONFIG_NAME)
+        return cls.from_weights(config, folder / WEIGHTS_NAME, device=device, dtype=dtype)
+
+    @classmethod
+    def from_weights(
+        cls: type[ModelT],
+        config: Any,
+        weights_path: str | os.PathLike[str],
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> ModelT:
+        """Build `cls(config)` on meta and load a `.safetensors` file into it strictly."""
+        dtype = check_dtype(dtype)
+        device = check_device(device)
+        model = cls.from_config_on_meta(config)
+        state = cls.canonical_checkpoint_keys(load_file(os.fspath(weights_path), device=str(device)))
+        load_state_strict(model, state, source=os.fspath(weights_path))
+        if dtype is not None:
+            model.to(dtype=dtype)
+        left_on_meta = [name for name, t in model.state_dict().items() if t.is_meta]
+        assert not left_on_meta, f"tensors not materialised by the checkpoint: {left_on_meta}"
+        return model.eval()
+
+    # -- saving and inspection ---------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write `config.json` and `model.safetensors` in the published layout.
+
+        Each file is written to a temporary name and renamed, so an interrupted save leaves no
+        half-written file.
+        """
+        directory = Path(directory)
+        state = {
+            name: tensor.detach().to("cpu").contiguous()
+            for name, tensor in self.checkpoint_state().items()
+        }
+        atomic_write(
+            directory / WEIGHTS_NAME,
+            lambda tmp: save_file(state, os.fspath(tmp), metadata={"format": "pt"}),
+        )
+        self.config.save(directory / CONFIG_NAME)
+
+    @classmethod
+    def inspect_checkpoint(
+        cls, weights_path: str | os.PathLike[str], config: Any = None
+    ) -> StateDiff:
+        """Compare a `model.safetensors` header with this model built on `meta`.
+
+        Reads no weights. `config` defaults to the `config.json` next to the file.
+        """
+        weights_path = Path(weights_path)
+        if config is None:
+            config = cls.config_class.load(weights_path.parent / CONFIG_NAME)
+        expected = state_info(cls.from_config_on_meta(config).state_dict())
+        found = cls.canonical_checkpoint_keys(read_header(weights_path))
+        return diff_state(found, expected)
+
+    def num_parameters(self) -> int:
+        """Learnable values, each shared tensor once (the cards' count); buffers excluded."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,47 @@
+"""Sinusoidal timestep embedding followed by a two-layer MLP (diffae_core spec §5)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoidal_frequencies(freq_dim: int = 256, max_period: float = 10000.0) -> Tensor:
+    """freqs[i] = max_period ** (-i / (half - 1)), i < half = freq_dim // 2; float32 [half]."""
+    half = freq_dim // 2
+    index = torch.arange(half, dtype=torch.float32)
+    return torch.exp(-math.log(max_period) * index / max(half - 1, 1))
+
+
+def sinusoidal_embedding(t: Tensor, freqs: Tensor, time_scale: float = 1000.0) -> Tensor:
+    """t [N] in [0, 1] -> concat(sin, cos) of (time_scale * t) * freqs, float32 [N, 2 * half]."""
+    angles = (time_scale * t.float())[:, None] * freqs.float()[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class SinusoidalTimeEmbeddingMLP(nn.Module):
+    """t [N] in [0, 1] -> conditioning vector [N, dim] in the weights' dtype."""
+
+    def __init__(
+        self,
+        dim: int,
+        freq_dim: int = 256,
+        hidden_mult: float = 1.0,
+        time_scale: float = 1000.0,
+        max_period: float = 10000.0,
+    ) -> None:
+        super().__init__()
+        hidden = int(dim * hidden_mult)
+        self.time_scale = time_scale
+        # Persistent: the published checkpoints store it (float32, key `...time_embed.freqs`).
+        self.register_buffer("freqs", sinusoidal_frequencies(freq_dim, max_period))
+        self.proj_in = nn.Linear(freq_dim, hidden)
+        self.act = nn.SiLU()
+        self.proj_out = nn.Linear(hidden, dim)
+
+    def forward(self, t: Tensor) -> Tensor:
+        embedding = sinusoidal_embedding(t, self.freqs, self.time_scale)
+        hidden = self.act(self.proj_in(embedding.to(self.proj_in.weight.dtype)))
+        return self.proj_out(hidden.to(self.proj_out.weight.dtype))
