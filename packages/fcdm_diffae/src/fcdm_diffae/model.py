@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from diffae_core.autoencoder import WhitenedVPAutoencoder, build_fcdm_decoder
 from diffae_core.fcdm_encoder import FCDMEncoder
 from diffae_core.patchify import channels_to_space, space_to_channels
 from diffae_core.posterior import EncoderPosterior
-from torch import Tensor
 
 from .config import FCDMDiffAEConfig, FCDMDiffAEInferenceConfig
 

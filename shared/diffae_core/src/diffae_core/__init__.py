@@ -5,7 +5,7 @@ samplers with path-drop guidance, latent whitening, the encoder posterior, loadi
 the dtype policy. Images are [N, 3, H, W] RGB in [-1, 1]; latents are [N, C, h, w].
 """
 
-from .autoencoder import WhitenedVPAutoencoder, build_fcdm_decoder
+from .autoencoder import WhitenedVPAutoencoder, WhitenedVPDecoder, build_fcdm_decoder
 from .checkpoint import (
     CheckpointMismatchError,
     StateDiff,
@@ -25,7 +25,7 @@ from .inference import VPInferenceConfig
 from .norms import GRN, ChannelWiseRMSNorm
 from .posterior import EncoderPosterior
 from .pretrained import PretrainedModel
-from .samplers import sample_dpmpp_2m, sample_ddim
+from .samplers import sample_ddim, sample_dpmpp_2m
 from .time_embed import SinusoidalTimeEmbeddingMLP
 from .vp import alpha_sigma, cosine_interpolated_logsnr, get_schedule
 from .whitening import dewhiten, whiten
@@ -48,6 +48,7 @@ __all__ = [
     "TensorInfo",
     "VPInferenceConfig",
     "WhitenedVPAutoencoder",
+    "WhitenedVPDecoder",
     "alpha_sigma",
     "build_fcdm_decoder",
     "cosine_interpolated_logsnr",

@@ -38,9 +38,7 @@ class AdaLNScaleGateZeroLowRankDelta(nn.Module):
         return self.up(self.down(activated_cond))
 
 
-def shared_modulation(
-    base: AdaLNScaleGateZeroProjector, cond: Tensor
-) -> tuple[Tensor, Tensor]:
+def shared_modulation(base: AdaLNScaleGateZeroProjector, cond: Tensor) -> tuple[Tensor, Tensor]:
     """(a, base(a)) with a = SiLU(cond): computed once, shared by every block's delta."""
     activated = F.silu(cond)
     return activated, base.forward_activated(activated)

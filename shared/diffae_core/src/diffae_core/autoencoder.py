@@ -1,5 +1,7 @@
 """The whitened-latent VP autoencoder API shared by fcdm_diffae, dinac_ae and full_capacitor.
 
+`WhitenedVPDecoder` is its decoder half alone (capacitor_decoder).
+
 encode: images -> encoder posterior mode -> whitened latents. decode: whitened latents ->
 dewhiten -> FCDM diffusion decoder sampled from noise -> images. A family supplies the encoder
 (through `_raw_posterior`) and its config; everything else lives here once.
@@ -19,7 +21,6 @@ from .precision import compute_dtype
 from .pretrained import PretrainedModel
 from .samplers import sample_images
 from .validation import check_images, check_latents
-from .vp import get_schedule
 from .whitening import dewhiten, whiten
 
 
@@ -39,12 +40,13 @@ def build_fcdm_decoder(config: Any) -> FCDMDecoder:
     )
 
 
-class WhitenedVPAutoencoder(PretrainedModel):
-    """Encoder + FCDM decoder + per-channel latent whitening with stored running statistics.
+class WhitenedVPDecoder(PretrainedModel):
+    """FCDM decoder + per-channel latent whitening with stored running statistics.
 
-    The config must provide `in_channels`, `latent_channels`, `effective_patch_size`,
-    `logsnr_min`, `logsnr_max`, `pixel_noise_std` and `whitening_eps`, plus the decoder fields
-    read by `build_fcdm_decoder`. Subclasses set `self.encoder` and implement `_raw_posterior`.
+    The decoder half of `WhitenedVPAutoencoder`, usable alone (capacitor_decoder). The config
+    must provide `in_channels`, `latent_channels`, `effective_patch_size`, `logsnr_min`,
+    `logsnr_max`, `pixel_noise_std` and `whitening_eps`, plus the decoder fields read by
+    `build_fcdm_decoder`. Subclasses set `self.decoder`.
     """
 
     inference_config_class: ClassVar[type[VPInferenceConfig]] = VPInferenceConfig
@@ -56,10 +58,6 @@ class WhitenedVPAutoencoder(PretrainedModel):
         self.register_buffer("latent_norm_running_var", torch.ones(config.latent_channels))
 
     # -- family hooks ------------------------------------------------------------------------
-    def _raw_posterior(self, images: Tensor) -> EncoderPosterior:
-        """images (checked, in the compute dtype) -> raw posterior in the latent layout."""
-        raise NotImplementedError
-
     def _decoder_latents(self, latents: Tensor) -> Tensor:
         """Dewhitened latents -> the decoder's latent input (identity unless the layout differs)."""
         return latents
@@ -84,26 +82,6 @@ class WhitenedVPAutoencoder(PretrainedModel):
         )
 
     # -- public API --------------------------------------------------------------------------
-    def encode_posterior(self, images: Tensor) -> EncoderPosterior:
-        """images [N, 3, H, W] in [-1, 1] -> raw posterior (mean, logsnr) [N, C, h, w].
-
-        H and W must be multiples of `config.effective_patch_size`; the images are moved to the
-        model's device and weight dtype. mean/logsnr come out in that dtype, unwhitened.
-        """
-        images = check_images(images, self.config.in_channels, self.config.effective_patch_size)
-        parameter = self.latent_norm_running_mean
-        images = images.to(device=parameter.device, dtype=compute_dtype(self))
-        return self._raw_posterior(images)
-
-    def encode(self, images: Tensor) -> Tensor:
-        """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, C, H/p, W/p].
-
-        The posterior mode alpha * mean, whitened in float32 and returned in the model's weight
-        dtype (p = `config.effective_patch_size`, C = `config.latent_channels`).
-        """
-        posterior = self.encode_posterior(images)
-        return self.whiten(posterior.mode()).to(posterior.mean.dtype)
-
     @torch.no_grad()
     def decode(
         self,
@@ -127,15 +105,6 @@ class WhitenedVPAutoencoder(PretrainedModel):
         decoder_latents = self._decoder_latents(self.dewhiten(latents))
         return self._sample(decoder_latents, height, width, cfg, noise)
 
-    def reconstruct(
-        self, images: Tensor, *, inference_config: VPInferenceConfig | None = None
-    ) -> Tensor:
-        """encode then decode: images [N, 3, H, W] in [-1, 1] -> float32 images, same size."""
-        height, width = int(images.shape[-2]), int(images.shape[-1])
-        return self.decode(
-            self.encode(images), height, width, inference_config=inference_config
-        )
-
     # -- sampling ----------------------------------------------------------------------------
     def _sample(
         self,
@@ -156,7 +125,7 @@ class WhitenedVPAutoencoder(PretrainedModel):
             (decoder_latents.shape[0], self.config.in_channels, height, width),
             device=decoder_latents.device,
             sampler=cfg.sampler,
-            times=get_schedule(cfg.schedule, cfg.num_steps),
+            times=cfg.schedule_times(),
             guidance_strength=cfg.guidance_strength,
             logsnr_min=self.config.logsnr_min,
             logsnr_max=self.config.logsnr_max,
@@ -164,3 +133,43 @@ class WhitenedVPAutoencoder(PretrainedModel):
             seed=cfg.seed,
             noise=noise,
         )
+
+
+class WhitenedVPAutoencoder(WhitenedVPDecoder):
+    """Encoder + FCDM decoder + per-channel latent whitening with stored running statistics.
+
+    Subclasses set `self.encoder` and `self.decoder` and implement `_raw_posterior`.
+    """
+
+    # -- family hooks ------------------------------------------------------------------------
+    def _raw_posterior(self, images: Tensor) -> EncoderPosterior:
+        """images (checked, in the compute dtype) -> raw posterior in the latent layout."""
+        raise NotImplementedError
+
+    # -- public API --------------------------------------------------------------------------
+    def encode_posterior(self, images: Tensor) -> EncoderPosterior:
+        """images [N, 3, H, W] in [-1, 1] -> raw posterior (mean, logsnr) [N, C, h, w].
+
+        H and W must be multiples of `config.effective_patch_size`; the images are moved to the
+        model's device and weight dtype. mean/logsnr come out in that dtype, unwhitened.
+        """
+        images = check_images(images, self.config.in_channels, self.config.effective_patch_size)
+        parameter = self.latent_norm_running_mean
+        images = images.to(device=parameter.device, dtype=compute_dtype(self))
+        return self._raw_posterior(images)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, C, H/p, W/p].
+
+        The posterior mode alpha * mean, whitened in float32 and returned in the model's weight
+        dtype (p = `config.effective_patch_size`, C = `config.latent_channels`).
+        """
+        posterior = self.encode_posterior(images)
+        return self.whiten(posterior.mode()).to(posterior.mean.dtype)
+
+    def reconstruct(
+        self, images: Tensor, *, inference_config: VPInferenceConfig | None = None
+    ) -> Tensor:
+        """encode then decode: images [N, 3, H, W] in [-1, 1] -> float32 images, same size."""
+        height, width = int(images.shape[-2]), int(images.shape[-1])
+        return self.decode(self.encode(images), height, width, inference_config=inference_config)

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,7 @@ SAFETENSORS_DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+V = TypeVar("V")
 MAX_LISTED = 10
 """How many keys of each kind a mismatch report names."""
 
@@ -153,3 +155,91 @@ def load_state_strict(
     if not diff.loadable:
         raise CheckpointMismatchError(source, diff)
     model.load_state_dict(state, strict=True, assign=True)
+
+
+# -- published spellings ------------------------------------------------------------------------
+KeyAliases = Mapping[str, "str | None"]
+"""A family's table of published key spellings: published name -> our name, None = ignore.
+
+An entry applies to the key itself and to every key below it (`name.` prefix), so
+{"patchify": "decoder.patchify"} renames `patchify.proj.weight` too."""
+
+
+def _alias_target(key: str, aliases: KeyAliases) -> tuple[str, str | None] | None:
+    """(the matching alias, key renamed by it or None when dropped); None when no alias applies."""
+    for published, ours in aliases.items():
+        if key == published or key.startswith(published + "."):
+            renamed = None if ours is None else ours + key[len(published) :]
+            return published, renamed
+    return None
+
+
+def apply_key_aliases(state: Mapping[str, V], aliases: KeyAliases) -> dict[str, V]:
+    """Rename a checkpoint's keys by an alias table (values untouched: tensors or TensorInfo).
+
+    Raises ValueError when two keys would land on one name (both spellings in one file).
+    """
+    renamed: dict[str, V] = {}
+    sources: dict[str, str] = {}
+    for key, value in state.items():
+        match = _alias_target(key, aliases)
+        target = key if match is None else match[1]
+        if target is None:
+            continue
+        if target in renamed:
+            raise ValueError(
+                f"checkpoint: keys {sources[target]!r} and {key!r} both name {target!r}"
+            )
+        renamed[target], sources[target] = value, key
+    return renamed
+
+
+def alias_renames(keys: list[str] | Mapping[str, object], aliases: KeyAliases) -> list[str]:
+    """'published -> ours' (or '-> ignored') for each key an alias table rewrites, sorted."""
+    rows = []
+    for key in sorted(keys):
+        match = _alias_target(key, aliases)
+        if match is not None:
+            rows.append(f"{key} -> {'ignored' if match[1] is None else match[1]}")
+    return rows
+
+
+@dataclass(frozen=True)
+class AliasInspection:
+    """A checkpoint header against a model, as published and after the family's alias table."""
+
+    as_published: StateDiff
+    with_aliases: StateDiff
+    renames: list[str]
+
+    @property
+    def fixed_by_aliases(self) -> bool:
+        """True when the published spelling does not load but the alias table makes it load."""
+        return not self.as_published.loadable and self.with_aliases.loadable
+
+    def report(self) -> str:
+        """What differs as published, which aliases apply, and what still differs after them."""
+        if self.as_published.loadable:
+            return "checkpoint matches the model under the published key names"
+        lines = ["as published:", self.as_published.report()]
+        if self.renames:
+            lines += [f"alias table applies to {len(self.renames)} keys:"]
+            lines += [f"  {row}" for row in self.renames[:MAX_LISTED]]
+        else:
+            lines += ["no alias in the table applies"]
+        if self.with_aliases.loadable:
+            lines += ["with the alias table: loadable"]
+        else:
+            lines += ["with the alias table, still:", self.with_aliases.report()]
+        return "\n".join(lines)
+
+
+def inspect_with_aliases(
+    checkpoint: Mapping[str, TensorInfo], expected: Mapping[str, TensorInfo], aliases: KeyAliases
+) -> AliasInspection:
+    """Compare a header listing with a model's, before and after an alias table."""
+    return AliasInspection(
+        as_published=diff_state(checkpoint, expected),
+        with_aliases=diff_state(apply_key_aliases(checkpoint, aliases), expected),
+        renames=alias_renames(list(checkpoint), aliases),
+    )

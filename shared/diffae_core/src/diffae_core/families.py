@@ -1,6 +1,7 @@
 """The families installed beside the core, found through the `diffae.families` entry points.
 
-Each model package declares `[project.entry-points."diffae.families"] <name> = "<pkg>.family:FAMILY"`.
+Each model package declares, in its pyproject.toml, `[project.entry-points."diffae.families"]`
+with `<name> = "<pkg>.family:FAMILY"`.
 Tools that serve every family (command line, bundles, benchmarks) use `installed_families()`
 and never import a family by name.
 """

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from .samplers import SAMPLER_NAMES
-from .vp import SCHEDULE_KINDS
+from .vp import SCHEDULE_KINDS, get_schedule
 
 
 @dataclass
@@ -40,10 +42,40 @@ class VPInferenceConfig:
             raise ValueError(f"pdg: expected True or False, got {self.pdg!r}")
         if isinstance(self.pdg_strength, bool) or not isinstance(self.pdg_strength, (int, float)):
             raise ValueError(f"pdg_strength: expected a number, got {self.pdg_strength!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        seed_is_int = isinstance(self.seed, int) and not isinstance(self.seed, bool)
+        if self.seed is not None and not seed_is_int:
             raise ValueError(f"seed: expected an int or None, got {self.seed!r}")
+
+    def schedule_times(self) -> Tensor:
+        """Descending times [num_steps + 1] from t = 1 to t = 0, float32 on the CPU."""
+        return get_schedule(self.schedule, self.num_steps)
 
     @property
     def guidance_strength(self) -> float | None:
         """The PDG strength when PDG is on, else None (the samplers' convention)."""
         return float(self.pdg_strength) if self.pdg else None
+
+
+@dataclass
+class StrengthVPInferenceConfig(VPInferenceConfig):
+    """`VPInferenceConfig` plus the `strength` field of the newer exports (dinac_ae, capacitor).
+
+    strength: the schedule runs from t = strength instead of t = 1, 0 < strength <= 1; 1.0 (the
+    default) leaves the schedule bitwise unchanged. It comes after `seed` (dataclass fields of a
+    subclass follow its base's), so pass it by keyword.
+    """
+
+    strength: float = 1.0
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that holds an unusable value."""
+        super().validate()
+        strength = self.strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+            raise ValueError(f"strength: expected a number in (0, 1], got {strength!r}")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength: expected a number in (0, 1], got {strength!r}")
+
+    def schedule_times(self) -> Tensor:
+        """Descending times [num_steps + 1] from t = strength to t = 0, float32 on the CPU."""
+        return super().schedule_times() * float(self.strength)

@@ -15,7 +15,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .checkpoint import StateDiff, diff_state, load_state_strict, read_header, state_info
+from .checkpoint import (
+    AliasInspection,
+    KeyAliases,
+    StateDiff,
+    apply_key_aliases,
+    diff_state,
+    inspect_with_aliases,
+    load_state_strict,
+    read_header,
+    state_info,
+)
 from .config import JsonConfig
 from .hub import resolve_model_dir
 from .io import atomic_write
@@ -30,11 +40,14 @@ WEIGHTS_NAME = "model.safetensors"
 class PretrainedModel(Float32BuffersModule):
     """Base of every family's model: `Model(config)` plus loading, saving and inspection.
 
-    Subclasses set `config_class` and may override `canonical_checkpoint_keys` (to accept other
-    published spellings of a key) and `checkpoint_state` (to write the published spelling).
+    Subclasses set `config_class` and may set `checkpoint_key_aliases` or override
+    `canonical_checkpoint_keys` (to accept other published spellings of a key) and
+    `checkpoint_state` (to write the published spelling).
     """
 
     config_class: ClassVar[type[JsonConfig]]
+    checkpoint_key_aliases: ClassVar[KeyAliases] = {}
+    """Other published spellings of our keys (see `checkpoint.KeyAliases`); none by default."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -47,8 +60,8 @@ class PretrainedModel(Float32BuffersModule):
     # -- hooks -------------------------------------------------------------------------------
     @classmethod
     def canonical_checkpoint_keys(cls, state: Mapping[str, Any]) -> dict[str, Any]:
-        """Map a checkpoint's key spellings to this model's (identity unless overridden)."""
-        return dict(state)
+        """Map a checkpoint's key spellings to this model's through `checkpoint_key_aliases`."""
+        return apply_key_aliases(state, cls.checkpoint_key_aliases)
 
     def checkpoint_state(self) -> dict[str, Tensor]:
         """The tensors `save_pretrained` writes, under the published key names."""
@@ -110,7 +123,8 @@ class PretrainedModel(Float32BuffersModule):
         dtype = check_dtype(dtype)
         device = check_device(device)
         model = cls.from_config_on_meta(config)
-        state = cls.canonical_checkpoint_keys(load_file(os.fspath(weights_path), device=str(device)))
+        state = load_file(os.fspath(weights_path), device=str(device))
+        state = cls.canonical_checkpoint_keys(state)
         load_state_strict(model, state, source=os.fspath(weights_path))
         if dtype is not None:
             model.to(dtype=dtype)
@@ -150,6 +164,21 @@ class PretrainedModel(Float32BuffersModule):
         expected = state_info(cls.from_config_on_meta(config).state_dict())
         found = cls.canonical_checkpoint_keys(read_header(weights_path))
         return diff_state(found, expected)
+
+    @classmethod
+    def inspect_checkpoint_aliases(
+        cls, weights_path: str | os.PathLike[str], config: Any = None
+    ) -> AliasInspection:
+        """Like `inspect_checkpoint`, also saying whether `checkpoint_key_aliases` fixes a mismatch.
+
+        `.report()` lists the differences under the published names, the aliases that apply, and
+        what still differs after them. Reads no weights.
+        """
+        weights_path = Path(weights_path)
+        if config is None:
+            config = cls.config_class.load(weights_path.parent / CONFIG_NAME)
+        expected = state_info(cls.from_config_on_meta(config).state_dict())
+        return inspect_with_aliases(read_header(weights_path), expected, cls.checkpoint_key_aliases)
 
     def num_parameters(self) -> int:
         """Learnable values, each shared tensor once (the cards' count); buffers excluded."""

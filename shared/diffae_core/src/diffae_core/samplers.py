@@ -119,6 +119,4 @@ def sample_images(
     elif tuple(noise.shape) != tuple(shape):
         raise ValueError(f"noise: expected shape {tuple(shape)}, got {tuple(noise.shape)}")
     denoise = with_guidance(predict, guidance_strength)
-    return run_sampler(
-        sampler, denoise, noise, times, logsnr_min=logsnr_min, logsnr_max=logsnr_max
-    )
+    return run_sampler(sampler, denoise, noise, times, logsnr_min=logsnr_min, logsnr_max=logsnr_max)
