@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from diffae_core.config import JsonConfig, check_choice, check_positive
+from diffae_core.fcdm_config import FCDMLatentLayout, check_fcdm_fields
 from diffae_core.fcdm_encoder import POSTERIOR_KINDS
 from diffae_core.inference import VPInferenceConfig
 
@@ -14,11 +15,10 @@ DEFAULT_WHITENING_EPS = 1e-4
 Open point (fcdm_diffae spec §12.5): 1e-4 as in p32_v2; it never changes a reconstruction."""
 
 BOTTLENECK_NORM_MODES = ("disabled", "channel_wise")
-BOTTLENECK_PATCHIFY_MODES = (None, "off", "patch_2x2")
 
 
 @dataclass(frozen=True)
-class FCDMDiffAEConfig(JsonConfig):
+class FCDMDiffAEConfig(FCDMLatentLayout, JsonConfig):
     """Architecture of one SemDisDiffAE checkpoint; defaults are the semdisdiffae (p16) release.
 
     `bottleneck_patchify_mode` exists only in semdisdiffae_p32 (v1) and
@@ -58,57 +58,11 @@ class FCDMDiffAEConfig(JsonConfig):
     }
 
     def __post_init__(self) -> None:
-        for name in (
-            "in_channels",
-            "patch_size",
-            "model_dim",
-            "encoder_depth",
-            "decoder_depth",
-            "bottleneck_dim",
-            "depthwise_kernel_size",
-            "adaln_low_rank_rank",
-        ):
-            check_positive(name, getattr(self, name))
-        check_positive("mlp_ratio", self.mlp_ratio, float)
-        check_positive("pixel_noise_std", self.pixel_noise_std, float)
-        if self.decoder_start_blocks < 0 or self.decoder_end_blocks < 0:
-            raise ValueError("decoder_start_blocks, decoder_end_blocks: expected >= 0")
-        if self.decoder_start_blocks + self.decoder_end_blocks > self.decoder_depth:
-            raise ValueError(
-                f"decoder_depth: expected >= decoder_start_blocks + decoder_end_blocks = "
-                f"{self.decoder_start_blocks + self.decoder_end_blocks}, got {self.decoder_depth}"
-            )
-        if self.depthwise_kernel_size % 2 == 0:
-            raise ValueError(
-                f"depthwise_kernel_size: expected an odd size, got {self.depthwise_kernel_size}"
-            )
+        check_fcdm_fields(self)
         check_choice("bottleneck_posterior_kind", self.bottleneck_posterior_kind, POSTERIOR_KINDS)
         check_choice("bottleneck_norm_mode", self.bottleneck_norm_mode, BOTTLENECK_NORM_MODES)
-        check_choice(
-            "bottleneck_patchify_mode", self.bottleneck_patchify_mode, BOTTLENECK_PATCHIFY_MODES
-        )
-        if not self.logsnr_min < self.logsnr_max:
-            raise ValueError(
-                f"logsnr_min, logsnr_max: expected min < max, got {self.logsnr_min}, "
-                f"{self.logsnr_max}"
-            )
         if self.latent_running_stats_eps is not None:
             check_positive("latent_running_stats_eps", self.latent_running_stats_eps, float)
-
-    @property
-    def patchifies_bottleneck(self) -> bool:
-        """True for semdisdiffae_p32 (v1): latents are 2x2-patchified after the encoder."""
-        return self.bottleneck_patchify_mode == "patch_2x2"
-
-    @property
-    def latent_channels(self) -> int:
-        """Channels of `encode`'s latents: 4 * bottleneck_dim when 2x2-patchified."""
-        return 4 * self.bottleneck_dim if self.patchifies_bottleneck else self.bottleneck_dim
-
-    @property
-    def effective_patch_size(self) -> int:
-        """Pixels per latent cell along each side; image sizes must be multiples of it."""
-        return 2 * self.patch_size if self.patchifies_bottleneck else self.patch_size
 
     @property
     def whitening_eps(self) -> float:

@@ -1,0 +1,21 @@
+"""The `diffae.families` entry point of this package (see diffae_core.families)."""
+
+from __future__ import annotations
+
+from diffae_core.families import Family
+
+from .config import CapacitorDecoderConfig, CapacitorDecoderInferenceConfig
+from .model import CapacitorDecoder
+
+TINY_CONFIG = CapacitorDecoderConfig(model_dim=16, decoder_depth=5, adaln_low_rank_rank=4)
+"""A structurally complete capacitor decoder (2 + 1 + 2 blocks) small enough for tests. It keeps
+the FLUX.2 contract (128 latent channels, 16 pixels per cell), so 32x32 images work."""
+
+FAMILY = Family(
+    name="capacitor_decoder",
+    model_class=CapacitorDecoder,
+    config_class=CapacitorDecoderConfig,
+    inference_config_class=CapacitorDecoderInferenceConfig,
+    repo_ids=("data-archetype/capacitor_decoder",),
+    tiny_config=TINY_CONFIG,
+)

@@ -1,0 +1,165 @@
+"""A tiny random-weight capacitor decoder: the whole public API on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from capacitor_decoder import (
+    CapacitorDecoder,
+    CapacitorDecoderInferenceConfig,
+    flux2_patchify,
+    flux2_whiten,
+)
+from capacitor_decoder.family import TINY_CONFIG
+from diffae_core.checkpoint import CheckpointMismatchError
+from diffae_core.testing import assert_close, randomize_weights, randomize_whitening
+
+FLOAT32_ROUNDING = 1e-6
+WHITENING_ROUND_TRIP = 1e-5
+"""whiten then dewhiten in float32 before the decoder: a few ulps of the latents, amplified."""
+BF16_RELATIVE = 0.05
+TINY = {"capacitor_decoder_tiny": TINY_CONFIG}
+HEIGHT, WIDTH = 32, 48
+
+
+def tiny_model(seed: int = 0) -> CapacitorDecoder:
+    return randomize_whitening(randomize_weights(CapacitorDecoder(TINY_CONFIG), seed)).eval()
+
+
+def raw_latents(n: int = 2) -> torch.Tensor:
+    """Raw patchified FLUX.2-like latents [n, 128, H/16, W/16]."""
+    generator = torch.Generator().manual_seed(3)
+    return flux2_patchify(torch.randn(n, 32, HEIGHT // 8, WIDTH // 8, generator=generator))
+
+
+@pytest.fixture(params=sorted(TINY), ids=sorted(TINY))
+def model(request: pytest.FixtureRequest) -> CapacitorDecoder:
+    return tiny_model()
+
+
+def seeded(seed: int = 0, **fields) -> CapacitorDecoderInferenceConfig:
+    return CapacitorDecoderInferenceConfig(seed=seed, **fields)
+
+
+def test_decode_shapes_and_whitening_contract(model: CapacitorDecoder) -> None:
+    raw = raw_latents()
+    stats = model.flux2_statistics()
+    whitened = flux2_whiten(raw, stats.running_mean, stats.running_var, stats.eps)
+    assert torch.equal(whitened, model.whiten(raw))
+    recon = model.decode(whitened, HEIGHT, WIDTH, inference_config=seeded())
+    assert recon.shape == (2, 3, HEIGHT, WIDTH) and recon.dtype == torch.float32
+    assert recon.isfinite().all()
+    from_raw = model.decode(
+        raw, HEIGHT, WIDTH, inference_config=seeded(), latents_are_flux2_whitened=False
+    )
+    assert_close(recon, from_raw, atol=WHITENING_ROUND_TRIP)
+    # Treating raw latents as whitened un-whitens them a second time: a different image.
+    assert not torch.allclose(model.decode(raw, HEIGHT, WIDTH, inference_config=seeded()), from_raw)
+    assert model.dewhiten(whitened.bfloat16()).dtype == torch.float32
+
+
+def test_decode_is_deterministic_for_a_seed(model: CapacitorDecoder) -> None:
+    latents = model.whiten(raw_latents())
+
+    def decode(seed):
+        return model.decode(latents, HEIGHT, WIDTH, inference_config=seeded(seed))
+
+    assert torch.equal(decode(42), decode(42))
+    assert not torch.equal(decode(42), decode(43))
+
+
+def test_pdg_strength_one_equals_no_pdg(model: CapacitorDecoder) -> None:
+    latents = model.whiten(raw_latents())
+    plain = model.decode(latents, HEIGHT, WIDTH, inference_config=seeded(1))
+    guided = model.decode(
+        latents, HEIGHT, WIDTH, inference_config=seeded(1, pdg=True, pdg_strength=1.0)
+    )
+    assert_close(guided, plain, atol=FLOAT32_ROUNDING)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_steps_samplers_and_strength(model: CapacitorDecoder, sampler: str) -> None:
+    latents = model.whiten(raw_latents(1))
+    calls = []
+    handle = model.decoder.register_forward_hook(lambda *_: calls.append(1))
+    cfg = seeded(num_steps=3, sampler=sampler, schedule="cosine", pdg=True)
+    assert model.decode(latents, HEIGHT, WIDTH, inference_config=cfg).isfinite().all()
+    handle.remove()
+    assert len(calls) == 6
+    default = model.decode(latents, HEIGHT, WIDTH, inference_config=seeded())
+    assert torch.equal(
+        default, model.decode(latents, HEIGHT, WIDTH, inference_config=seeded(strength=1.0))
+    )
+    assert not torch.equal(
+        default, model.decode(latents, HEIGHT, WIDTH, inference_config=seeded(strength=0.5))
+    )
+    with pytest.raises(ValueError, match="strength"):
+        model.decode(latents, HEIGHT, WIDTH, inference_config=seeded(strength=1.5))
+
+
+def test_bad_inputs_name_the_argument_and_contract(model: CapacitorDecoder) -> None:
+    latents = model.whiten(raw_latents(1))
+    with pytest.raises(ValueError, match="height: expected a multiple of 16"):
+        model.decode(latents, HEIGHT + 8, WIDTH)
+    with pytest.raises(ValueError, match=r"latents: expected FLUX\.2 2x2-patchified, BN-whitened"):
+        model.decode(latents, HEIGHT * 2, WIDTH)
+    unpatchified = torch.zeros(1, 32, HEIGHT // 8, WIDTH // 8)
+    with pytest.raises(ValueError, match=r"raw.*apply flux2_patchify first"):
+        model.decode(unpatchified, HEIGHT, WIDTH, latents_are_flux2_whitened=False)
+    with pytest.raises(TypeError, match="latents_are_flux2_whitened"):
+        model.decode(latents, HEIGHT, WIDTH, latents_are_flux2_whitened="no")
+    with pytest.raises(ValueError, match="num_steps"):
+        model.decode(latents, HEIGHT, WIDTH, inference_config=seeded(num_steps=0))
+
+
+def test_bf16_close_to_fp32(model: CapacitorDecoder) -> None:
+    latents = model.whiten(raw_latents())
+    reference = model.decode(latents, HEIGHT, WIDTH, inference_config=seeded())
+    stats = model.latent_norm_running_mean.clone()
+    model.to(torch.bfloat16)
+    assert model.latent_norm_running_mean.dtype == torch.float32
+    assert torch.equal(model.latent_norm_running_mean, stats)
+    recon = model.decode(latents.bfloat16(), HEIGHT, WIDTH, inference_config=seeded())
+    assert recon.dtype == torch.float32
+    error = ((recon - reference).abs().max() / reference.abs().max()).item()
+    assert error < BF16_RELATIVE
+
+
+def test_save_load_round_trip_is_bitwise(model: CapacitorDecoder, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path)
+    loaded = CapacitorDecoder.from_pretrained(tmp_path, device="cpu")
+    assert loaded.config == model.config and not loaded.training
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+    latents = model.whiten(raw_latents())
+    assert torch.equal(
+        model.decode(latents, HEIGHT, WIDTH, inference_config=seeded(5)),
+        loaded.decode(latents, HEIGHT, WIDTH, inference_config=seeded(5)),
+    )
+    bf16 = CapacitorDecoder.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert bf16.decoder.out_proj.weight.dtype == torch.bfloat16
+    assert bf16.latent_norm_running_var.dtype == torch.float32
+    assert torch.equal(bf16.latent_norm_running_var, model.latent_norm_running_var)
+
+
+@pytest.mark.parametrize("problem", ["missing", "unexpected", "misshapen"])
+def test_strict_loading_names_the_key(
+    model: CapacitorDecoder, tmp_path: Path, problem: str
+) -> None:
+    model.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    key = "decoder.fuse_skip.bias"
+    if problem == "missing":
+        del state[key]
+    elif problem == "unexpected":
+        state["decoder.extra.weight"] = torch.zeros(1)
+        key = "decoder.extra.weight"
+    else:
+        state[key] = torch.zeros(3)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointMismatchError, match=key.replace(".", r"\.")):
+        CapacitorDecoder.from_pretrained(tmp_path)

@@ -1,0 +1,28 @@
+"""The `diffae.families` entry point of this package (see diffae_core.families)."""
+
+from __future__ import annotations
+
+from diffae_core.families import Family
+
+from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
+from .model import FullCapacitor
+
+TINY_CONFIG = FullCapacitorConfig(
+    patch_size=4,
+    model_dim=16,
+    encoder_depth=2,
+    decoder_depth=5,
+    bottleneck_dim=4,
+    adaln_low_rank_rank=4,
+)
+"""A structurally complete full_capacitor (2 + 1 + 2 decoder blocks) small enough for tests;
+`dataclasses.replace(TINY_CONFIG, bottleneck_patchify_mode="patch_2x2")` is its L32 variant."""
+
+FAMILY = Family(
+    name="full_capacitor",
+    model_class=FullCapacitor,
+    config_class=FullCapacitorConfig,
+    inference_config_class=FullCapacitorInferenceConfig,
+    repo_ids=("data-archetype/full_capacitor",),
+    tiny_config=TINY_CONFIG,
+)

@@ -1,0 +1,58 @@
+"""FullCapacitor: an FCDM autoencoder distilled from the FLUX.2 latent space (spec §3)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from diffae_core.checkpoint import KeyAliases
+from diffae_core.fcdm_autoencoder import FCDMAutoencoder
+
+from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
+
+ENCODER_NORMALIZES_MEAN = False
+"""Open point (spec §5.3): whether the posterior mean passes an affine-free channel RMSNorm.
+The spec assumes the identity (`bottleneck_norm_mode="disabled"`, as dinac_ae); no state-dict
+key tells. `normalized_mean_is_possible` is the spec's check (c) on a loaded checkpoint."""
+
+ENCODE_RETURNS_FLOAT32 = True
+"""Open point (spec §3.2): `encode` returns `whiten`'s float32 result (the spec's default, as
+dinac_ae) rather than casting back to the compute dtype (as fcdm_diffae)."""
+
+CHECKPOINT_KEY_ALIASES: KeyAliases = {}
+"""Other published spellings of our keys. The spec lists none for full_capacitor (its
+whitening buffers are the author's usual `latent_norm_running_*`), so loading is strict."""
+
+
+class FullCapacitor(FCDMAutoencoder):
+    """Images [N, 3, H, W] in [-1, 1] <-> its own whitened latents [N, C, H/p, W/p].
+
+    8-block FCDM encoder + the (frozen) capacitor decoder. C and p come from the config:
+    128 and 16, or 512 and 32 with `bottleneck_patchify_mode="patch_2x2"`. The latent space is
+    self-consistent but not FLUX.2's BN normalisation (different statistics).
+    """
+
+    config_class = FullCapacitorConfig
+    inference_config_class = FullCapacitorInferenceConfig
+    checkpoint_key_aliases = CHECKPOINT_KEY_ALIASES
+    encoder_normalizes_mean = ENCODER_NORMALIZES_MEAN
+    config: FullCapacitorConfig
+
+    def encode(self, images: Tensor) -> Tensor:
+        """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, C, H/p, W/p], float32.
+
+        The posterior mode alpha * mean (in the compute dtype), whitened in float32.
+        """
+        posterior = self.encode_posterior(images)
+        latents = self.whiten(posterior.mode())
+        return latents if ENCODE_RETURNS_FLOAT32 else latents.to(posterior.mean.dtype)
+
+
+def normalized_mean_is_possible(model: FullCapacitor, tolerance: float = 1e-3) -> bool:
+    """Spec §5.3 check (c): with an RMS-normalised mean, sum_c(var_c + mean_c^2) <= C.
+
+    Each latent position then has mean square <= 1 per channel (alpha <= 1), so the stored
+    running statistics must satisfy the bound; False rules the RMSNorm out.
+    """
+    mean = model.latent_norm_running_mean.double()
+    second_moment = (model.latent_norm_running_var.double() + mean**2).sum().item()
+    return second_moment <= mean.numel() * (1.0 + tolerance)

@@ -1,0 +1,127 @@
+"""The DiCo block of mDiffAE and its parts (m_diffae spec §5.1, §5.3-§5.5).
+
+DiCo (Ai et al., arXiv:2505.11196): a conv path 1x1 -> depthwise -> SiLU -> compact channel
+attention -> 1x1, then a GELU MLP, each a gated residual branch. Shapes are [N, C, h, w].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffae_core.fcdm_block import mlp_hidden_channels
+from diffae_core.norms import ChannelWiseRMSNorm
+
+from .open_points import MODULATION_ORDERS
+
+NORM_EPS = 1e-6
+GATE_INIT = 1e-3
+"""Initial value of the encoder's residual gates (a training choice; loading overwrites it)."""
+
+
+class Float32RMSNorm(ChannelWiseRMSNorm):
+    """ChannelWiseRMSNorm computed in float32 throughout, cast back at the end.
+
+    The iRDiffAE lineage normalises and applies the affine in float32 (spec §5.1, §14.6); the
+    core norm multiplies in the input dtype. Identical in float32.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+class CompactChannelAttention(nn.Module):
+    """x * sigmoid(proj(mean over h, w of x)): one gate per sample and channel, full 1x1 proj."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = x.mean(dim=(2, 3), keepdim=True)  # [N, C, h, w] -> [N, C, 1, 1]
+        return x * torch.sigmoid(self.proj(pooled))
+
+
+class ConvMLP(nn.Module):
+    """RMSNorm (no affine) -> 1x1 conv to the hidden width -> exact GELU -> 1x1 conv back."""
+
+    def __init__(self, channels: int, hidden_channels: int, norm_eps: float = NORM_EPS) -> None:
+        super().__init__()
+        self.norm = Float32RMSNorm(channels, eps=norm_eps, affine=False)
+        self.conv_in = nn.Conv2d(channels, hidden_channels, 1)
+        self.conv_out = nn.Conv2d(hidden_channels, channels, 1)
+
+    def forward(self, x: Tensor, *, normalize: bool = True) -> Tensor:
+        """[N, C, h, w] -> [N, C, h, w]; `normalize=False` skips the internal norm."""
+        if normalize:
+            x = self.norm(x)
+        return self.conv_out(F.gelu(self.conv_in(x)))
+
+
+class DiCoBlock(nn.Module):
+    """Gated conv-path and MLP residual branches.
+
+    Encoder mode: the gates are learned per-channel vectors `gate1`, `gate2` [C], used raw.
+    External AdaLN mode (decoder): `forward` receives `adaln_m` [N, 4C] holding (s1, g1, s2, g2);
+    scales enter as (1 + s) on the branch norms, gates raw (AdaLN-Zero).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        mlp_ratio: float = 4.0,
+        *,
+        depthwise_kernel_size: int = 7,
+        use_external_adaln: bool = False,
+        norm_eps: float = NORM_EPS,
+        modulation_order: str = "s1g1s2g2",
+        mlp_renorm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.use_external_adaln = use_external_adaln
+        self.chunk_order = MODULATION_ORDERS[modulation_order]
+        self.mlp_renorm = mlp_renorm
+        self.norm1 = Float32RMSNorm(channels, eps=norm_eps, affine=False)
+        self.norm2 = Float32RMSNorm(channels, eps=norm_eps, affine=False)
+        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.conv2 = nn.Conv2d(
+            channels,
+            channels,
+            depthwise_kernel_size,
+            padding=depthwise_kernel_size // 2,
+            groups=channels,
+        )
+        self.cca = CompactChannelAttention(channels)
+        self.conv3 = nn.Conv2d(channels, channels, 1)
+        self.mlp = ConvMLP(channels, mlp_hidden_channels(channels, mlp_ratio), norm_eps)
+        if use_external_adaln:
+            self.register_parameter("gate1", None)
+            self.register_parameter("gate2", None)
+        else:
+            self.gate1 = nn.Parameter(torch.full((channels,), GATE_INIT))
+            self.gate2 = nn.Parameter(torch.full((channels,), GATE_INIT))
+
+    def _modulation(self, x: Tensor, adaln_m: Tensor | None) -> tuple[Tensor | None, ...]:
+        """(scale1, gate1, scale2, gate2), each [N or 1, C, 1, 1]; scales None in encoder mode."""
+        if not self.use_external_adaln:
+            assert adaln_m is None, "encoder-mode DiCoBlock takes no adaln_m"
+            gate1 = self.gate1.view(1, -1, 1, 1).to(x.dtype)
+            gate2 = self.gate2.view(1, -1, 1, 1).to(x.dtype)
+            return None, gate1, None, gate2
+        assert adaln_m is not None, "decoder-mode DiCoBlock needs adaln_m [N, 4C]"
+        chunks = adaln_m.to(device=x.device, dtype=x.dtype).chunk(4, dim=1)  # 4 x [N, C]
+        return tuple(chunks[i][:, :, None, None] for i in self.chunk_order)
+
+    def forward(self, x: Tensor, *, adaln_m: Tensor | None = None) -> Tensor:
+        """[N, C, h, w] -> [N, C, h, w]; `adaln_m` [N, 4C] is required in AdaLN mode only."""
+        scale1, gate1, scale2, gate2 = self._modulation(x, adaln_m)
+        h = self.norm1(x)
+        if scale1 is not None:
+            h = h * (1 + scale1)
+        h = self.conv3(self.cca(F.silu(self.conv2(self.conv1(h)))))
+        x = x + gate1 * h
+        h = self.norm2(x)
+        if scale2 is not None:
+            h = h * (1 + scale2)
+        return x + gate2 * self.mlp(h, normalize=self.mlp_renorm)

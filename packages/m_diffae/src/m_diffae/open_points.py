@@ -1,0 +1,80 @@
+"""Every choice the public mDiffAE sources leave open, in one place (m_diffae spec §8, §13).
+
+Defaults are the spec's recommendations. To evaluate an alternative (spec §13 step 3), subclass
+the model with another `OpenPoints`:
+
+    Variant = type("Variant", (MDiffAE,), {"open_points": OpenPoints(modulation_order="s1s2g1g2")})
+    model = Variant.from_pretrained(folder)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffae_core.config import check_choice
+
+MODULATION_ORDERS: dict[str, tuple[int, int, int, int]] = {
+    "s1g1s2g2": (0, 1, 2, 3),
+    "s1s2g1g2": (0, 2, 1, 3),
+    "g1s1g2s2": (1, 0, 3, 2),
+}
+"""Chunk index of (scale1, gate1, scale2, gate2) in a block's `adaln_m` [N, 4C], by packing."""
+
+MASK_PLACES = ("latent", "fused")
+MASK_DRAWS = ("uniform", "grid_2x2")
+
+
+@dataclass(frozen=True)
+class OpenPoints:
+    """Switches for the points the checkpoint or the published code has not settled.
+
+    modulation_order: how the decoder blocks split `adaln_m` into (s1, g1, s2, g2) [I].
+    mlp_renorm: the MLP path re-normalises its (modulated) input inside ConvMLP [I]; False
+        feeds the modulated `norm2` output straight to `conv_in`.
+    mask_at: PDG replaces tokens of the normalised latent features ("latent", before `fuse_in`)
+        or of the fused features ("fused") [I].
+    mask_draw: PDG mask positions: round(ratio * h * w) uniform positions per sample
+        ("uniform"), or one kept token per 2x2 group as in training ("grid_2x2") [O].
+    encoder_norm_out_affine: the encoder's output RMSNorm has weight and bias [64] (reading A of
+        spec §8: the card's 81,410,624 then counts `parameters()` exactly) [O].
+    """
+
+    modulation_order: str = "s1g1s2g2"
+    mlp_renorm: bool = True
+    mask_at: str = "latent"
+    mask_draw: str = "uniform"
+    encoder_norm_out_affine: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("modulation_order", self.modulation_order, tuple(MODULATION_ORDERS))
+        check_choice("mask_at", self.mask_at, MASK_PLACES)
+        check_choice("mask_draw", self.mask_draw, MASK_DRAWS)
+        check_choice("mlp_renorm", self.mlp_renorm, (True, False))
+        check_choice("encoder_norm_out_affine", self.encoder_norm_out_affine, (True, False))
+
+
+DEFAULT_OPEN_POINTS = OpenPoints()
+
+REPO_ID_ALIASES: dict[str, str] = {"data-archetype/mdiffae_v1": "data-archetype/mdiffae-v1"}
+"""Hub ids as the card writes them -> the id the Hub serves. The card's snippet and citation say
+`mdiffae_v1`; the repository's files were read under `mdiffae-v1` (spec §10; the sibling is
+`mdiffae-v2`). Not re-checked online here: if the Hub serves the underscore id too, both work."""
+
+MASK_SEED_OFFSET = 1_000_003
+"""PDG mask positions come from their own CPU generator seeded with `seed + MASK_SEED_OFFSET`, so
+they are reproducible with the inference seed yet not drawn from the same stream as the noise."""
+
+UNVERIFIED_KEYS: dict[str, str] = {
+    "compact channel attention": "blocks.0.cca.proj.weight",
+    "closing 1x1 conv of the conv path": "blocks.0.conv3.weight",
+    "MLP attribute": "blocks.0.mlp.conv_in.weight",
+    "encoder residual gates": "blocks.0.gate1",
+    "PDG mask feature": "decoder.mask_feature",
+}
+"""Key names the spec inferred without seeing the file (m_diffae spec §8), by role; block keys
+are relative to `encoder.`/`decoder.`. A rename found by `m_diffae.inspect` goes in
+`PUBLISHED_KEY_RENAMES`."""
+
+PUBLISHED_KEY_RENAMES: dict[str, str] = {}
+"""Published key fragment -> ours, applied when loading and reversed when saving. Empty: the
+defaults above are the spec's best reading until a real header says otherwise."""
