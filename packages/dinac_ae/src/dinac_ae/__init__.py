@@ -1,1 +1,13 @@
-"""dinac_ae: not implemented yet."""
+"""dinac_ae: DINAC-AE and DINAC-AE-D2, transformer-encoder diffusion autoencoders.
+
+model = DinacAE.from_pretrained("data-archetype/dinac_ae_d2", dtype=torch.bfloat16)
+latents = model.encode(images)             # [N, 3, H, W] in [-1, 1] -> [N, 128, H/16, W/16]
+class_token = model.predict_class(latents)  # [N, 768] DINO class-token prediction
+recon = model.decode(latents, height=H, width=W)
+"""
+
+from .config import DinacAEConfig, DinacAEInferenceConfig
+from .model import DinacAE
+from .posterior import EncoderPosterior
+
+__all__ = ["DinacAE", "DinacAEConfig", "DinacAEInferenceConfig", "EncoderPosterior"]

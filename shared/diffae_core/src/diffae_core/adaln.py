@@ -31,7 +31,10 @@ class AdaLNScaleGateZeroLowRankDelta(nn.Module):
         super().__init__()
         self.down = nn.Linear(d_cond, rank, bias=False)
         self.up = nn.Linear(rank, num_chunks * d_model, bias=False)
-        nn.init.normal_(self.down.weight, std=0.02)
+        if not self.down.weight.is_meta:
+            # On `meta` there are no values to draw, and normal_ there would import torch's
+            # compiler stack (seconds) for nothing.
+            nn.init.normal_(self.down.weight, std=0.02)
         nn.init.zeros_(self.up.weight)
 
     def forward(self, activated_cond: Tensor) -> Tensor:

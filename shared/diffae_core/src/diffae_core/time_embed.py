@@ -11,7 +11,9 @@ from torch import Tensor, nn
 def sinusoidal_frequencies(freq_dim: int = 256, max_period: float = 10000.0) -> Tensor:
     """freqs[i] = max_period ** (-i / (half - 1)), i < half = freq_dim // 2; float32 [half]."""
     half = freq_dim // 2
-    index = torch.arange(half, dtype=torch.float32)
+    # Computed on the CPU even inside `with torch.device("meta")`: meta kernels for exp would
+    # import torch's compiler stack (seconds) for 128 numbers.
+    index = torch.arange(half, dtype=torch.float32, device="cpu")
     return torch.exp(-math.log(max_period) * index / max(half - 1, 1))
 
 
@@ -36,7 +38,10 @@ class SinusoidalTimeEmbeddingMLP(nn.Module):
         hidden = int(dim * hidden_mult)
         self.time_scale = time_scale
         # Persistent: the published checkpoints store it (float32, key `...time_embed.freqs`).
-        self.register_buffer("freqs", sinusoidal_frequencies(freq_dim, max_period))
+        ambient_device = torch.empty(0).device  # "meta" under `with torch.device("meta")`
+        self.register_buffer(
+            "freqs", sinusoidal_frequencies(freq_dim, max_period).to(ambient_device)
+        )
         self.proj_in = nn.Linear(freq_dim, hidden)
         self.act = nn.SiLU()
         self.proj_out = nn.Linear(hidden, dim)

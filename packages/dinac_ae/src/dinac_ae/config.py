@@ -1,0 +1,119 @@
+"""Configs of the DINAC-AE releases: the published `config.json` fields, verbatim (spec §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from diffae_core.config import JsonConfig, check_choice, check_positive
+from diffae_core.fcdm_config import check_fcdm_fields
+from diffae_core.fcdm_encoder import POSTERIOR_KINDS
+from diffae_core.inference import StrengthVPInferenceConfig
+
+MLP_TYPES = ("gelu", "silu", "relu")
+ATTENTION_HEAD_DIM = 64
+"""Channels per encoder attention head; `model_dim` must be a multiple of it (spec §3.1)."""
+
+
+@dataclass(frozen=True)
+class DinacAEConfig(JsonConfig):
+    """Architecture of one DINAC-AE checkpoint; defaults are the dinac_ae release (6 blocks).
+
+    A transformer encoder (patch 16, width 896, 64-channel heads), the 8-block FCDM decoder of
+    diffae_core, and a DINO class/token alignment head (`class_head_*`, width 768).
+    """
+
+    in_channels: int = 3
+    patch_size: int = 16
+    model_dim: int = 896
+    encoder_depth: int = 6
+    decoder_depth: int = 8
+    decoder_start_blocks: int = 2
+    decoder_end_blocks: int = 2
+    bottleneck_dim: int = 128
+    mlp_ratio: float = 4.0
+    encoder_mlp_type: str = "gelu"
+    depthwise_kernel_size: int = 7
+    adaln_low_rank_rank: int = 128
+    bottleneck_posterior_kind: str = "diagonal_gaussian"
+    bottleneck_norm_mode: str = "disabled"
+    logsnr_min: float = -10.0
+    logsnr_max: float = 10.0
+    pixel_noise_std: float = 0.558
+    latent_running_stats_eps: float = 0.0001
+    class_head_feature_dim: int = 768
+    class_head_model_dim: int = 768
+    class_head_head_dim: int = 64
+    class_head_mlp_ratio: float = 4.0
+    class_head_mlp_type: str = "gelu"
+    class_head_register_token_count: int = 4
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "dinac_ae": {},
+        "dinac_ae_d2": {"encoder_depth": 8},
+    }
+
+    def __post_init__(self) -> None:
+        check_fcdm_fields(self)
+        for name in ("class_head_feature_dim", "class_head_model_dim", "class_head_head_dim"):
+            check_positive(name, getattr(self, name))
+        check_positive("class_head_mlp_ratio", self.class_head_mlp_ratio, float)
+        check_positive("latent_running_stats_eps", self.latent_running_stats_eps, float)
+        check_multiple("model_dim", self.model_dim, ATTENTION_HEAD_DIM)
+        check_multiple("class_head_model_dim", self.class_head_model_dim, self.class_head_head_dim)
+        # Axial RoPE splits each head between the y and x axes in (cos, sin) pairs.
+        check_multiple("class_head_head_dim", self.class_head_head_dim, 4)
+        if self.class_head_feature_dim != self.class_head_model_dim:
+            # The head has no output projection: it predicts features at its own width.
+            raise ValueError(
+                f"class_head_feature_dim: expected class_head_model_dim = "
+                f"{self.class_head_model_dim}, got {self.class_head_feature_dim}"
+            )
+        count = self.class_head_register_token_count
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(
+                f"class_head_register_token_count: expected an int >= 0, got {count!r}"
+            )
+        check_choice("encoder_mlp_type", self.encoder_mlp_type, MLP_TYPES)
+        check_choice("class_head_mlp_type", self.class_head_mlp_type, MLP_TYPES)
+        check_choice("bottleneck_posterior_kind", self.bottleneck_posterior_kind, POSTERIOR_KINDS)
+        # No release normalises the bottleneck, and the reference refuses any other mode.
+        check_choice("bottleneck_norm_mode", self.bottleneck_norm_mode, ("disabled",))
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of `encode`'s latents (= bottleneck_dim)."""
+        return self.bottleneck_dim
+
+    @property
+    def effective_patch_size(self) -> int:
+        """Pixels per latent cell along each side; image sizes must be multiples of it."""
+        return self.patch_size
+
+    @property
+    def whitening_eps(self) -> float:
+        """The eps of sqrt(running_var + eps) in whiten/dewhiten."""
+        return self.latent_running_stats_eps
+
+    @property
+    def encoder_heads(self) -> int:
+        """Attention heads of each encoder block (model_dim / 64)."""
+        return self.model_dim // ATTENTION_HEAD_DIM
+
+    @property
+    def class_head_heads(self) -> int:
+        """Attention heads of the class head (class_head_model_dim / class_head_head_dim)."""
+        return self.class_head_model_dim // self.class_head_head_dim
+
+
+def check_multiple(field: str, value: int, multiple: int) -> None:
+    """Raise ValueError naming `field` unless `value` is a multiple of `multiple`."""
+    if value % multiple:
+        raise ValueError(f"{field}: expected a multiple of {multiple}, got {value}")
+
+
+@dataclass
+class DinacAEInferenceConfig(StrengthVPInferenceConfig):
+    """Decoding settings. Defaults: 1 DDIM step (`num_steps` counts decoder evaluations, so 1
+    is one NFE), linear schedule, no PDG, `strength` 1.0 (the full schedule).
+    """

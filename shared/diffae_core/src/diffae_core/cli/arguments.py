@@ -1,0 +1,154 @@
+"""The `diffae` command line: sub-commands and their options (parsing only, no work)."""
+
+from __future__ import annotations
+
+import argparse
+
+FIT_MODES = ("crop", "pad")
+"""How an image whose sides are not multiples of the model's patch size is made to fit."""
+
+DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+
+DESCRIPTION = """\
+Run the diffae diffusion autoencoders over image files.
+
+  diffae reconstruct photos/ --model data-archetype/semdisdiffae_p32_v2 --out recon/ --grid
+  diffae encode photos/ --model MODEL --out latents/
+  diffae decode latents/ --model MODEL --out decoded/
+  diffae inspect MODEL_OR_FILE
+"""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _common_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--family",
+        help="the model family, when it cannot be detected (see `diffae inspect`)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars, notes or tables; problems still go to stderr "
+        "(inspect still prints its report)",
+    )
+    return parser
+
+
+def _model_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", required=True, help="Hugging Face repo id or a local directory")
+    group.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    group.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        help="weight dtype (default: bfloat16 on CUDA, float32 otherwise)",
+    )
+    group.add_argument(
+        "--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)"
+    )
+    return parser
+
+
+def _fit_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--fit",
+        choices=FIT_MODES,
+        default="crop",
+        help="sides not multiples of the patch size: centre-crop them (default) or pad them "
+        "(edge pixels, centred; outputs are cropped back). Images are never resized.",
+    )
+    return parser
+
+
+def _inference_options() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("decoding (defaults: the family's inference config)")
+    group.add_argument("--steps", type=positive_int, help="decoder steps (num_steps)")
+    group.add_argument("--sampler", help="e.g. ddim or dpmpp_2m")
+    group.add_argument("--schedule", help="e.g. linear or cosine")
+    group.add_argument(
+        "--pdg-strength", type=float, help="turn path-drop guidance on with this strength"
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the decoder's initial noise, one draw per batch (default 0)",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `diffae` parser with its four sub-commands."""
+    parser = argparse.ArgumentParser(
+        prog="diffae",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common, model, fit, inference = (
+        _common_options(),
+        _model_options(),
+        _fit_options(),
+        _inference_options(),
+    )
+
+    reconstruct = commands.add_parser(
+        "reconstruct",
+        parents=[common, model, fit, inference],
+        help="encode and decode images; write PNGs and a PSNR table",
+    )
+    reconstruct.add_argument(
+        "images", nargs="+", metavar="IMAGES", help="PNG/JPEG/WebP files or folders"
+    )
+    reconstruct.add_argument("--out", required=True, help="output folder")
+    reconstruct.add_argument(
+        "--grid",
+        action="store_true",
+        help="also write original | reconstruction | error map | latent PCA per image",
+    )
+
+    encode = commands.add_parser(
+        "encode", parents=[common, model, fit], help="images -> latents in safetensors"
+    )
+    encode.add_argument(
+        "images", nargs="+", metavar="IMAGES", help="PNG/JPEG/WebP files or folders"
+    )
+    encode.add_argument(
+        "--out",
+        required=True,
+        help="a .safetensors file (all latents) or a folder (one file per image)",
+    )
+
+    decode = commands.add_parser(
+        "decode", parents=[common, model, inference], help="latents in safetensors -> PNG images"
+    )
+    decode.add_argument(
+        "latents", nargs="+", metavar="LATENTS", help=".safetensors files or folders"
+    )
+    decode.add_argument("--out", required=True, help="output folder")
+
+    inspect = commands.add_parser(
+        "inspect",
+        parents=[common],
+        help="family, config, parameters, latent shapes and checkpoint header of a model",
+    )
+    inspect.add_argument(
+        "target",
+        metavar="MODEL_OR_FILE",
+        help="repo id, model directory, model.safetensors, or a latents file",
+    )
+    return parser

@@ -1,0 +1,39 @@
+"""What the command prints: notes and tables on stdout, problems on stderr, tqdm progress bars."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+
+class CliError(Exception):
+    """A problem the user can fix (bad argument, missing model, missing extra): one line, exit 1."""
+
+
+class Console:
+    """Writes through tqdm, so messages never break a progress bar; `quiet` silences stdout."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    def note(self, message: str) -> None:
+        """Say what was done (to stdout), unless quiet."""
+        if not self.quiet:
+            tqdm.write(message, file=sys.stdout)
+
+    def problem(self, message: str) -> None:
+        """Report a skipped input or a failure (to stderr), even when quiet."""
+        tqdm.write(message, file=sys.stderr)
+
+    def progress(self, total: int, description: str) -> tqdm:
+        """A progress bar over `total` images on stderr (disabled when quiet)."""
+        return tqdm(
+            total=total,
+            desc=description,
+            unit="image",
+            disable=self.quiet,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=False,
+        )

@@ -1,0 +1,169 @@
+"""Image files <-> tensors through Pillow (the optional extra `images`); fitting to a patch grid.
+
+Images are float32 [1, 3, H, W] in [-1, 1]. Pillow is imported only when a file is touched, so
+`diffae inspect` and the library work without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .console import CliError
+from .metrics import quantize_8bit
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+"""What a folder is searched for (not recursively)."""
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+"""Formats accepted by content, whatever a file's name says."""
+CONVERTED_MODES = {
+    "RGB": "",
+    "RGBA": "RGBA -> RGB (alpha dropped)",
+    "LA": "greyscale + alpha -> RGB (alpha dropped)",
+    "L": "greyscale -> RGB",
+    "1": "1-bit -> RGB",
+    "P": "palette -> RGB",
+    "PA": "palette + alpha -> RGB (alpha dropped)",
+}
+"""Pillow modes read as 8-bit RGB, with what the conversion does. Others (16-bit, float, CMYK)
+would need a choice of scaling or colour management, so they are refused."""
+
+
+class BadImage(Exception):
+    """One input cannot be used (unreadable, wrong mode, too small); it is skipped."""
+
+
+def require_pillow() -> Any:
+    """The `PIL.Image` module, or a CliError saying how to install it."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise CliError(
+            "reading and writing images needs Pillow, the optional extra 'images': "
+            "pip install 'diffae-core[images]' (or: pip install pillow)"
+        ) from None
+    return Image
+
+
+def find_images(arguments: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files named and the images in folders named (sorted), and the arguments that are neither."""
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                problems.append((argument, f"folder has no {'/'.join(IMAGE_SUFFIXES)} files"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            problems.append((argument, "no such file or folder"))
+    return files, problems
+
+
+def unique_names(stems: list[str]) -> list[str]:
+    """Output names, one per stem: the stem itself, with _2, _3 ... where stems repeat."""
+    taken: set[str] = set()
+    names = []
+    for stem in stems:
+        name, count = stem, 1
+        while name in taken:
+            count += 1
+            name = f"{stem}_{count}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def read_image(path: Path) -> tuple[Tensor, str]:
+    """A PNG/JPEG/WebP file -> ([1, 3, H, W] float32 in [-1, 1], note on any mode conversion)."""
+    Image = require_pillow()
+    try:
+        with Image.open(path) as image:
+            if image.format not in IMAGE_FORMATS:
+                raise BadImage(f"not PNG/JPEG/WebP (format {image.format})")
+            mode = image.mode
+            if mode not in CONVERTED_MODES:
+                raise BadImage(
+                    f"unsupported mode {mode!r}; expected one of {list(CONVERTED_MODES)}"
+                )
+            rgb = image.convert("RGB")
+    except BadImage:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise BadImage(f"unreadable ({error})") from None
+    width, height = rgb.size
+    pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    pixels = pixels.view(height, width, 3).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+    return (pixels.float() / 127.5 - 1.0).unsqueeze(0), CONVERTED_MODES[mode]
+
+
+def write_png(path: Path, image: Tensor) -> None:
+    """Write [3, H, W] (float in [-1, 1], clamped, or uint8) as an 8-bit RGB PNG."""
+    Image = require_pillow()
+    pixels = image if image.dtype == torch.uint8 else quantize_8bit(image)
+    height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
+    raw = bytes(pixels.permute(1, 2, 0).contiguous().cpu().untyped_storage())  # [H, W, 3]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.frombytes("RGB", (width, height), raw).save(path, format="PNG")
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """An image made to fit the patch grid, and where the source pixels are.
+
+    fit: "none", "crop" or "pad". box (top, left, height, width): for "crop" the region of the
+    source that was kept; for "pad" where the source sits inside `image`; else the whole image.
+    """
+
+    image: Tensor
+    fit: str
+    box: tuple[int, int, int, int]
+    source_size: tuple[int, int]
+
+    def content(self, image: Tensor) -> Tensor:
+        """[..., H, W] at the fitted size -> the source's pixels (padding removed)."""
+        if self.fit != "pad":
+            return image
+        top, left, height, width = self.box
+        return image[..., top : top + height, left : left + width]
+
+    def describe(self) -> str:
+        """'' when nothing was done, else e.g. 'cropped 70x64 -> 64x64 (centre)'."""
+        height, width = self.source_size
+        fitted_height, fitted_width = self.image.shape[-2:]
+        if self.fit == "none":
+            return ""
+        verb = "cropped" if self.fit == "crop" else "padded"
+        return f"{verb} {width}x{height} -> {fitted_width}x{fitted_height} (centre)"
+
+
+def fit_image(image: Tensor, multiple: int, mode: str) -> Fitted:
+    """[1, 3, H, W] -> sides multiples of `multiple` by centre crop or centred edge padding."""
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    if height % multiple == 0 and width % multiple == 0:
+        return Fitted(image, "none", (0, 0, height, width), (height, width))
+    if mode == "crop":
+        new_height, new_width = height // multiple * multiple, width // multiple * multiple
+        if new_height == 0 or new_width == 0:
+            raise BadImage(
+                f"too small: {width}x{height} px, --fit crop needs at least "
+                f"{multiple}x{multiple} (try --fit pad)"
+            )
+        top, left = (height - new_height) // 2, (width - new_width) // 2
+        kept = image[..., top : top + new_height, left : left + new_width]
+        return Fitted(kept, "crop", (top, left, new_height, new_width), (height, width))
+    pad_height, pad_width = -height % multiple, -width % multiple
+    top, left = pad_height // 2, pad_width // 2
+    # F.pad order: (left, right, top, bottom); "replicate" repeats the edge pixels.
+    padded = F.pad(image, (left, pad_width - left, top, pad_height - top), mode="replicate")
+    return Fitted(padded, "pad", (top, left, height, width), (height, width))

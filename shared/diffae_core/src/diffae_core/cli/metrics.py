@@ -1,0 +1,84 @@
+"""Reconstruction PSNR by the model cards' protocol, its summary statistics, and the table."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..io import atomic_write_text
+
+PIXEL_MAX = 255.0
+"""PSNR is computed on 8-bit images: both sides clamped to [-1, 1], scaled to [0, 255], rounded."""
+SUMMARY_QUANTILES = {"median": 0.5, "p5": 0.05, "p95": 0.95}
+"""Linear interpolation between order statistics (numpy's default), as in the cards' tables."""
+
+
+def quantize_8bit(images: Tensor) -> Tensor:
+    """Images [..., H, W] in [-1, 1] (any float) -> uint8 in [0, 255], clamped and rounded."""
+    scaled = (images.detach().float().clamp(-1.0, 1.0) + 1.0) * (PIXEL_MAX / 2.0)
+    return scaled.round().to(torch.uint8)
+
+
+def psnr_8bit(original: Tensor, reconstruction: Tensor) -> float:
+    """PSNR (dB) of two [3, H, W] images in [-1, 1] after 8-bit quantisation; inf if equal."""
+    difference = quantize_8bit(original).double() - quantize_8bit(reconstruction).double()
+    mse = float(difference.square().mean())
+    return math.inf if mse == 0.0 else 10.0 * math.log10(PIXEL_MAX**2 / mse)
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """mean, std (population), median, p5, p95, min and max of a non-empty list."""
+    data = torch.tensor(values, dtype=torch.float64)
+    summary = {"mean": float(data.mean()), "std": float(data.std(correction=0))}
+    summary |= {name: float(torch.quantile(data, q)) for name, q in SUMMARY_QUANTILES.items()}
+    return summary | {"min": float(data.min()), "max": float(data.max())}
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One row of the reconstruction table."""
+
+    image: str
+    output: str
+    width: int
+    height: int
+    fit: str
+    psnr_db: float
+
+
+def format_table(rows: list[ImageResult], summary: dict[str, float]) -> str:
+    """A fixed-width table: one line per image, then the summary line."""
+    name_width = max([len("image")] + [len(row.image) for row in rows])
+    lines = [f"{'image':<{name_width}}  {'size':>11}  {'fit':<5}  {'PSNR (dB)':>9}"]
+    for row in rows:
+        size = f"{row.width}x{row.height}"
+        lines.append(f"{row.image:<{name_width}}  {size:>11}  {row.fit:<5}  {row.psnr_db:9.2f}")
+    lines.append(
+        f"{len(rows)} images, PSNR (dB): "
+        + "  ".join(f"{name} {value:.2f}" for name, value in summary.items())
+    )
+    return "\n".join(lines)
+
+
+def write_metrics(
+    folder: Path, rows: list[ImageResult], summary: dict[str, float], settings: dict[str, Any]
+) -> tuple[Path, Path]:
+    """Write metrics.csv (one row per image) and metrics.json (rows, summary, settings)."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(ImageResult.__dataclass_fields__))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row))
+    csv_path, json_path = folder / "metrics.csv", folder / "metrics.json"
+    atomic_write_text(csv_path, table.getvalue())
+    report = {"settings": settings, "summary": summary, "images": [asdict(r) for r in rows]}
+    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+    return csv_path, json_path

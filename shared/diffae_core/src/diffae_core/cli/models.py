@@ -1,0 +1,177 @@
+"""Which family a model belongs to, loading it, and its inference settings, for the command line.
+
+Families come only from `installed_families()` (entry points): the command never imports a family
+package by name, so a family installed later is served without a change here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ConfigError
+from ..families import Family, installed_families
+from ..hub import resolve_model_dir
+from .console import CliError, Console
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+INFERENCE_FLAGS = {
+    "steps": "num_steps",
+    "sampler": "sampler",
+    "schedule": "schedule",
+    "seed": "seed",
+}
+"""Command-line option -> inference config field (--pdg-strength sets pdg and pdg_strength)."""
+
+
+def available_families() -> dict[str, Family]:
+    """The installed families, or a CliError when there are none."""
+    families = installed_families()
+    if not families:
+        raise CliError(
+            "no diffae model family is installed; install one, e.g. pip install fcdm-diffae"
+        )
+    return families
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The JSON object in `folder/config.json`."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CliError(f"{folder} has no config.json: is it a diffae model directory?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CliError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise CliError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def families_matching(config_data: dict[str, Any], families: dict[str, Family]) -> list[str]:
+    """Names of the families whose `config_class.from_dict` accepts the config."""
+    matching = []
+    for name, family in families.items():
+        try:
+            family.config_class.from_dict(dict(config_data))
+        except (ConfigError, ValueError, TypeError):
+            continue
+        matching.append(name)
+    return matching
+
+
+def choose_family(
+    model: str, config_data: dict[str, Any] | None, forced: str | None
+) -> tuple[Family, str]:
+    """(family, how it was chosen): --family, a published repo id, or the unique config match."""
+    families = available_families()
+    if forced is not None:
+        if forced not in families:
+            raise CliError(f"--family: expected one of {list(families)}, got {forced!r}")
+        return families[forced], "--family"
+    for family in families.values():
+        if model in family.repo_ids:
+            return family, f"published repo id {model}"
+    if config_data is None:
+        raise CliError(f"{model}: no config.json to detect the family from; pass --family")
+    matching = families_matching(config_data, families)
+    if len(matching) == 1:
+        return families[matching[0]], "config.json fields"
+    if not matching:
+        raise CliError(
+            f"{model}: config.json matches none of the installed families {list(families)}; "
+            "is the family's package installed? (or pass --family)"
+        )
+    raise CliError(
+        f"{model}: config.json fits several families {matching}; choose one with --family"
+    )
+
+
+def patch_multiple(config: Any) -> int:
+    """Pixels per latent cell along each side: `effective_patch_size`, else `patch_size`."""
+    for field in ("effective_patch_size", "patch_size"):
+        value = getattr(config, field, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise CliError(f"{type(config).__name__} has no effective_patch_size or patch_size")
+
+
+def default_device() -> str:
+    """cuda when available, else cpu."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def choose_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """--dtype, else bfloat16 on CUDA and float32 elsewhere."""
+    if name is not None:
+        return DTYPES[name]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def inference_config(family: Family, args: argparse.Namespace) -> Any:
+    """The family's inference config with the fields given on the command line set."""
+    overrides = {
+        field: getattr(args, flag)
+        for flag, field in INFERENCE_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+    if getattr(args, "pdg_strength", None) is not None:
+        overrides |= {"pdg": True, "pdg_strength": args.pdg_strength}
+    try:
+        config = family.inference_config_class(**overrides)
+        if hasattr(config, "validate"):
+            config.validate()
+    except (TypeError, ValueError) as error:
+        raise CliError(f"decoding options for {family.name}: {error}") from None
+    return config
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with what the command needs to know about it."""
+
+    family: Family
+    model: Any
+    device: torch.device
+    patch: int
+    source: str
+
+
+def load_model(args: argparse.Namespace, console: Console) -> LoadedModel:
+    """Resolve --model, choose the family, load it on --device in --dtype (eval mode)."""
+    try:
+        device = torch.device(args.device or default_device())
+    except RuntimeError:
+        raise CliError(
+            f"--device: expected e.g. cpu, cuda or cuda:1, got {args.device!r}"
+        ) from None
+    dtype = choose_dtype(args.dtype, device)
+    folder = resolve_model_dir(args.model)
+    family, reason = choose_family(args.model, read_config(folder), args.family)
+    model = family.model_class.from_pretrained(folder, device=device, dtype=dtype)
+    console.note(
+        f"model: {args.model} (family {family.name}, from {reason}) on {device}, "
+        f"{str(dtype).removeprefix('torch.')}"
+    )
+    return LoadedModel(family, model, device, patch_multiple(model.config), args.model)
+
+
+def require_encoder(loaded: LoadedModel, command: str) -> None:
+    """A CliError when the family's model has no `encode` (decode-only models)."""
+    if not callable(getattr(loaded.model, "encode", None)):
+        raise CliError(
+            f"{command}: the {loaded.family.name} model has no encode (it is decode-only); "
+            "give its latents to `diffae decode` instead"
+        )

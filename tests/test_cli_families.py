@@ -1,0 +1,258 @@
+"""The `diffae` command on a tiny saved model of every installed family.
+
+Parametrised over `installed_families()`, so a family installed later is covered without a change.
+Every command calls `main` in-process (a new interpreter costs seconds of torch import); one
+reconstruct run goes through `python -m diffae_core.cli` in a subprocess, and the installed
+`diffae` script runs in test_cli_units.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from diffae_core.cli import main
+from diffae_core.cli.console import CliError
+from diffae_core.cli.models import choose_family, patch_multiple, read_config
+from diffae_core.cli.visuals import GAP
+from diffae_core.families import Family, installed_families
+from diffae_core.testing import randomize_weights
+
+FAMILIES = installed_families()
+SUBPROCESS_TIMEOUT = 120
+
+
+def has_encoder(family: Family) -> bool:
+    """Decode-only families (capacitor_decoder) have no `encode`."""
+    return callable(getattr(family.model_class, "encode", None))
+
+
+def patch_of(family: Family) -> int:
+    return patch_multiple(family.tiny_config)
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES), ids=str)
+def family(request: pytest.FixtureRequest) -> Family:
+    return FAMILIES[request.param]
+
+
+@pytest.fixture(scope="module")
+def model_dir(family: Family, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The family's tiny config with random weights, saved as a published model directory."""
+    return save_tiny_model(family, tmp_path_factory.mktemp(f"model_{family.name}"))
+
+
+def save_tiny_model(family: Family, folder: Path) -> Path:
+    randomize_weights(family.model_class(family.tiny_config)).save_pretrained(folder)
+    return folder
+
+
+def random_image(width: int, height: int, seed: int) -> Image.Image:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    return Image.frombytes("RGB", (width, height), bytes(pixels.untyped_storage()))
+
+
+@pytest.fixture(scope="module")
+def image_dir(family: Family, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_images(family, tmp_path_factory.mktemp(f"images_{family.name}"))
+
+
+def write_images(family: Family, folder: Path) -> Path:
+    """Four good images (RGB, RGBA to crop, greyscale JPEG, WebP) and three bad files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    p = patch_of(family)
+    random_image(2 * p, 2 * p, 0).save(folder / "rgb.png")
+    random_image(2 * p + 3, p + 1, 1).convert("RGBA").save(folder / "rgba.png")
+    random_image(p, 2 * p, 2).convert("L").save(folder / "grey.jpg")
+    random_image(2 * p, p, 3).save(folder / "photo.webp")
+    (folder / "broken.png").write_text("not an image")
+    Image.new("I;16", (2 * p, 2 * p)).save(folder / "deep.png")
+    random_image(1, 1, 4).save(folder / "speck.png")
+    return folder
+
+
+GOOD = {"rgb": (2, 2), "rgba": (2, 1), "grey": (1, 2), "photo": (2, 1)}
+"""Good image stems -> (width, height) in patches after a centre crop."""
+BAD = ("broken.png", "deep.png", "speck.png")
+
+
+def test_reconstruct(family: Family, model_dir: Path, image_dir: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    status = main([
+        "reconstruct", str(image_dir), "--model", str(model_dir), "--family", family.name,
+        "--out", str(out), "--grid", "--batch-size", "2", "--device", "cpu",
+    ])  # fmt: skip
+    captured = capsys.readouterr()
+    if not has_encoder(family):
+        assert status == 1
+        assert "has no encode" in captured.err and family.name in captured.err
+        return
+    assert status == 1, captured.err  # the bad files were skipped
+    check_reconstruction(family, image_dir, out, captured.out, captured.err)
+
+
+def check_reconstruction(family: Family, image_dir: Path, out: Path, stdout: str, stderr: str):
+    """Files written, table printed, bad files named: what `reconstruct` of image_dir leaves."""
+    assert "Traceback" not in stderr, stderr
+    for name in BAD:
+        assert f"skipped {image_dir / name}" in stderr
+    assert f"{len(BAD)} of {len(GOOD) + len(BAD)} inputs skipped" in stderr
+    p = patch_of(family)
+    for stem, (width, height) in GOOD.items():
+        with Image.open(out / f"{stem}.png") as image:
+            assert (image.size, image.mode) == ((width * p, height * p), "RGB")
+        with Image.open(out / "grids" / f"{stem}.png") as grid:
+            assert grid.size == (4 * width * p + 3 * GAP, height * p)
+        assert str(image_dir / f"{stem}.") in stdout
+    assert "RGBA -> RGB" in stdout and "greyscale -> RGB" in stdout
+    assert "cropped" in stdout and "mean" in stdout and "p95" in stdout
+    with (out / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(Path(row["output"]).stem for row in rows) == sorted(GOOD)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["settings"]["family"] == family.name
+    assert set(report["summary"]) >= {"mean", "std", "median", "p5", "p95"}
+
+
+ENCODER_FAMILIES = [name for name, family in sorted(FAMILIES.items()) if has_encoder(family)]
+
+
+@pytest.mark.skipif(not ENCODER_FAMILIES, reason="no installed family has an encoder")
+def test_reconstruct_in_a_subprocess(tmp_path: Path):
+    """`python -m diffae_core.cli`: exit status 1 for the bad files, never a traceback.
+
+    One family only: each new interpreter pays seconds of torch import; the in-process runs
+    above cover every family through the same `main`.
+    """
+    family = FAMILIES[ENCODER_FAMILIES[0]]
+    model = save_tiny_model(family, tmp_path / "model")
+    images = write_images(family, tmp_path / "images")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "diffae_core.cli", "reconstruct", str(images),
+            "--model", str(model), "--family", family.name, "--out", str(out), "--grid",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    check_reconstruction(family, images, out, result.stdout, result.stderr)
+
+
+def test_encode_decode_round_trip(
+    family: Family, model_dir: Path, image_dir: Path, tmp_path: Path, capsys
+):
+    common = ["--model", str(model_dir), "--family", family.name, "--device", "cpu"]
+    p = patch_of(family)
+    if not has_encoder(family):
+        status = main(["encode", str(image_dir / "rgb.png"), "--out", str(tmp_path), *common])
+        assert status == 1 and "has no encode" in capsys.readouterr().err
+        return
+    images = [str(image_dir / f"{stem}.{ext}") for stem, ext in (("rgba", "png"), ("rgb", "png"))]
+    latents_file = tmp_path / "latents.safetensors"
+    assert main(["encode", *images, "--out", str(latents_file), "--fit", "pad", *common]) == 0
+    with safe_open(str(latents_file), framework="pt") as handle:
+        description = json.loads(handle.metadata()["diffae"])
+        assert sorted(handle.keys()) == ["rgb", "rgba"]
+        rgb_latents = handle.get_tensor("rgb")
+    assert description["family"] == family.name
+    assert [item["source"] for item in description["items"]] == images
+    rgba = description["items"][0]
+    assert (rgba["source_width"], rgba["source_height"], rgba["fit"]) == (2 * p + 3, p + 1, "pad")
+    assert rgb_latents.dtype == torch.float32 and rgb_latents.shape[0] == 1
+    assert tuple(rgb_latents.shape[-2:]) == (2, 2)
+
+    decoded = tmp_path / "decoded"
+    assert main(["decode", str(latents_file), "--out", str(decoded), "--steps", "2", *common]) == 0
+    with Image.open(decoded / "rgba.png") as image:
+        assert image.size == (2 * p + 3, p + 1)  # the padding is cropped away again
+    with Image.open(decoded / "rgb.png") as image:
+        assert image.size == (2 * p, 2 * p)
+
+    per_image = tmp_path / "per_image"
+    assert main(["encode", str(image_dir / "rgb.png"), "--out", str(per_image), *common]) == 0
+    assert (per_image / "rgb.safetensors").is_file()
+    capsys.readouterr()
+
+
+def test_decode_latents_without_metadata(family: Family, model_dir: Path, tmp_path: Path):
+    """A [N, C, h, w] tensor written elsewhere (e.g. FLUX.2 latents for capacitor_decoder)."""
+    channels = family.tiny_config.latent_channels
+    latents = torch.randn(2, channels, 1, 2, generator=torch.Generator().manual_seed(0))
+    save_file({"latents": latents}, str(tmp_path / "external.safetensors"))
+    status = main([
+        "decode", str(tmp_path / "external.safetensors"), "--model", str(model_dir),
+        "--family", family.name, "--out", str(tmp_path / "out"), "--quiet",
+        "--pdg-strength", "1.5", "--seed", "3",
+    ])  # fmt: skip
+    assert status == 0
+    p = patch_of(family)
+    for index in range(2):
+        with Image.open(tmp_path / "out" / f"external_{index}.png") as image:
+            assert image.size == (2 * p, p)
+
+
+def test_inspect(family: Family, model_dir: Path, capsys):
+    assert main(["inspect", str(model_dir / "model.safetensors"), "--family", family.name]) == 0
+    report = capsys.readouterr().out
+    model = family.model_class.from_config_on_meta(family.tiny_config)
+    assert f"family: {family.name} (from --family)" in report
+    assert f"parameters: {model.num_parameters():,}" in report
+    assert "checkpoint matches the model" in report
+    assert "float32:" in report and "256x256:" in report
+
+
+def test_family_detected_or_ambiguity_named(family: Family, model_dir: Path):
+    """The config picks the family, or the error names it among the candidates."""
+    try:
+        chosen, reason = choose_family(str(model_dir), read_config(model_dir), None)
+    except CliError as error:
+        assert family.name in str(error) and "--family" in str(error)
+    else:
+        assert (chosen.name, reason) == (family.name, "config.json fields")
+
+
+@pytest.mark.skipif(not ENCODER_FAMILIES, reason="no installed family has an encoder")
+def test_quiet_success_bad_latents_and_overwrite_guard(tmp_path: Path, capsys):
+    family = FAMILIES[ENCODER_FAMILIES[0]]
+    model = save_tiny_model(family, tmp_path / "model")
+    images = write_images(family, tmp_path / "images")
+    common = ["--model", str(model), "--family", family.name, "--device", "cpu"]
+    good = [str(images / "rgb.png"), str(images / "photo.webp")]
+
+    status = main(["reconstruct", *good, "--out", str(tmp_path / "quiet"), "--quiet", *common])
+    captured = capsys.readouterr()
+    assert (status, captured.out) == (0, "")
+    assert (tmp_path / "quiet" / "metrics.csv").is_file()
+
+    (tmp_path / "junk.safetensors").write_text("junk")
+    missing = tmp_path / "missing.safetensors"
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["decode", str(tmp_path / "junk.safetensors"), str(missing), "--out", str(out), *common]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert f"skipped {tmp_path / 'junk.safetensors'}: not a readable safetensors file" in err
+    assert f"skipped {missing}: no such file or folder" in err and "Traceback" not in err
+    assert main(["inspect", str(tmp_path / "junk.safetensors")]) == 1
+    assert "not a readable safetensors file" in capsys.readouterr().err
+
+    before = (images / "rgb.png").read_bytes()
+    assert main(["reconstruct", good[0], "--out", str(images), *common]) == 1
+    assert "--out: would overwrite the input file" in capsys.readouterr().err
+    assert (images / "rgb.png").read_bytes() == before
