@@ -18,4 +18,5 @@ FAMILY = Family(
     inference_config_class=CapacitorDecoderInferenceConfig,
     repo_ids=("data-archetype/capacitor_decoder",),
     tiny_config=TINY_CONFIG,
+    tiny_variants={"capacitor_decoder": TINY_CONFIG},
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from diffae_core.families import Family
 
 from .config import DinacAEConfig, DinacAEInferenceConfig
@@ -28,4 +30,8 @@ FAMILY = Family(
     inference_config_class=DinacAEInferenceConfig,
     repo_ids=tuple(f"data-archetype/{name}" for name in DinacAEConfig.PRESETS),
     tiny_config=TINY_CONFIG,
+    tiny_variants={
+        "dinac_ae": dataclasses.replace(TINY_CONFIG, encoder_depth=1),
+        "dinac_ae_d2": TINY_CONFIG,
+    },
 )

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from diffae_core.families import Family
 
 from .config import FCDMDiffAEConfig, FCDMDiffAEInferenceConfig
 from .model import FCDMDiffAE
 
-TINY_CONFIG = FCDMDiffAEConfig(
-    patch_size=4,
-    model_dim=16,
-    encoder_depth=2,
-    decoder_depth=5,
-    bottleneck_dim=4,
-    adaln_low_rank_rank=4,
-    latent_running_stats_eps=0.0001,
-)
-"""A structurally complete SemDisDiffAE (2 + 1 + 2 decoder blocks) small enough for tests."""
+TINY_VARIANTS = {
+    name: dataclasses.replace(
+        FCDMDiffAEConfig.preset(name),
+        patch_size=4,
+        model_dim=16,
+        encoder_depth=2,
+        decoder_depth=5,
+        bottleneck_dim=4,
+        adaln_low_rank_rank=4,
+    )
+    for name in FCDMDiffAEConfig.PRESETS
+}
+"""Each release's structure (p16; p32 v1 with the 2x2 bottleneck patchify; p32_v2 with its eps
+field) with a 2 + 1 + 2-block decoder, small enough for tests."""
+
+TINY_CONFIG = TINY_VARIANTS["semdisdiffae_p32_v2"]
 
 FAMILY = Family(
     name="fcdm_diffae",
@@ -25,4 +33,5 @@ FAMILY = Family(
     inference_config_class=FCDMDiffAEInferenceConfig,
     repo_ids=tuple(f"data-archetype/{name}" for name in FCDMDiffAEConfig.PRESETS),
     tiny_config=TINY_CONFIG,
+    tiny_variants=TINY_VARIANTS,
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from diffae_core.families import Family
 
 from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
@@ -25,4 +27,10 @@ FAMILY = Family(
     inference_config_class=FullCapacitorInferenceConfig,
     repo_ids=("data-archetype/full_capacitor",),
     tiny_config=TINY_CONFIG,
+    tiny_variants={
+        "full_capacitor": TINY_CONFIG,
+        "full_capacitor_patch_2x2": dataclasses.replace(
+            TINY_CONFIG, bottleneck_patchify_mode="patch_2x2"
+        ),
+    },
 )

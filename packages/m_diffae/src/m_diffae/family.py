@@ -27,4 +27,5 @@ FAMILY = Family(
     # The card's spelling, then the one the Hub serves (open_points.REPO_ID_ALIASES).
     repo_ids=("data-archetype/mdiffae_v1", REPO_ID_ALIASES["data-archetype/mdiffae_v1"]),
     tiny_config=TINY_CONFIG,
+    tiny_variants={"mdiffae_v1": TINY_CONFIG},
 )

@@ -1,6 +1,9 @@
-"""The whitened-latent VP autoencoder API shared by fcdm_diffae, dinac_ae and full_capacitor.
+"""The VP diffusion decoder / autoencoder APIs that every family's model class builds on.
 
-`WhitenedVPDecoder` is its decoder half alone (capacitor_decoder).
+`VPDiffusionDecoderModel`: decode latents by sampling a VP x0-predicting decoder (all families).
+`WhitenedVPDecoder`: the same behind per-channel latent whitening (capacitor_decoder).
+`WhitenedVPAutoencoder`: plus an encoder with a VP posterior (fcdm_diffae, dinac_ae,
+full_capacitor).
 
 encode: images -> encoder posterior mode -> whitened latents. decode: whitened latents ->
 dewhiten -> FCDM diffusion decoder sampled from noise -> images. A family supplies the encoder
@@ -15,11 +18,11 @@ import torch
 from torch import Tensor
 
 from .fcdm_decoder import FCDMDecoder
-from .inference import VPInferenceConfig
+from .inference import InferenceConfigBase, VPInferenceConfig
 from .posterior import EncoderPosterior
 from .precision import compute_dtype
 from .pretrained import PretrainedModel
-from .samplers import sample_images
+from .samplers import GuidedPredictor, sample_images
 from .validation import check_images, check_latents
 from .whitening import dewhiten, whiten
 
@@ -40,16 +43,87 @@ def build_fcdm_decoder(config: Any) -> FCDMDecoder:
     )
 
 
-class WhitenedVPDecoder(PretrainedModel):
-    """FCDM decoder + per-channel latent whitening with stored running statistics.
+class VPDiffusionDecoderModel(PretrainedModel):
+    """`decode`: latents -> images by sampling the model's x0-predicting VP decoder from noise.
 
-    The decoder half of `WhitenedVPAutoencoder`, usable alone (capacitor_decoder). The config
-    must provide `in_channels`, `latent_channels`, `effective_patch_size`, `logsnr_min`,
-    `logsnr_max`, `pixel_noise_std` and `whitening_eps`, plus the decoder fields read by
-    `build_fcdm_decoder`. Subclasses set `self.decoder`.
+    The config must provide `in_channels`, `latent_channels`, `effective_patch_size`,
+    `logsnr_min`, `logsnr_max` and `pixel_noise_std`. Subclasses set `self.decoder` and may
+    override `_decoder_input` (what the decoder receives for the given latents) and
+    `_make_predictor` (how one step calls the decoder, including the PDG weak path).
     """
 
-    inference_config_class: ClassVar[type[VPInferenceConfig]] = VPInferenceConfig
+    inference_config_class: ClassVar[type[InferenceConfigBase]] = VPInferenceConfig
+
+    # -- family hooks ------------------------------------------------------------------------
+    def _decoder_input(self, latents: Tensor) -> Tensor:
+        """Checked latents -> the decoder's latent input (identity unless overridden)."""
+        return latents
+
+    def _make_predictor(self, decoder_latents: Tensor, cfg: InferenceConfigBase) -> GuidedPredictor:
+        """predict(x_t, t, *, weak) -> x0_hat in the weights' dtype; weak = PDG path drop."""
+        dtype = compute_dtype(self)
+        latents_in = decoder_latents.to(dtype)
+
+        def predict(x_t: Tensor, t: Tensor, *, weak: bool) -> Tensor:
+            return self.decoder(x_t.to(dtype), t, latents_in, drop_middle_blocks=weak)
+
+        return predict
+
+    # -- public API --------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(
+        self,
+        latents: Tensor,
+        height: int,
+        width: int,
+        *,
+        inference_config: InferenceConfigBase | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Latents [N, C, h, w] -> images [N, 3, height, width], float32, ~[-1, 1], unclamped.
+
+        Runs on `latents.device`. `inference_config` defaults to the family's (one DDIM step,
+        no PDG). `noise` ([N, 3, height, width], std `config.pixel_noise_std`) replaces the
+        seeded draw, e.g. under torch.compile.
+        """
+        config = self.config
+        settings = self.inference_config_class() if inference_config is None else inference_config
+        settings.validate()
+        check_latents(latents, config.latent_channels, height, width, config.effective_patch_size)
+        return self._sample(self._decoder_input(latents), height, width, settings, noise)
+
+    # -- sampling ----------------------------------------------------------------------------
+    def _sample(
+        self,
+        decoder_latents: Tensor,
+        height: int,
+        width: int,
+        settings: InferenceConfigBase,
+        noise: Tensor | None,
+    ) -> Tensor:
+        return sample_images(
+            self._make_predictor(decoder_latents, settings),
+            (decoder_latents.shape[0], self.config.in_channels, height, width),
+            device=decoder_latents.device,
+            sampler=settings.sampler,
+            times=settings.schedule_times(),
+            guidance_strength=settings.guidance_strength,
+            logsnr_min=self.config.logsnr_min,
+            logsnr_max=self.config.logsnr_max,
+            noise_std=self.config.pixel_noise_std,
+            seed=settings.seed,
+            noise=noise,
+        )
+
+
+class WhitenedVPDecoder(VPDiffusionDecoderModel):
+    """A VP diffusion decoder behind per-channel latent whitening with stored running statistics.
+
+    `decode` takes whitened latents and dewhitens them in float32 (capacitor_decoder alone; the
+    decoder half of `WhitenedVPAutoencoder`). The config must also provide `whitening_eps` and
+    the decoder fields read by `build_fcdm_decoder`.
+    """
+
     decoder: FCDMDecoder
 
     def __init__(self, config: Any) -> None:
@@ -61,6 +135,9 @@ class WhitenedVPDecoder(PretrainedModel):
     def _decoder_latents(self, latents: Tensor) -> Tensor:
         """Dewhitened latents -> the decoder's latent input (identity unless the layout differs)."""
         return latents
+
+    def _decoder_input(self, latents: Tensor) -> Tensor:
+        return self._decoder_latents(self.dewhiten(latents))
 
     # -- latent maths ------------------------------------------------------------------------
     def whiten(self, latents: Tensor) -> Tensor:
@@ -79,59 +156,6 @@ class WhitenedVPDecoder(PretrainedModel):
             self.latent_norm_running_mean,
             self.latent_norm_running_var,
             self.config.whitening_eps,
-        )
-
-    # -- public API --------------------------------------------------------------------------
-    @torch.no_grad()
-    def decode(
-        self,
-        latents: Tensor,
-        height: int,
-        width: int,
-        *,
-        inference_config: VPInferenceConfig | None = None,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """Whitened latents [N, C, h, w] -> images [N, 3, height, width], float32, ~[-1, 1].
-
-        Not clamped. Runs on `latents.device`. `inference_config` defaults to one DDIM step
-        without PDG. `noise` ([N, 3, height, width], std `config.pixel_noise_std`) replaces the
-        seeded draw, e.g. under torch.compile.
-        """
-        config = self.config
-        cfg = self.inference_config_class() if inference_config is None else inference_config
-        cfg.validate()
-        check_latents(latents, config.latent_channels, height, width, config.effective_patch_size)
-        decoder_latents = self._decoder_latents(self.dewhiten(latents))
-        return self._sample(decoder_latents, height, width, cfg, noise)
-
-    # -- sampling ----------------------------------------------------------------------------
-    def _sample(
-        self,
-        decoder_latents: Tensor,
-        height: int,
-        width: int,
-        cfg: VPInferenceConfig,
-        noise: Tensor | None,
-    ) -> Tensor:
-        dtype = compute_dtype(self)
-        latents_in = decoder_latents.to(dtype)
-
-        def predict(x_t: Tensor, t: Tensor, *, weak: bool) -> Tensor:
-            return self.decoder(x_t.to(dtype), t, latents_in, drop_middle_blocks=weak)
-
-        return sample_images(
-            predict,
-            (decoder_latents.shape[0], self.config.in_channels, height, width),
-            device=decoder_latents.device,
-            sampler=cfg.sampler,
-            times=cfg.schedule_times(),
-            guidance_strength=cfg.guidance_strength,
-            logsnr_min=self.config.logsnr_min,
-            logsnr_max=self.config.logsnr_max,
-            noise_std=self.config.pixel_noise_std,
-            seed=cfg.seed,
-            noise=noise,
         )
 
 
@@ -168,7 +192,7 @@ class WhitenedVPAutoencoder(WhitenedVPDecoder):
         return self.whiten(posterior.mode()).to(posterior.mean.dtype)
 
     def reconstruct(
-        self, images: Tensor, *, inference_config: VPInferenceConfig | None = None
+        self, images: Tensor, *, inference_config: InferenceConfigBase | None = None
     ) -> Tensor:
         """encode then decode: images [N, 3, H, W] in [-1, 1] -> float32 images, same size."""
         height, width = int(images.shape[-2]), int(images.shape[-1])

@@ -18,8 +18,11 @@ from .io import atomic_write_text
 ConfigT = TypeVar("ConfigT", bound="JsonConfig")
 
 
-class ConfigError(ValueError):
-    """A config file or dict does not match the config class."""
+class ConfigError(TypeError, ValueError):
+    """A config file or dict does not match the config class.
+
+    A TypeError too: the published loaders build the class with `cls(**json)`, where an unknown
+    key raises TypeError, and callers may catch that."""
 
 
 class JsonConfig:
@@ -89,3 +92,10 @@ def check_positive(field: str, value: Any, kind: type = int) -> None:
     kinds = (int, float) if kind is float else (kind,)
     if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
         raise ValueError(f"{field}: expected a positive {kind.__name__}, got {value!r}")
+
+
+def check_multiple(field: str, value: Any, divisor: int) -> None:
+    """Raise ValueError naming `field` unless `value` is a positive int divisible by `divisor`."""
+    check_positive(field, value)
+    if value % divisor:
+        raise ValueError(f"{field}: expected a multiple of {divisor}, got {value}")

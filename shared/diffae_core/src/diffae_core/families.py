@@ -8,7 +8,8 @@ and never import a family by name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -27,6 +28,13 @@ class Family:
     """Published Hugging Face repos, e.g. 'data-archetype/semdisdiffae_p32_v2'."""
     tiny_config: Any = None
     """A small config with the family's structure, for tests and smoke runs."""
+    tiny_variants: Mapping[str, Any] = field(default_factory=dict)
+    """Small configs named after the published structures they mimic (e.g. one per preset whose
+    layout differs); the shared contract tests run every one."""
+
+    def tiny_configs(self) -> dict[str, Any]:
+        """`tiny_variants`, or {"tiny": tiny_config} when the family declares no variants."""
+        return dict(self.tiny_variants) or {"tiny": self.tiny_config}
 
     def presets(self) -> list[str]:
         """Names of the published configs (`config_class.preset(name)`)."""

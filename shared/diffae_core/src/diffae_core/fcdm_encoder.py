@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from .fcdm_block import FCDMBlock
 from .norms import ChannelWiseRMSNorm
 from .patchify import Patchify
-from .posterior import EncoderPosterior, split_posterior
+from .posterior import EncoderPosterior, deterministic_posterior, split_posterior
 
 POSTERIOR_KINDS = ("diagonal_gaussian", "deterministic")
 
@@ -66,8 +66,7 @@ class FCDMEncoder(nn.Module):
         """The raw posterior; a deterministic encoder has logsnr = +inf (alpha = 1, sigma = 0)."""
         projection = self.features(images)
         if self.posterior_kind == "deterministic":
-            latents = self.norm_out(projection)
-            return EncoderPosterior(mean=latents, logsnr=latents.new_full(latents.shape, 1e4))
+            return deterministic_posterior(self.norm_out(projection))
         posterior = split_posterior(projection)
         return EncoderPosterior(mean=self.norm_out(posterior.mean), logsnr=posterior.logsnr)
 

@@ -10,23 +10,15 @@ from .samplers import SAMPLER_NAMES
 from .vp import SCHEDULE_KINDS, get_schedule
 
 
-@dataclass
-class VPInferenceConfig:
-    """How `decode` samples. Each family subclasses it under its own name and defaults.
+class InferenceConfigBase:
+    """Validation and derived values shared by the inference configs (no fields of its own)."""
 
-    num_steps: decoder evaluations without PDG (each PDG step costs two); 1 is PSNR-optimal.
-    sampler: "ddim" or "dpmpp_2m". schedule: "linear" or "cosine" in t.
-    pdg: path-drop guidance, x0 = u + pdg_strength * (c - u); sharper images, lower PSNR.
-    seed: an int draws the initial noise from a CPU generator (device-independent); None uses
-    the global RNG of the latents' device.
-    """
-
-    num_steps: int = 1
-    sampler: str = "ddim"
-    schedule: str = "linear"
-    pdg: bool = False
-    pdg_strength: float = 2.0
-    seed: int | None = None
+    num_steps: int
+    sampler: str
+    schedule: str
+    pdg: bool
+    pdg_strength: float
+    seed: int | None
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that holds an unusable value."""
@@ -57,15 +49,41 @@ class VPInferenceConfig:
 
 
 @dataclass
-class StrengthVPInferenceConfig(VPInferenceConfig):
-    """`VPInferenceConfig` plus the `strength` field of the newer exports (dinac_ae, capacitor).
+class VPInferenceConfig(InferenceConfigBase):
+    """How `decode` samples. Each family subclasses it under its own name and defaults.
 
-    strength: the schedule runs from t = strength instead of t = 1, 0 < strength <= 1; 1.0 (the
-    default) leaves the schedule bitwise unchanged. It comes after `seed` (dataclass fields of a
-    subclass follow its base's), so pass it by keyword.
+    num_steps: decoder evaluations without PDG (each PDG step costs two); 1 is PSNR-optimal.
+    sampler: "ddim" or "dpmpp_2m". schedule: "linear" or "cosine" in t.
+    pdg: path-drop guidance, x0 = u + pdg_strength * (c - u); sharper images, lower PSNR.
+    seed: an int draws the initial noise from a CPU generator (device-independent); None uses
+    the global RNG of the latents' device.
     """
 
+    num_steps: int = 1
+    sampler: str = "ddim"
+    schedule: str = "linear"
+    pdg: bool = False
+    pdg_strength: float = 2.0
+    seed: int | None = None
+
+
+@dataclass
+class StrengthVPInferenceConfig(InferenceConfigBase):
+    """`VPInferenceConfig` plus `strength`, in the newer exports' field order (dinac_ae, capacitor).
+
+    strength: the schedule runs from t = strength instead of t = 1, 0 < strength <= 1; 1.0 (the
+    default) leaves the schedule bitwise unchanged. The fields are declared here rather than
+    inherited so that `strength` precedes `seed`, as in the published class (positional
+    construction agrees with it).
+    """
+
+    num_steps: int = 1
+    sampler: str = "ddim"
+    schedule: str = "linear"
+    pdg: bool = False
+    pdg_strength: float = 2.0
     strength: float = 1.0
+    seed: int | None = None
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that holds an unusable value."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -21,6 +22,12 @@ class EncoderPosterior:
     mean: Tensor
     logsnr: Tensor
 
+    float32_moments: ClassVar[bool] = False
+    """Whether `mode`/`sample` return float32 (dinac_ae) or the mean's dtype (fcdm_diffae)."""
+
+    def _out(self, value: Tensor) -> Tensor:
+        return value if self.float32_moments else value.to(self.mean.dtype)
+
     @property
     def alpha(self) -> Tensor:
         """sqrt(sigmoid(logsnr)), float32 [N, C, h, w]."""
@@ -32,19 +39,34 @@ class EncoderPosterior:
         return alpha_sigma(self.logsnr)[1]
 
     def mode(self) -> Tensor:
-        """alpha * mean computed in float32, returned in the mean's dtype."""
-        return (self.alpha * self.mean.float()).to(self.mean.dtype)
+        """alpha * mean, computed in float32 (output dtype: see `float32_moments`)."""
+        return self._out(self.alpha * self.mean.float())
 
     def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
-        """alpha * mean + sigma * eps with eps ~ N(0, 1) drawn like `mean`; in the mean's dtype."""
+        """alpha * mean + sigma * eps, eps ~ N(0, 1) drawn in float32 on the mean's device."""
         eps = torch.randn(
             self.mean.shape, generator=generator, dtype=torch.float32, device=self.mean.device
         )
         alpha, sigma = alpha_sigma(self.logsnr)
-        return (alpha * self.mean.float() + sigma * eps).to(self.mean.dtype)
+        return self._out(alpha * self.mean.float() + sigma * eps)
 
 
-def split_posterior(projection: Tensor) -> EncoderPosterior:
+DETERMINISTIC_LOGSNR = 1e4
+"""The logsnr a deterministic encoder's posterior reports: alpha = 1 and sigma = 0 exactly."""
+
+
+def split_posterior(
+    projection: Tensor, posterior_class: type[EncoderPosterior] = EncoderPosterior
+) -> EncoderPosterior:
     """Encoder output [N, 2B, h, w] -> posterior with mean = channels [0, B), logsnr = [B, 2B)."""
     mean, logsnr = projection.chunk(2, dim=1)
-    return EncoderPosterior(mean=mean, logsnr=logsnr)
+    return posterior_class(mean=mean, logsnr=logsnr)
+
+
+def deterministic_posterior(
+    latents: Tensor, posterior_class: type[EncoderPosterior] = EncoderPosterior
+) -> EncoderPosterior:
+    """A deterministic encoder's latents [N, B, h, w] as a posterior whose mode is the latents."""
+    return posterior_class(
+        mean=latents, logsnr=latents.new_full(latents.shape, DETERMINISTIC_LOGSNR)
+    )

@@ -19,22 +19,28 @@ FLOATING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class Float32BuffersModule(nn.Module):
-    """An nn.Module whose float32 buffers keep their dtype through `.to()`, `.half()`, etc.
+    """An nn.Module whose floating buffers are float32 through `.to()`, `.half()`, etc.
 
-    Device moves still apply to them; only the dtype conversion is skipped, so no value is
-    rounded (contrast a plain module, whose `.to(torch.bfloat16)` rounds buffers too).
+    Device moves still apply to them; a dtype conversion does not: a float32 buffer is never
+    rounded (contrast a plain module, whose `.to(torch.bfloat16)` rounds buffers too), and a
+    buffer that arrived in another floating dtype (a bf16 file) is brought back to float32.
     """
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
-        protected = {id(b) for b in self.buffers() if b.dtype == torch.float32}
+        floating_buffers = {id(b) for b in self.buffers() if b.is_floating_point()}
 
         def keep_float32(tensor: Tensor) -> Tensor:
             converted = fn(tensor)
-            if id(tensor) in protected and converted.dtype != torch.float32:
-                return tensor.to(device=converted.device)
+            if id(tensor) in floating_buffers:
+                # From the original, not from `converted`: a round trip through bf16 would round.
+                return tensor.to(device=converted.device, dtype=torch.float32)
             return converted
 
         return super()._apply(keep_float32, recurse)
+
+    def restore_float32_buffers(self) -> nn.Module:
+        """Make every floating buffer float32 in place (after loading a file that stored less)."""
+        return self._apply(lambda tensor: tensor)
 
 
 def compute_dtype(model: nn.Module) -> torch.dtype:

@@ -19,9 +19,9 @@ from .checkpoint import (
     AliasInspection,
     KeyAliases,
     StateDiff,
+    alias_renames,
     apply_key_aliases,
     diff_state,
-    inspect_with_aliases,
     load_state_strict,
     read_header,
     state_info,
@@ -126,9 +126,11 @@ class PretrainedModel(Float32BuffersModule):
         state = load_file(os.fspath(weights_path), device=str(device))
         state = cls.canonical_checkpoint_keys(state)
         load_state_strict(model, state, source=os.fspath(weights_path))
-        if dtype is not None:
-            model.to(dtype=dtype)
-        left_on_meta = [name for name, t in model.state_dict().items() if t.is_meta]
+        # `assign=True` adopted the file's dtypes; the policy is applied explicitly here.
+        model.restore_float32_buffers()
+        model.to(device=device, dtype=dtype)  # also moves tables that no file holds
+        tensors = [*model.named_parameters(), *model.named_buffers()]
+        left_on_meta = [name for name, tensor in tensors if tensor.is_meta]
         assert not left_on_meta, f"tensors not materialised by the checkpoint: {left_on_meta}"
         return model.eval()
 
@@ -178,7 +180,13 @@ class PretrainedModel(Float32BuffersModule):
         if config is None:
             config = cls.config_class.load(weights_path.parent / CONFIG_NAME)
         expected = state_info(cls.from_config_on_meta(config).state_dict())
-        return inspect_with_aliases(read_header(weights_path), expected, cls.checkpoint_key_aliases)
+        header = read_header(weights_path)
+        return AliasInspection(
+            as_published=diff_state(header, expected),
+            # What loading accepts: the alias table and any family-specific spelling hook.
+            with_aliases=diff_state(cls.canonical_checkpoint_keys(header), expected),
+            renames=alias_renames(list(header), cls.checkpoint_key_aliases),
+        )
 
     def num_parameters(self) -> int:
         """Learnable values, each shared tensor once (the cards' count); buffers excluded."""

@@ -33,15 +33,18 @@ class SinusoidalTimeEmbeddingMLP(nn.Module):
         hidden_mult: float = 1.0,
         time_scale: float = 1000.0,
         max_period: float = 10000.0,
+        persistent_freqs: bool = True,
     ) -> None:
         super().__init__()
         hidden = int(dim * hidden_mult)
         self.time_scale = time_scale
-        # Persistent: the published checkpoints store it (float32, key `...time_embed.freqs`).
-        ambient_device = torch.empty(0).device  # "meta" under `with torch.device("meta")`
-        self.register_buffer(
-            "freqs", sinusoidal_frequencies(freq_dim, max_period).to(ambient_device)
-        )
+        freqs = sinusoidal_frequencies(freq_dim, max_period)
+        if persistent_freqs:
+            # The published FCDM checkpoints store it (float32, key `...time_embed.freqs`), so
+            # a model built on meta leaves it on meta until the file is loaded.
+            freqs = freqs.to(torch.empty(0).device)  # the ambient device: "meta" if so
+        # A non-persistent table is never loaded, so it keeps real (CPU) values even on meta.
+        self.register_buffer("freqs", freqs, persistent=persistent_freqs)
         self.proj_in = nn.Linear(freq_dim, hidden)
         self.act = nn.SiLU()
         self.proj_out = nn.Linear(hidden, dim)

@@ -1,0 +1,221 @@
+"""The behaviour every family promises, run on each family's tiny variants (random weights).
+
+One module parametrised over every installed family x tiny variant, as diffusers' model tester
+mixins are: a family package keeps only the tests of what is its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffae_core.checkpoint import CheckpointMismatchError
+from diffae_core.families import installed_families
+from diffae_core.testing import assert_close, randomize_weights, randomize_whitening
+
+FLOAT32_ROUNDING = 1e-6
+"""PDG at strength 1 vs no PDG: u + 1 * (c - u) differs from c by float32 rounding only, i.e.
+by ~1e-6 of the output's magnitude (random-weight outputs reach 1e3, real ones ~1)."""
+BF16_RELATIVE = 0.05
+"""bf16 vs fp32: max |diff| relative to the fp32 output's max |value| (8-bit mantissa)."""
+
+CASES = [
+    (family, variant, config)
+    for family in installed_families().values()
+    for variant, config in family.tiny_configs().items()
+]
+
+
+@pytest.fixture(params=CASES, ids=[f"{f.name}-{v}" for f, v, _ in CASES])
+def case(request: pytest.FixtureRequest):
+    return request.param
+
+
+def make_model(family, config, seed: int = 0):
+    model = randomize_weights(family.model_class(config), seed)
+    if hasattr(model, "latent_norm_running_mean"):
+        randomize_whitening(model)
+    return model.eval()
+
+
+def patch_of(config) -> int:
+    return getattr(config, "effective_patch_size", config.patch_size)
+
+
+def sample_images(config, n: int = 2) -> torch.Tensor:
+    p = patch_of(config)
+    generator = torch.Generator().manual_seed(7)
+    return torch.rand(n, 3, 2 * p, 3 * p, generator=generator) * 2 - 1
+
+
+def latents_for(model, images: torch.Tensor) -> torch.Tensor:
+    """What `decode` takes: `encode`'s output, or random latents for a decoder-only family."""
+    if hasattr(model, "encode"):
+        return model.encode(images)
+    config, p = model.config, patch_of(model.config)
+    shape = (images.shape[0], config.latent_channels, images.shape[2] // p, images.shape[3] // p)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(3))
+
+
+def decode(family, model, latents, images, **settings) -> torch.Tensor:
+    cfg = family.inference_config_class(**settings)
+    return model.decode(latents, images.shape[-2], images.shape[-1], inference_config=cfg)
+
+
+def test_shapes_and_dtypes(case) -> None:
+    family, _, config = case
+    model = make_model(family, config)
+    images = sample_images(config)
+    latents = latents_for(model, images)
+    p = patch_of(config)
+    assert latents.shape[2:] == (images.shape[2] // p, images.shape[3] // p)
+    assert latents.dtype == torch.float32
+    recon = decode(family, model, latents, images, seed=0)
+    assert recon.shape == images.shape and recon.dtype == torch.float32
+    assert recon.isfinite().all()
+
+
+def test_seeded_decode_is_bitwise_deterministic(case) -> None:
+    family, _, config = case
+    model = make_model(family, config)
+    images = sample_images(config)
+    latents = latents_for(model, images)
+    first = decode(family, model, latents, images, seed=42)
+    assert torch.equal(first, decode(family, model, latents, images, seed=42))
+    assert not torch.equal(first, decode(family, model, latents, images, seed=43))
+
+
+@pytest.mark.parametrize(
+    ("sampler", "schedule", "pdg"),
+    [("ddim", "linear", False), ("dpmpp_2m", "cosine", True)],
+    ids=["ddim-linear", "dpmpp_2m-cosine-pdg"],
+)
+def test_num_steps_counts_decoder_evaluations(case, sampler, schedule, pdg) -> None:
+    family, _, config = case
+    model = make_model(family, config)
+    images = sample_images(config, n=1)
+    latents = latents_for(model, images)
+    calls = []
+    handle = model.decoder.register_forward_hook(lambda *_: calls.append(1))
+    settings = dict(num_steps=3, sampler=sampler, schedule=schedule, pdg=pdg, seed=0)
+    recon = decode(family, model, latents, images, pdg_strength=1.5, **settings)
+    handle.remove()
+    assert len(calls) == 3 * (2 if pdg else 1)
+    assert recon.isfinite().all()
+
+
+def test_pdg_strength_one_equals_no_pdg(case) -> None:
+    family, _, config = case
+    model = make_model(family, config)
+    images = sample_images(config)
+    latents = latents_for(model, images)
+    plain = decode(family, model, latents, images, seed=1)
+    guided = decode(family, model, latents, images, seed=1, pdg=True, pdg_strength=1.0)
+    assert_close(guided, plain, atol=FLOAT32_ROUNDING * max(1.0, plain.abs().max().item()))
+    strong = decode(family, model, latents, images, seed=1, pdg=True, pdg_strength=3.0)
+    assert not torch.allclose(strong, plain, atol=1e-4)
+
+
+def test_save_load_round_trip_is_bitwise(case, tmp_path: Path) -> None:
+    family, _, config = case
+    model = make_model(family, config)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = family.model_class.from_pretrained(tmp_path)
+    assert loaded.config == config and not loaded.training
+    expected, actual = model.state_dict(), loaded.state_dict()
+    assert list(actual) == list(expected)
+    for key, tensor in actual.items():
+        assert tensor.dtype == expected[key].dtype and torch.equal(tensor, expected[key]), key
+    images = sample_images(config)
+    latents = latents_for(model, images)
+    assert torch.equal(latents, latents_for(loaded, images))
+    assert torch.equal(
+        decode(family, model, latents, images, seed=5),
+        decode(family, loaded, latents, images, seed=5),
+    )
+
+
+EDITS = {
+    "missing": (lambda state: state.pop("decoder.out_proj.bias"), "missing keys"),
+    "unexpected": (
+        lambda state: state.__setitem__("decoder.not_a_module.weight", torch.zeros(1)),
+        "unexpected keys",
+    ),
+    "misshapen": (
+        lambda state: state.__setitem__("decoder.out_proj.bias", torch.zeros(5)),
+        "shape mismatches",
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_strict_loading_names_the_key(case, edit: str, tmp_path: Path) -> None:
+    family, _, config = case
+    make_model(family, config).save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    change, kind = EDITS[edit]
+    change(state)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointMismatchError) as caught:
+        family.model_class.from_pretrained(tmp_path)
+    message = str(caught.value)
+    assert kind in message
+    assert ("not_a_module" if edit == "unexpected" else "decoder.out_proj.bias") in message
+    assert not family.model_class.inspect_checkpoint(tmp_path / "model.safetensors").loadable
+
+
+def test_bad_sizes_raise_value_errors_naming_the_argument(case) -> None:
+    family, _, config = case
+    model = make_model(family, config)
+    images = sample_images(config, n=1)
+    latents = latents_for(model, images)
+    height, width = images.shape[-2:]
+    p = patch_of(config)
+    if p > 1:
+        with pytest.raises(ValueError, match="height"):
+            model.decode(latents, height + 1, width)
+        if hasattr(model, "encode"):
+            with pytest.raises(ValueError, match="images"):
+                model.encode(images[..., : height - 1, :])
+    with pytest.raises(ValueError, match="latents"):
+        model.decode(latents, height + p, width)
+    with pytest.raises(ValueError, match="latents"):
+        model.decode(latents[:, :1], height, width)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("num_steps", 0), ("sampler", "euler"), ("schedule", "karras")]
+)
+def test_bad_inference_settings_name_the_field(case, field: str, value: object) -> None:
+    family, _, config = case
+    model = make_model(family, config)
+    images = sample_images(config, n=1)
+    latents = latents_for(model, images)
+    with pytest.raises(ValueError, match=field):
+        decode(family, model, latents, images, **{field: value})
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.float() - expected.float()).abs().max() / expected.abs().max()).item()
+
+
+def test_bf16_close_to_fp32_with_float32_buffers(case) -> None:
+    family, _, config = case
+    model = make_model(family, config)
+    images = sample_images(config)
+    latents = latents_for(model, images)
+    reference = decode(family, model, latents, images, seed=0)
+    buffers = {name: b.clone() for name, b in model.named_buffers() if b.dtype == torch.float32}
+    model.to(torch.bfloat16)
+    for name, buffer in model.named_buffers():
+        if name in buffers:
+            assert buffer.dtype == torch.float32 and torch.equal(buffer, buffers[name]), name
+    bf16_latents = latents_for(model, images)
+    assert relative_error(bf16_latents, latents) < BF16_RELATIVE
+    recon = decode(family, model, bf16_latents, images, seed=0)
+    assert recon.dtype == torch.float32
+    assert relative_error(recon, reference) < BF16_RELATIVE
