@@ -1,0 +1,129 @@
+"""The models compared: each installed family's presets (random weights) and the FLUX.2 VAE,
+behind one interface with generic `encode` and `decode`.
+
+Families come only from `diffae_core.families.installed_families()`. A family's `decode`
+takes random latents [N, config.latent_channels, H/p, W/p] (p = the effective patch size);
+capacitor_decoder's are FLUX.2-layout latents [N, 128, H/16, W/16], and it has no encoder.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffae_core.cli.models import patch_multiple
+from diffae_core.families import Family, installed_families
+
+from .flux2 import (
+    FLUX2_DOWNSAMPLING,
+    FLUX2_LATENT_CHANNELS,
+    FLUX2_NAME,
+    build_flux2_vae,
+    flux2_decode,
+    flux2_encode,
+)
+
+Encode = Callable[[Tensor], Any]
+"""images [N, 3, H, W] in [-1, 1] -> latents."""
+Decode = Callable[[Tensor, int, int], Any]
+"""(latents, height, width) -> images [N, 3, height, width]."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model under test, with what is needed to feed it."""
+
+    name: str
+    module: nn.Module
+    latent_channels: int
+    pixels_per_latent: int
+    encode: Encode | None
+    decode: Decode | None
+
+    def latent_shape(self, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """[N, C, h, w] of the latents `decode` takes for images of height x width."""
+        cell = self.pixels_per_latent
+        return (batch, self.latent_channels, height // cell, width // cell)
+
+    def parameters(self) -> int:
+        """Learnable values, each tensor once."""
+        return sum(p.numel() for p in self.module.parameters())
+
+
+def select_families(names: list[str] | None) -> dict[str, Family]:
+    """The installed families named (all when None); an unknown name is an error."""
+    families = installed_families()
+    if not families:
+        raise SystemExit("no diffae family is installed (diffae.families entry points)")
+    if names is None:
+        return families
+    unknown = [name for name in names if name not in families]
+    if unknown:
+        raise SystemExit(f"--families: expected names from {list(families)}, got {unknown}")
+    return {name: families[name] for name in names}
+
+
+def _decoding(model: nn.Module, family: Family) -> Decode:
+    """One 1-step decode without PDG, the initial noise drawn unseeded on the latents' device."""
+    inference_config = family.inference_config_class(num_steps=1, pdg=False)
+    takes_noise = "noise" in inspect.signature(model.decode).parameters
+    noise_std = float(getattr(model.config, "pixel_noise_std", 1.0))
+
+    def run(latents: Tensor, height: int, width: int) -> Tensor:
+        keywords: dict[str, Any] = {"inference_config": inference_config}
+        if takes_noise:
+            # A seeded CPU-generator draw inside decode would break a torch.compile graph.
+            shape = (latents.shape[0], 3, height, width)
+            keywords["noise"] = torch.randn(shape, device=latents.device) * noise_std
+        return model.decode(latents, height, width, **keywords)
+
+    return run
+
+
+def family_candidate(
+    family: Family,
+    config: Any,
+    name: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    model: nn.Module | None = None,
+) -> Candidate:
+    """A family model built from `config` (PyTorch's default init) or the `model` given."""
+    if model is None:
+        model = family.model_class(config)
+    model = model.to(device=device, dtype=dtype).eval()
+    encode = getattr(model, "encode", None)
+    return Candidate(
+        name=name,
+        module=model,
+        latent_channels=int(model.config.latent_channels),
+        pixels_per_latent=patch_multiple(model.config),
+        encode=encode if callable(encode) else None,
+        decode=_decoding(model, family),
+    )
+
+
+def flux2_candidate(*, device: torch.device, dtype: torch.dtype, tiny: bool = False) -> Candidate:
+    """The FLUX.2 VAE from its default config (or a tiny one) with random weights."""
+    vae = build_flux2_vae(device=device, dtype=dtype, tiny=tiny)
+
+    def encode(images: Tensor) -> Tensor:
+        return flux2_encode(vae, images)
+
+    def decode(latents: Tensor) -> Tensor:
+        return flux2_decode(vae, latents)
+
+    return Candidate(
+        name=FLUX2_NAME,
+        module=vae,
+        latent_channels=FLUX2_LATENT_CHANNELS,
+        pixels_per_latent=FLUX2_DOWNSAMPLING,
+        encode=encode,
+        decode=lambda latents, height, width: decode(latents),
+    )

@@ -1,0 +1,232 @@
+"""Reconstruction quality of one model on a folder of images, by the cards' protocol, plus SSIM.
+
+Each image is encoded and decoded (`--steps`, default 1; PDG off); both the original and
+the reconstruction are clamped to [-1, 1] and quantised to 8 bits, and PSNR is computed per
+image; the summary is mean, std, median, P5, P95, min and max over the images, as on the cards.
+SSIM (benchmarks/metrics.py) is summarised the same way. The model is a local directory or a
+Hub repo id; its family is found as the `diffae` command line finds it
+(`diffae_core.cli.models.choose_model`: a published repo id, else the one family whose config class
+accepts its config.json), or given with --family.
+A decode-only model (capacitor_decoder) decodes the FLUX.2 VAE's latents: pass --flux2, which
+also adds the FLUX.2 VAE's own reconstructions to the table.
+
+    uv run python -m benchmarks.quality data-archetype/semdisdiffae_p32_v2 --dtype bf16
+
+writes benchmarks/results/quality-<model>-<machine>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffae_core.cli.console import CliError
+from diffae_core.cli.images import BadImage, find_images, fit_image, read_image
+from diffae_core.cli.metrics import psnr_8bit, summarize
+from diffae_core.cli.models import DTYPES, choose_model, patch_multiple
+from diffae_core.families import Family
+
+from .flux2 import (
+    FLUX2_DOWNSAMPLING,
+    FLUX2_NAME,
+    build_flux2_vae,
+    flux2_decode,
+    flux2_encode,
+    flux2_whitened_patchified,
+)
+from .metrics import ssim_8bit
+from .report import (
+    RESULTS_DIR,
+    default_machine_name,
+    header_lines,
+    machine_info,
+    markdown_table,
+    slug,
+    write_results,
+)
+
+IMAGES_DIR = Path(__file__).resolve().parent / "data" / "images"
+FLUX2_PATCHIFIED_CELL = 2 * FLUX2_DOWNSAMPLING
+"""Pixels per cell of the patchified FLUX.2 latents that capacitor_decoder takes."""
+METRICS = ("psnr_db", "ssim")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("model", help="model directory or Hugging Face repo id")
+    parser.add_argument("--family", help="the family's name, when it cannot be detected")
+    parser.add_argument(
+        "--images", nargs="+", default=[str(IMAGES_DIR)], help="image files or folders"
+    )
+    parser.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on CUDA, else fp32")
+    parser.add_argument("--steps", type=int, default=1, help="decoder sampling steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the decoder's noise")
+    parser.add_argument("--flux2", help="FLUX.2 VAE directory or repo id (diffusers layout)")
+    parser.add_argument("--flux2-subfolder", help="e.g. FLUX2-VAE for BiliSakura/VAEs")
+    parser.add_argument("--machine", help="name in the results file names (default: device)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    return parser.parse_args(argv)
+
+
+def model_name(model: str) -> str:
+    """'data-archetype/semdisdiffae_p32_v2' or '/path/to/dir/' -> the last path part."""
+    return Path(model.rstrip("/")).name
+
+
+def reconstruct(
+    model: Any, inference_config: Any, vae: Any, images: Tensor
+) -> tuple[Tensor, Tensor | None]:
+    """images [1, 3, H, W] in [-1, 1] -> (model's reconstruction, FLUX.2's or None), float32.
+
+    A model without `encode` decodes the FLUX.2 VAE's posterior mean, patchified and whitened.
+    """
+    height, width = int(images.shape[-2]), int(images.shape[-1])
+    flux2_latents = flux2_reconstruction = None
+    if vae is not None:
+        flux2_latents = flux2_encode(vae, images.to(dtype=vae.dtype))
+        flux2_reconstruction = flux2_decode(vae, flux2_latents).float()
+    if callable(getattr(model, "encode", None)):
+        latents = model.encode(images)
+    else:
+        latents = flux2_whitened_patchified(vae, flux2_latents)
+    decoded = model.decode(latents, height, width, inference_config=inference_config)
+    return decoded.float(), flux2_reconstruction
+
+
+def render_markdown(name: str, info: dict[str, Any], data: dict[str, Any]) -> str:
+    """The results page: machine and settings, the summaries, then one row per image."""
+    lines = [f"# Reconstruction quality of {name}", "", *header_lines(info), ""]
+    lines += [f"- {key}: `{value}`" for key, value in data["settings"].items()]
+    statistics = ["mean", "std", "median", "p5", "p95", "min", "max"]
+    summary_rows = [
+        [f"{model} {metric}", *(f"{summary[s]:.4f}" for s in statistics)]
+        for model, summaries in data["summary"].items()
+        for metric, summary in summaries.items()
+    ]
+    lines += ["", "## Summary", "", markdown_table(["model, metric", *statistics], summary_rows)]
+    models = list(data["summary"])
+    headers = ["image", "size"] + [f"{m} {k}" for m in models for k in ("PSNR (dB)", "SSIM")]
+    image_rows = [
+        [row["image"], f"{row['width']}x{row['height']}"]
+        + [cell for m in models for cell in (f"{row[m]['psnr_db']:.2f}", f"{row[m]['ssim']:.4f}")]
+        for row in data["images"]
+    ]
+    lines += ["", "## Per image", "", markdown_table(headers, image_rows)]
+    return "\n".join(lines) + "\n"
+
+
+def load_models(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> tuple[Family, str, Any, Any]:
+    """(family, how it was chosen, model, FLUX.2 VAE or None), both in eval mode."""
+    try:
+        choice = choose_model(args.model, args.family)
+    except (CliError, FileNotFoundError) as error:
+        raise SystemExit(str(error)) from None
+    family, reason = choice.family, choice.reason
+    model = family.model_class.from_pretrained(choice.location, device=device, dtype=dtype)
+    if not callable(getattr(model, "encode", None)) and args.flux2 is None:
+        raise SystemExit(
+            f"{args.model}: the {family.name} model has no encoder; pass --flux2 (a FLUX.2 VAE "
+            "directory or repo id, e.g. --flux2 BiliSakura/VAEs --flux2-subfolder FLUX2-VAE)"
+        )
+    vae = None
+    if args.flux2 is not None:
+        vae = build_flux2_vae(
+            args.flux2, subfolder=args.flux2_subfolder, device=device, dtype=dtype
+        )
+    return family, reason, model, vae
+
+
+def score_image(
+    path: Path,
+    name: str,
+    model: Any,
+    inference_config: Any,
+    vae: Any,
+    *,
+    multiple: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """One table row: the image's size and, per model, its 8-bit PSNR and SSIM."""
+    try:
+        fitted = fit_image(read_image(path)[0], multiple, "crop")
+    except BadImage as error:
+        # A failing image stops the run: a summary over fewer images would mislead.
+        raise SystemExit(f"{path}: {error}") from None
+    original = fitted.image  # [1, 3, H, W] float32 in [-1, 1], on the CPU
+    with torch.inference_mode():
+        images = original.to(device=device, dtype=dtype)
+        recon, flux2_recon = reconstruct(model, inference_config, vae, images)
+    outputs = {name: recon} | ({FLUX2_NAME: flux2_recon} if vae is not None else {})
+    row: dict[str, Any] = {
+        "image": path.name,
+        "width": int(original.shape[-1]),
+        "height": int(original.shape[-2]),
+    }
+    for label, output in outputs.items():
+        output = output[0].cpu()
+        row[label] = {
+            "psnr_db": psnr_8bit(original[0], output),
+            "ssim": ssim_8bit(original[0], output),
+        }
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate, print the Markdown, write the results files; returns the JSON data."""
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    family, reason, model, vae = load_models(args, device, dtype)
+    inference_config = family.inference_config_class(num_steps=args.steps, seed=args.seed)
+    multiple = patch_multiple(model.config)
+    if vae is not None:
+        multiple = math.lcm(multiple, FLUX2_PATCHIFIED_CELL)
+    paths, problems = find_images(args.images)
+    if problems or not paths:
+        raise SystemExit(f"--images: {problems or 'no images found'}")
+    name = model_name(args.model)
+    labels = [name] + ([FLUX2_NAME] if vae is not None else [])
+    rows = []
+    for path in paths:
+        row = score_image(
+            path, name, model, inference_config, vae, multiple=multiple, device=device, dtype=dtype
+        )
+        print(f"{path.name}: " + ", ".join(f"{k} {row[k]['psnr_db']:.2f} dB" for k in labels))
+        rows.append(row)
+    summary = {
+        label: {metric: summarize([r[label][metric] for r in rows]) for metric in METRICS}
+        for label in labels
+    }
+    machine = args.machine or default_machine_name(device)
+    info = machine_info(device)
+    settings = {
+        "model": args.model,
+        "family": f"{family.name} ({reason})",
+        "dtype": str(dtype).removeprefix("torch."),
+        "inference": repr(inference_config),
+        "images": f"{len(rows)} from {', '.join(args.images)} (centre-cropped to x{multiple})",
+        "flux2": args.flux2,
+        "protocol": "8-bit quantised images, per-image PSNR; SSIM 11x11 Gaussian sigma 1.5",
+    }
+    data = {"machine": machine, "info": info, "settings": settings, "summary": summary}
+    data["images"] = rows
+    markdown = render_markdown(name, info, data)
+    print(markdown)
+    for path in write_results(args.out_dir, f"quality-{slug(name)}-{machine}", markdown, data):
+        print(f"wrote {path}")
+    return data
+
+
+if __name__ == "__main__":
+    main()

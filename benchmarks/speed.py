@@ -1,0 +1,318 @@
+"""Encode throughput and decode latency of the installed families against the FLUX.2 VAE.
+
+Every preset of every family chosen is built full size with PyTorch's default initialisation
+(weights' values do not change the work done) next to diffusers' `AutoencoderKLFlux2()` with
+its default config, and all are timed side by side in this one process on the same inputs:
+encode of a batch of random images in [-1, 1], and batch-1 decode of random latents with one
+sampling step and PDG off. Each case is warmed up, then the repeats are interleaved across the
+models (round-robin) so that load from elsewhere on a shared machine hits all of them alike;
+the median is reported. FLOPs of Conv2d/Linear layers are counted during an eager warm-up and
+set against the machine's GEMM peak, measured here with a large matmul.
+
+    uv run python -m benchmarks.speed --resolutions 256 512 --dtypes fp32 bf16 --repeats 3
+
+writes benchmarks/results/speed-<machine>.md and .json. A family that fails to build or run
+stops the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .flops import count_flops, gemm_peak_flops
+from .flux2 import FLUX2_NAME
+from .memory import peak_growth_bytes, return_freed_memory_to_os, tensor_bytes
+from .models import Candidate, family_candidate, flux2_candidate, select_families
+from .report import RESULTS_DIR, default_machine_name, machine_info, write_results
+from .speed_tables import render_speed_page
+from .timing import median_ms, time_call
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TASKS = ("encode", "decode")
+MODES = ("eager", "compile")
+GPU_ENCODE_BATCH = {256: 128, 512: 32, 1024: 8, 2048: 2}
+"""The cards' encode batches at 256 and 512 (dinac_ae_d2, full_capacitor), scaled beyond."""
+CPU_ENCODE_BATCH = 1
+DECODE_BATCH = 1
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed configuration: which call, on what size, in what dtype and mode."""
+
+    task: str
+    resolution: int
+    batch: int
+    dtype: str
+    mode: str
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--families", nargs="+", help="installed family names (default: all)")
+    parser.add_argument("--presets", nargs="+", help="preset names to keep (default: all)")
+    parser.add_argument("--resolutions", nargs="+", type=int, default=[256, 512, 1024])
+    parser.add_argument(
+        "--decode-only-resolutions",
+        nargs="+",
+        type=int,
+        default=[],
+        help="extra resolutions timed for decode only (e.g. 2048 on a GPU)",
+    )
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["eager", "compile"])
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per case")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        help="untimed calls before timing (at least 1: it counts FLOPs and peak memory)",
+    )
+    parser.add_argument(
+        "--encode-batch",
+        type=int,
+        help=f"encode batch at every resolution (default: GPU {GPU_ENCODE_BATCH}, CPU "
+        f"{CPU_ENCODE_BATCH})",
+    )
+    parser.add_argument("--no-flux2", action="store_true", help="skip the FLUX.2 VAE")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="each family's tiny test config and a tiny FLUX.2 VAE instead of the presets "
+        "(a smoke run: its figures mean nothing)",
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--gemm-size", type=int, help="matmul side (default 8192 GPU, 2048 CPU)")
+    parser.add_argument("--machine", help="name in the results file names (default: device)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    for name in ("repeats", "warmup"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: expected a positive count, got {getattr(args, name)}")
+    return args
+
+
+def build_candidates(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> list[Candidate]:
+    """Every chosen preset of every chosen family, then the FLUX.2 VAE, in `dtype`."""
+    candidates = []
+    for family_name, family in select_families(args.families).items():
+        for preset in ["tiny"] if args.tiny else family.presets():
+            if args.presets is not None and preset not in args.presets:
+                continue
+            config = family.tiny_config if args.tiny else family.config_class.preset(preset)
+            name = f"{family_name}/{preset}"
+            try:
+                candidate = family_candidate(family, config, name, device=device, dtype=dtype)
+            except Exception as error:
+                raise RuntimeError(f"{name}: building the model failed: {error}") from error
+            candidates.append(candidate)
+    if not candidates:
+        raise SystemExit("--presets: no preset of the chosen families matches")
+    if not args.no_flux2:
+        candidates.append(flux2_candidate(device=device, dtype=dtype, tiny=args.tiny))
+    return candidates
+
+
+def case_input(
+    candidate: Candidate, case: Case, device: torch.device, dtype: torch.dtype
+) -> Callable[[], Any]:
+    """The call timed for one case: encode of random images or decode of random latents."""
+    generator = torch.Generator().manual_seed(0)
+    side = case.resolution
+    if case.task == "encode":
+        assert candidate.encode is not None
+        images = torch.rand(case.batch, 3, side, side, generator=generator) * 2 - 1
+        images = images.to(device=device, dtype=dtype)
+        return lambda: candidate.encode(images)
+    assert candidate.decode is not None
+    shape = candidate.latent_shape(case.batch, side, side)
+    latents = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+    return lambda: candidate.decode(latents, side, side)
+
+
+def runs(candidate: Candidate, case: Case) -> bool:
+    """Whether the candidate has the case's call (capacitor_decoder has no encoder)."""
+    return getattr(candidate, case.task) is not None
+
+
+def compiled(candidate: Candidate, task: str, cache: dict[tuple[str, str], Callable]) -> Candidate:
+    """The candidate with its `task` call wrapped by torch.compile once (kept in `cache`)."""
+    key = (candidate.name, task)
+    if key not in cache:
+        cache[key] = torch.compile(getattr(candidate, task))
+    return Candidate(**{**candidate.__dict__, task: cache[key]})
+
+
+def warm_up(
+    candidate: Candidate,
+    case: Case,
+    args: argparse.Namespace,
+    device: torch.device,
+    flop_counts: dict[tuple[str, Case], int],
+    compile_cache: dict[tuple[str, str], Callable],
+) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """The call to time for one model and its row: FLOPs, first-call time and peak memory."""
+    dtype = DTYPES[case.dtype]
+    flop_key = (candidate.name, Case(case.task, case.resolution, case.batch, "", ""))
+    if case.mode == "compile" and flop_key not in flop_counts:
+        # Hooks do not fire inside a compiled graph: count on one untimed eager call.
+        with torch.inference_mode(), count_flops(candidate.module) as flops:
+            case_input(candidate, case, device, dtype)()
+        flop_counts[flop_key] = flops.total
+    timed = compiled(candidate, case.task, compile_cache) if case.mode == "compile" else candidate
+    call = case_input(timed, case, device, dtype)
+    first_call_s, growth = None, None
+    with torch.inference_mode():
+        for index in range(args.warmup):
+            # The first call counts FLOPs (eager) and the last one measures memory, so a
+            # slow model on a CPU can run with a single warm-up call.
+            counting = index == 0 and flop_key not in flop_counts
+            with count_flops(candidate.module) if counting else nullcontext() as flops:
+                if index == args.warmup - 1:
+                    start = time.perf_counter()
+                    growth = peak_growth_bytes(call, device)
+                    seconds = time.perf_counter() - start
+                else:
+                    seconds = time_call(call, device)
+            if counting:
+                flop_counts[flop_key] = flops.total
+            first_call_s = seconds if index == 0 else first_call_s
+    weights = tensor_bytes(candidate.module)
+    row = {
+        **case.__dict__,
+        "model": candidate.name,
+        "parameters": candidate.parameters(),
+        "flops": flop_counts[flop_key],
+        "first_call_s": first_call_s,
+        "weights_mib": weights / MIB,
+        "peak_growth_mib": None if growth is None else growth / MIB,
+        "peak_mib": None if growth is None else (weights + growth) / MIB,
+        "seconds": [],
+    }
+    return call, row
+
+
+def measure_case(
+    candidates: list[Candidate],
+    case: Case,
+    args: argparse.Namespace,
+    device: torch.device,
+    flop_counts: dict[tuple[str, Case], int],
+    compile_cache: dict[tuple[str, str], Callable],
+) -> list[dict[str, Any]]:
+    """Warm up each model, measure its peak memory and FLOPs, then time the models round-robin."""
+    chosen = [c for c in candidates if runs(c, case)]
+    calls, rows = [], []
+    for candidate in chosen:
+        try:
+            call, row = warm_up(candidate, case, args, device, flop_counts, compile_cache)
+        except Exception as error:  # a failing case stops the run, naming the model
+            raise RuntimeError(f"{candidate.name}, {case}: {error}") from error
+        calls.append(call)
+        rows.append(row)
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            for call, row in zip(calls, rows, strict=True):
+                row["seconds"].append(time_call(call, device))
+    for row in rows:
+        row["ms_batch"] = median_ms(row["seconds"])
+        row["ms_image"] = row["ms_batch"] / case.batch
+        row["images_per_s"] = 1000.0 / row["ms_image"]
+        row["tflops"] = row["flops"] / (row["ms_batch"] / 1000.0) / 1e12
+    return rows
+
+
+def add_flux2_ratios(rows: list[dict[str, Any]], gemm_flops: dict[str, float]) -> None:
+    """Speedup and peak-memory reduction against the FLUX.2 row of the same case; GEMM share."""
+    case_fields = ("task", "resolution", "batch", "dtype", "mode")
+    references = {tuple(r[f] for f in case_fields): r for r in rows if r["model"] == FLUX2_NAME}
+    for row in rows:
+        row["gemm_fraction"] = row["tflops"] * 1e12 / gemm_flops[row["dtype"]]
+        reference = references.get(tuple(row[f] for f in case_fields))
+        row["speedup_vs_flux2"] = (
+            None if reference is None else reference["ms_image"] / row["ms_image"]
+        )
+        has_memory = reference is not None and row["peak_mib"] and reference["peak_mib"]
+        row["peak_reduction_vs_flux2"] = (
+            1.0 - row["peak_mib"] / reference["peak_mib"] if has_memory else None
+        )
+        row["flux2_ms_image"] = None if reference is None else reference["ms_image"]
+        row["flux2_peak_mib"] = None if reference is None else reference["peak_mib"]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the Markdown, write the results files; returns the JSON data."""
+    args = parse_args(argv)
+    select_families(args.families)  # an unknown name stops the run before anything is measured
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        return_freed_memory_to_os()
+    encode_batch = {
+        side: args.encode_batch
+        or (GPU_ENCODE_BATCH.get(side, 1) if device.type == "cuda" else CPU_ENCODE_BATCH)
+        for side in args.resolutions
+    }
+    gemm_size = args.gemm_size or (8192 if device.type == "cuda" else 2048)
+    gemm_flops = {name: gemm_peak_flops(device, DTYPES[name], gemm_size) for name in args.dtypes}
+    machine = args.machine or default_machine_name(device)
+    info = machine_info(device)
+    settings = {
+        "repeats (median of)": args.repeats,
+        "warm-up calls": args.warmup,
+        "encode batch by resolution": encode_batch,
+        "decode": f"batch {DECODE_BATCH}, 1 step, PDG off, random latents",
+        "weights": "random (PyTorch default init); FLUX.2 VAE = AutoencoderKLFlux2() defaults",
+        "configs": "tiny test configs (smoke run)" if args.tiny else "published presets, full size",
+        "gemm_size": gemm_size,
+        "gemm_tflops": {name: flops / 1e12 for name, flops in gemm_flops.items()},
+    }
+    cases = [
+        Case(task, side, encode_batch[side] if task == "encode" else DECODE_BATCH, dtype, mode)
+        for side in args.resolutions
+        for task in args.tasks
+        for dtype in args.dtypes
+        for mode in args.modes
+    ] + [
+        Case("decode", side, DECODE_BATCH, dtype, mode)
+        for side in args.decode_only_resolutions
+        for dtype in args.dtypes
+        for mode in args.modes
+        if "decode" in args.tasks
+    ]
+    rows: list[dict[str, Any]] = []
+    flop_counts: dict[tuple[str, Case], int] = {}
+    for dtype in args.dtypes:
+        candidates = build_candidates(args, device, DTYPES[dtype])
+        compile_cache: dict[tuple[str, str], Callable] = {}
+        for case in (c for c in cases if c.dtype == dtype):
+            print(f"timing {case}", flush=True)
+            rows += measure_case(candidates, case, args, device, flop_counts, compile_cache)
+        del candidates, compile_cache
+    add_flux2_ratios(rows, gemm_flops)
+    markdown = render_speed_page(machine, info, settings, rows)
+    data = {"machine": machine, "info": info, "settings": settings, "results": rows}
+    print(markdown)
+    for path in write_results(args.out_dir, f"speed-{machine}", markdown, data):
+        print(f"wrote {path}")
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Smoke runs of benchmarks/speed.py and quality.py on tiny models (nothing is timed here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffae_core.cli.images import write_png
+from diffae_core.families import installed_families
+from diffae_core.testing import randomize_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benchmarks are scripts beside the packages, not installed
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import quality, speed  # noqa: E402
+from benchmarks.flux2 import FLUX2_NAME, build_flux2_vae  # noqa: E402
+
+pytest.importorskip("diffusers")
+FAMILIES = installed_families()
+TINY_SIDE = 32
+
+
+def test_speed_runs_every_family_and_flux2_on_tiny_configs(tmp_path: Path) -> None:
+    options = f"--tiny --resolutions {TINY_SIDE} --dtypes fp32 --modes eager --repeats 1"
+    options += " --warmup 1 --machine smoke"
+    data = speed.main([*options.split(), "--out-dir", str(tmp_path)])
+    assert (tmp_path / "speed-smoke.md").is_file()
+    assert json.loads((tmp_path / "speed-smoke.json").read_text()) == json.loads(json.dumps(data))
+    rows = data["results"]
+    models = {row["model"] for row in rows}
+    assert models == {f"{name}/tiny" for name in FAMILIES} | {FLUX2_NAME}
+    for row in rows:
+        assert row["ms_batch"] > 0 and len(row["seconds"]) == 1
+        assert row["flops"] > 0, row["model"]
+        assert row["speedup_vs_flux2"] is not None
+        if row["model"] == FLUX2_NAME:
+            assert row["speedup_vs_flux2"] == 1.0
+    decoders = {row["model"] for row in rows if row["task"] == "decode"}
+    assert decoders == models
+    assert "## Speedup vs FLUX.2" in (tmp_path / "speed-smoke.md").read_text()
+
+
+def test_speed_rejects_an_unknown_family(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--families"):
+        speed.main(["--tiny", "--families", "no_such_family", "--out-dir", str(tmp_path)])
+
+
+def _images(folder: Path, count: int = 2) -> Path:
+    generator = torch.Generator().manual_seed(0)
+    for index in range(count):
+        image = torch.rand(3, TINY_SIDE, TINY_SIDE + 16, generator=generator) * 2 - 1
+        write_png(folder / f"image{index}.png", image)
+    return folder
+
+
+def test_quality_on_a_tiny_saved_model(tmp_path: Path) -> None:
+    family = FAMILIES["fcdm_diffae"]
+    randomize_weights(family.model_class(family.tiny_config)).eval().save_pretrained(
+        tmp_path / "model"
+    )
+    images = _images(tmp_path / "images")
+    arguments = [str(tmp_path / "model"), "--family", "fcdm_diffae", "--images", str(images)]
+    data = quality.main([*arguments, "--machine", "smoke", "--out-dir", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "quality-model-smoke.md").is_file()
+    assert (tmp_path / "out" / "quality-model-smoke.json").is_file()
+    assert len(data["images"]) == 2
+    summary = data["summary"]["model"]
+    assert set(summary) == {"psnr_db", "ssim"}
+    assert set(summary["psnr_db"]) == {"mean", "std", "median", "p5", "p95", "min", "max"}
+    assert -1.0 <= summary["ssim"]["mean"] <= 1.0
+
+
+def test_quality_of_a_decode_only_model_uses_the_flux2_encoder(tmp_path: Path) -> None:
+    decode_only = [f for f in FAMILIES.values() if not hasattr(f.model_class, "encode")]
+    if not decode_only:
+        pytest.skip("no decode-only family installed")
+    family = decode_only[0]
+    randomize_weights(family.model_class(family.tiny_config)).eval().save_pretrained(
+        tmp_path / "model"
+    )
+    build_flux2_vae(tiny=True).save_pretrained(tmp_path / "flux2")
+    arguments = [str(tmp_path / "model"), "--family", family.name]
+    arguments += ["--images", str(_images(tmp_path / "images", count=1))]
+    with pytest.raises(SystemExit, match="--flux2"):
+        quality.main(arguments)
+    data = quality.main(
+        [*arguments, "--flux2", str(tmp_path / "flux2"), "--out-dir", str(tmp_path / "out")]
+    )
+    assert set(data["summary"]) == {"model", FLUX2_NAME}
+
+
+def test_speed_stops_at_a_failing_model_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = speed.family_candidate
+
+    def broken(*args: object, **kwargs: object) -> speed.Candidate:
+        candidate = build(*args, **kwargs)
+
+        def decode(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+            raise ValueError("latents: broken on purpose")
+
+        return speed.Candidate(**{**candidate.__dict__, "decode": decode})
+
+    monkeypatch.setattr(speed, "family_candidate", broken)
+    options = f"--tiny --families fcdm_diffae --no-flux2 --tasks decode --resolutions {TINY_SIDE}"
+    options += " --dtypes fp32 --modes eager --repeats 1 --warmup 1"
+    with pytest.raises(RuntimeError, match=r"fcdm_diffae/tiny.*broken on purpose"):
+        speed.main([*options.split(), "--out-dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
