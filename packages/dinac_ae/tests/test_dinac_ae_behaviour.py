@@ -12,7 +12,7 @@ import torch
 from diffae_core.config import ConfigError
 from diffae_core.testing import assert_close, randomize_weights, randomize_whitening
 from dinac_ae import DinacAE, DinacAEConfig, DinacAEInferenceConfig, EncoderPosterior
-from dinac_ae.family import TINY_CONFIG
+from dinac_ae.family import FAMILY, TINY_CONFIG
 
 FLOAT32_ROUNDING = 1e-6
 BF16_RELATIVE = 0.05
@@ -20,12 +20,8 @@ BF16_RELATIVE = 0.05
 BF16_UNIT_RMS = 0.05
 """How far a bf16-computed, RMS-normalised vector's RMS may be from 1."""
 
-TINY = {
-    name: dataclasses.replace(
-        TINY_CONFIG, encoder_depth=DinacAEConfig.preset(name).encoder_depth // 4
-    )
-    for name in DinacAEConfig.PRESETS
-}
+TINY = FAMILY.tiny_configs()
+"""One tiny config per release structure (dinac_ae: 1 encoder block, dinac_ae_d2: 2)."""
 
 
 @functools.cache
@@ -231,12 +227,36 @@ def test_bad_inputs_name_the_argument(name: str) -> None:
         ("bottleneck_posterior_kind", "gaussian"),
         ("depthwise_kernel_size", 4),
         ("class_head_register_token_count", -1),
+        ("class_head_register_token_count", 3),
+        ("class_head_register_token_count", 5),
+        ("class_head_register_token_count", 4.0),
         ("latent_running_stats_eps", 0.0),
     ],
 )
 def test_bad_config_fields_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=rf"^{field}: "):
         dataclasses.replace(TINY_CONFIG, **{field: value})
+
+
+def test_inference_config_fields_follow_the_published_order() -> None:
+    """Spec §3.2: strength precedes seed, so positional construction matches the reference."""
+    names = [field.name for field in dataclasses.fields(DinacAEInferenceConfig)]
+    assert names == ["num_steps", "sampler", "schedule", "pdg", "pdg_strength", "strength", "seed"]
+    defaults = DinacAEInferenceConfig()
+    assert (defaults.num_steps, defaults.sampler, defaults.schedule) == (1, "ddim", "linear")
+    assert (defaults.pdg, defaults.pdg_strength, defaults.strength) == (False, 2.0, 1.0)
+    assert defaults.seed is None
+    positional = DinacAEInferenceConfig(4, "dpmpp_2m", "cosine", True, 1.5, 0.5, 9)
+    assert positional == DinacAEInferenceConfig(
+        num_steps=4,
+        sampler="dpmpp_2m",
+        schedule="cosine",
+        pdg=True,
+        pdg_strength=1.5,
+        strength=0.5,
+        seed=9,
+    )
+    positional.validate()
 
 
 def test_config_file_keys_are_strict() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 
@@ -12,15 +11,11 @@ from safetensors.torch import load_file, save_file
 
 from diffae_core.checkpoint import CheckpointMismatchError, read_header
 from diffae_core.testing import randomize_weights, randomize_whitening
-from dinac_ae import DinacAE, DinacAEConfig, DinacAEInferenceConfig
-from dinac_ae.family import TINY_CONFIG
+from dinac_ae import DinacAE, DinacAEInferenceConfig
+from dinac_ae.family import FAMILY
 
-TINY = {
-    name: dataclasses.replace(
-        TINY_CONFIG, encoder_depth=DinacAEConfig.preset(name).encoder_depth // 4
-    )
-    for name in DinacAEConfig.PRESETS
-}
+TINY = FAMILY.tiny_configs()
+"""One tiny config per release structure (dinac_ae: 1 encoder block, dinac_ae_d2: 2)."""
 HEAD = "dino_token_alignment_head"
 
 
@@ -170,3 +165,22 @@ def test_bf16_files_round_trip_and_islands_are_restored(
     loaded = DinacAE.from_pretrained(with_weights(saved, tmp_path / "all_bf16", weights))
     loaded.validate_inference_storage()
     assert loaded.decoder.out_proj.weight.dtype == torch.float32
+
+
+def test_files_with_every_tensor_bf16_load_with_float32_buffers(
+    name: str, saved: Path, tmp_path: Path
+) -> None:
+    """Buffers stored bf16 too (latent statistics, RoPE periods, time frequencies) load float32."""
+    weights = {k: v.bfloat16() for k, v in load_file(saved / "model.safetensors").items()}
+    folder = with_weights(saved, tmp_path / "every_bf16", weights)
+    buffers = ["latent_norm_running_var", "encoder.rope.periods", f"{HEAD}._axial_rope2d.periods"]
+    for dtype in (None, torch.bfloat16, torch.float32):
+        model = DinacAE.from_pretrained(folder, dtype=dtype)
+        model.validate_inference_storage()
+        assert all(b.dtype == torch.float32 for b in model.buffers())
+        state = model.state_dict()
+        for key in [*buffers, "decoder.time_embed.freqs", "decoder.out_proj.weight"]:
+            assert state[key].dtype == torch.float32, key
+            # Upcast from the file's bf16 values, not recomputed or rounded again.
+            assert torch.equal(state[key], weights[key].float()), key
+        assert model.ordinary_weight_storage_dtype == (dtype or torch.bfloat16)

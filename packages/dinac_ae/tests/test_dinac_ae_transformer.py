@@ -42,7 +42,7 @@ def test_rope_periods() -> None:
     periods = AxialRoPE2D(64).periods
     assert periods.shape == (16,) and periods.dtype == torch.float32
     expected = torch.tensor([10000.0 ** (j / 16) for j in range(16)])
-    assert_close(periods, expected, atol=0, rtol=1e-6)
+    assert torch.equal(periods, expected)
     assert periods[0] == 1.0 and math.isclose(periods[-1].item(), 5623.413, rel_tol=1e-6)
 
 
@@ -127,3 +127,13 @@ def test_dit_block_uses_sandwich_norms() -> None:
         block.mlp_norm2._impl.weight.zero_()
     x = torch.randn(2, 6, 64)
     assert torch.equal(block(x, AxialRoPE2D(64)(2, 3)), x)
+
+
+def test_dit_block_restores_feature_maps() -> None:
+    """Spec §5.3: 4-D input is tokenized (row-major) and restored; 3-D input stays tokens."""
+    block = DitBlock(64, 2, 4.0, "gelu")
+    x = torch.randn(2, 64, 2, 3, generator=torch.Generator().manual_seed(0))
+    rope = AxialRoPE2D(32)(2, 3)
+    out = block(x, rope)
+    assert out.shape == x.shape
+    assert torch.equal(out, from_tokens(block(to_tokens(x), rope), 2, 3))

@@ -5,14 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import JsonConfig, check_choice, check_positive
+from diffae_core.config import JsonConfig, check_choice, check_multiple, check_positive
 from diffae_core.fcdm_config import check_fcdm_fields
 from diffae_core.fcdm_encoder import POSTERIOR_KINDS
 from diffae_core.inference import StrengthVPInferenceConfig
 
-MLP_TYPES = ("gelu", "silu", "relu")
+from .dit import ACTIVATIONS
+
+MLP_TYPES = tuple(ACTIVATIONS)
+"""The `encoder_mlp_type` / `class_head_mlp_type` values: "gelu", "silu", "relu"."""
 ATTENTION_HEAD_DIM = 64
 """Channels per encoder attention head; `model_dim` must be a multiple of it (spec §3.1)."""
+REGISTER_TOKEN_COUNT = 4
+"""Register tokens of the class head: the reference accepts exactly 4 (spec §5.5)."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,10 @@ class DinacAEConfig(JsonConfig):
                 f"{self.class_head_model_dim}, got {self.class_head_feature_dim}"
             )
         count = self.class_head_register_token_count
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        if isinstance(count, bool) or not isinstance(count, int) or count != REGISTER_TOKEN_COUNT:
+            # The class head's RoPE prefix and readout are built for exactly 4 registers.
             raise ValueError(
-                f"class_head_register_token_count: expected an int >= 0, got {count!r}"
+                f"class_head_register_token_count: expected {REGISTER_TOKEN_COUNT}, got {count!r}"
             )
         check_choice("encoder_mlp_type", self.encoder_mlp_type, MLP_TYPES)
         check_choice("class_head_mlp_type", self.class_head_mlp_type, MLP_TYPES)
@@ -106,14 +112,11 @@ class DinacAEConfig(JsonConfig):
         return self.class_head_model_dim // self.class_head_head_dim
 
 
-def check_multiple(field: str, value: int, multiple: int) -> None:
-    """Raise ValueError naming `field` unless `value` is a multiple of `multiple`."""
-    if value % multiple:
-        raise ValueError(f"{field}: expected a multiple of {multiple}, got {value}")
-
-
 @dataclass
 class DinacAEInferenceConfig(StrengthVPInferenceConfig):
     """Decoding settings. Defaults: 1 DDIM step (`num_steps` counts decoder evaluations, so 1
     is one NFE), linear schedule, no PDG, `strength` 1.0 (the full schedule).
+
+    Fields, validation and `strength` all come from the core class, in the published order
+    (num_steps, sampler, schedule, pdg, pdg_strength, strength, seed).
     """

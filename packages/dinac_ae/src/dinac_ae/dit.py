@@ -41,6 +41,7 @@ class RMSNorm(nn.Module):
         self._impl = nn.RMSNorm(channels, eps=eps, elementwise_affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:
+        """x [..., C] in any float dtype -> same shape and dtype, unit RMS over C times weight."""
         weight = self._impl.weight
         weight = None if weight is None else weight.to(x.dtype)
         return F.rms_norm(x, self._impl.normalized_shape, weight, self._impl.eps)
@@ -57,6 +58,7 @@ class MLP(nn.Module):
         self.down = nn.Linear(hidden, channels, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """tokens [..., C] -> [..., C] in the compute dtype (the weights' or autocast's)."""
         return self.down(self.activation(self.up(x)))
 
 
@@ -179,7 +181,13 @@ class DitBlock(nn.Module):
         self.mlp = MLP(channels, mlp_ratio, mlp_type)
 
     def forward(self, x: Tensor, rope: RopeTable) -> Tensor:
-        """tokens [N, L, C] -> [N, L, C]."""
+        """tokens [N, L, C] -> [N, L, C], or a feature map [N, C, h, w] -> [N, C, h, w].
+
+        A feature map is tokenized row-major and restored; `rope` holds L (= h * w) rows.
+        """
+        if x.ndim == 4:
+            height, width = x.shape[-2:]
+            return from_tokens(self.forward(to_tokens(x), rope), height, width)
         x = x + self.attn_norm2(self.attn_core(self.attn_norm1(x), rope))
         return x + self.mlp_norm2(self.mlp(self.mlp_norm1(x)))
 

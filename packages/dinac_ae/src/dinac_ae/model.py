@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from diffae_core.autoencoder import WhitenedVPAutoencoder, build_fcdm_decoder
 from diffae_core.patchify import Patchify
+from diffae_core.posterior import deterministic_posterior, split_posterior
+from diffae_core.precision import compute_dtype
 from diffae_core.validation import check_tensor
 
 from .config import DinacAEConfig, DinacAEInferenceConfig
@@ -27,9 +29,6 @@ from .dit import (
 )
 from .posterior import EncoderPosterior
 from .precision import STORAGE_DTYPES, is_float32_island, storage_problems
-
-DETERMINISTIC_LOGSNR = 1e4
-"""logsnr of a deterministic posterior (alpha = 1, sigma = 0), as in the core FCDM encoder."""
 
 ALIASED_KEYS = (
     re.compile(
@@ -88,7 +87,12 @@ class TransformerEncoder(nn.Module):
         self.to_bottleneck = nn.Conv2d(model_dim, projection_channels, 1)
 
     def posterior(self, images: Tensor) -> EncoderPosterior:
-        """The raw posterior, mean and logsnr in the compute dtype."""
+        """images [N, 3, H, W] in [-1, 1] -> raw posterior, mean/logsnr [N, B, H/P, W/P].
+
+        mean and logsnr are in the compute dtype (the weights', or bf16 under autocast); a
+        deterministic encoder reports `diffae_core.posterior.DETERMINISTIC_LOGSNR` (alpha 1,
+        sigma 0).
+        """
         features = self.patchify(images)
         height, width = features.shape[-2:]
         rope = self.rope(height, width)
@@ -97,10 +101,8 @@ class TransformerEncoder(nn.Module):
             tokens = block(tokens, rope)
         projection = self.to_bottleneck(from_tokens(tokens, height, width))
         if self.deterministic:
-            logsnr = projection.new_full(projection.shape, DETERMINISTIC_LOGSNR)
-            return EncoderPosterior(mean=projection, logsnr=logsnr)
-        mean, logsnr = projection.chunk(2, dim=1)
-        return EncoderPosterior(mean=mean, logsnr=logsnr)
+            return deterministic_posterior(projection, EncoderPosterior)
+        return split_posterior(projection, EncoderPosterior)
 
     def forward(self, images: Tensor) -> Tensor:
         """images -> posterior mode alpha * mean, rounded to the mean's dtype."""
@@ -206,12 +208,20 @@ class DinacAE(WhitenedVPAutoencoder):
     # -- precision policy --------------------------------------------------------------------
     @property
     def ordinary_weight_storage_dtype(self) -> torch.dtype:
-        """The dtype of the ordinary (non-island) weights: float32 or bfloat16."""
-        return self.decoder.patchify.proj.weight.dtype
+        """The dtype of the ordinary (non-island) weights: float32 or bfloat16.
+
+        The one compute-dtype choice of every entry point: `compute_dtype(self)`, which the core
+        also uses to cast images and decoder inputs. It reads the first parameter,
+        `encoder.patchify.proj.weight`, an ordinary weight, so it equals the spec's
+        `decoder.patchify.proj.weight` dtype whenever the policy holds (see
+        `validate_inference_storage`).
+        """
+        return compute_dtype(self)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
         # Any cast keeps the float32 islands in float32 (device moves still apply), so
-        # `model.to(torch.bfloat16)` gives exactly the published bf16 layout.
+        # `model.to(torch.bfloat16)` gives exactly the published bf16 layout. The core's
+        # Float32BuffersModule._apply (super) then keeps every floating buffer float32.
         islands = set()
         for name, parameter in self.named_parameters():
             if is_float32_island(name):
@@ -229,21 +239,19 @@ class DinacAE(WhitenedVPAutoencoder):
 
     def validate_inference_storage(self) -> None:
         """Raise RuntimeError if a tensor's dtype breaks the storage policy or is off-device."""
-        weight = self.decoder.patchify.proj.weight
-        problems = storage_problems(self, weight.dtype, weight.device)
+        base = self.ordinary_weight_storage_dtype
+        problems = storage_problems(self, base, self.latent_norm_running_mean.device)
         if problems:
             listed = "\n  ".join(problems[:10])
             raise RuntimeError(
-                f"DinacAE storage: {len(problems)} tensors break the {weight.dtype} policy:\n  "
-                f"{listed}"
+                f"DinacAE storage: {len(problems)} tensors break the {base} policy:\n  {listed}"
             )
 
     def _storage_autocast(self) -> torch.autocast:
         """bf16 autocast when the ordinary weights are bf16, else a context that disables it."""
-        weight = self.decoder.patchify.proj.weight
-        return torch.autocast(
-            weight.device.type, dtype=torch.bfloat16, enabled=weight.dtype == torch.bfloat16
-        )
+        enabled = self.ordinary_weight_storage_dtype == torch.bfloat16
+        device_type = self.latent_norm_running_mean.device.type
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
 
     # -- loading and saving ------------------------------------------------------------------
     @classmethod
@@ -289,7 +297,7 @@ class DinacAE(WhitenedVPAutoencoder):
     ) -> DinacAE:
         """Load a `.safetensors` file strictly and apply the storage policy (spec §4.3).
 
-        dtype: None keeps the file's base dtype (that of `decoder.patchify.proj.weight`);
+        dtype: None keeps the file's base dtype (that of its ordinary weights);
         torch.bfloat16 or torch.float32 casts the ordinary weights, islands stay float32.
         """
         if dtype is not None and dtype not in STORAGE_DTYPES:
@@ -300,8 +308,9 @@ class DinacAE(WhitenedVPAutoencoder):
         base = model.ordinary_weight_storage_dtype if dtype is None else dtype
         if base not in STORAGE_DTYPES:
             raise ValueError(
-                f"weights_path: {os.fspath(weights_path)} stores decoder.patchify.proj.weight as "
-                f"{base}; expected torch.float32 or torch.bfloat16"
+                f"weights_path: {os.fspath(weights_path)} stores its ordinary weights "
+                f"(encoder.patchify.proj.weight) as {base}; expected torch.float32 or "
+                "torch.bfloat16"
             )
         model.to(dtype=base)
         model.validate_inference_storage()
@@ -309,6 +318,10 @@ class DinacAE(WhitenedVPAutoencoder):
 
     # -- public API --------------------------------------------------------------------------
     def _raw_posterior(self, images: Tensor) -> EncoderPosterior:
+        """Checked images [N, 3, H, W] on the model's device and dtype -> raw posterior.
+
+        mean/logsnr [N, 128, H/16, W/16] in the compute dtype (see `TransformerEncoder.posterior`).
+        """
         return self.encoder.posterior(images)
 
     def encode_posterior(self, images: Tensor) -> EncoderPosterior:
@@ -358,12 +371,13 @@ class DinacAE(WhitenedVPAutoencoder):
         channels = self.config.latent_channels
         if latents.ndim != 4 or latents.shape[1] != channels:
             raise ValueError(f"latents: expected [N, {channels}, h, w], got {tuple(latents.shape)}")
-        weight = self.decoder.patchify.proj.weight
-        raw_latents = self.dewhiten(latents.to(weight.device))
-        with torch.autocast(weight.device.type, dtype=torch.bfloat16):
+        device = self.latent_norm_running_mean.device
+        raw_latents = self.dewhiten(latents.to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             alignment = self.dino_token_alignment_head(raw_latents)
         return alignment.class_token.float()
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    """True when two tensors (any shape and dtype) have equal dtype, shape and values."""
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)

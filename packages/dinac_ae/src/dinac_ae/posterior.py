@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import ClassVar
 
 from diffae_core import posterior as core
 
@@ -15,13 +14,4 @@ class EncoderPosterior(core.EncoderPosterior):
     cast them back to the mean's dtype (its `encode` rounds the mode itself before whitening).
     """
 
-    def mode(self) -> Tensor:
-        """alpha * mean, float32 [N, C, h, w]."""
-        return self.alpha * self.mean.float()
-
-    def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
-        """alpha * mean + sigma * eps, eps ~ N(0, 1) float32 on the mean's device; float32."""
-        eps = torch.randn(
-            self.mean.shape, generator=generator, dtype=torch.float32, device=self.mean.device
-        )
-        return self.alpha * self.mean.float() + self.sigma * eps
+    float32_moments: ClassVar[bool] = True
