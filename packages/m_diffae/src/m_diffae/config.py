@@ -46,6 +46,10 @@ class MDiffAEConfig(JsonConfig):
             check_positive(name, getattr(self, name))
         check_positive("mlp_ratio", self.mlp_ratio, float)
         check_positive("pixel_noise_std", self.pixel_noise_std, float)
+        for name in ("logsnr_min", "logsnr_max", "pdg_mask_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name}: expected a number, got {value!r}")
         if self.depthwise_kernel_size % 2 == 0:
             raise ValueError(
                 f"depthwise_kernel_size: expected an odd size, got {self.depthwise_kernel_size}"
@@ -55,14 +59,20 @@ class MDiffAEConfig(JsonConfig):
                 f"logsnr_min, logsnr_max: expected min < max, got {self.logsnr_min}, "
                 f"{self.logsnr_max}"
             )
-        ratio = self.pdg_mask_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
-            raise ValueError(f"pdg_mask_ratio: expected a number in [0, 1], got {ratio!r}")
+        if not 0 <= self.pdg_mask_ratio <= 1:
+            raise ValueError(
+                f"pdg_mask_ratio: expected a number in [0, 1], got {self.pdg_mask_ratio!r}"
+            )
 
     @property
     def latent_channels(self) -> int:
         """Channels of `encode`'s latents (64 for mdiffae_v1)."""
         return self.bottleneck_dim
+
+    @property
+    def effective_patch_size(self) -> int:
+        """Pixels per latent position along each side (16 for mdiffae_v1)."""
+        return self.patch_size
 
 
 @dataclass(init=False)
@@ -71,8 +81,15 @@ class MDiffAEInferenceConfig(VPInferenceConfig):
 
     PDG masks `pdg_mask_ratio` of the latent tokens for the weak prediction and is very
     sensitive here: use strengths 1.01-1.2 (card 1.05; larger values give artefacts).
-    `pdg_enabled` (the iRDiffAE spelling) and `pdg` (the core's) name the same switch, as
-    constructor keywords and as attributes. `seed` also seeds the PDG mask positions.
+    `seed` also seeds the PDG mask positions.
+
+    The PDG switch: spec §3.3 leaves its name open and asks for the field `pdg_enabled` (the
+    iRDiffAE spelling) with `pdg` as an alias. We keep `pdg` as the dataclass field instead,
+    because the core (`guidance_strength`, validation) and the command line read `pdg` in every
+    family; `pdg_enabled` is accepted as a constructor keyword and is a property over `pdg`, so
+    both spellings of spec §3.3 work. `dataclasses.replace` copies fields, so write
+    `replace(cfg, pdg=True)`; `replace(cfg, pdg_enabled=True)` only works when it agrees with
+    `cfg.pdg`, and otherwise raises a ValueError naming both spellings.
     """
 
     pdg_strength: float = 1.05
@@ -91,7 +108,7 @@ class MDiffAEInferenceConfig(VPInferenceConfig):
         if pdg is not None and pdg_enabled is not None and pdg != pdg_enabled:
             raise ValueError(
                 f"pdg, pdg_enabled: two spellings of one switch, got pdg={pdg!r} and "
-                f"pdg_enabled={pdg_enabled!r}"
+                f"pdg_enabled={pdg_enabled!r} (with dataclasses.replace, pass pdg=)"
             )
         flag = pdg if pdg is not None else pdg_enabled
         self.num_steps = num_steps
@@ -100,6 +117,12 @@ class MDiffAEInferenceConfig(VPInferenceConfig):
         self.pdg = False if flag is None else flag
         self.pdg_strength = pdg_strength
         self.seed = seed
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that holds an unusable value."""
+        if not isinstance(self.pdg, bool):
+            raise ValueError(f"pdg (alias pdg_enabled): expected True or False, got {self.pdg!r}")
+        super().validate()
 
     @property
     def pdg_enabled(self) -> bool:

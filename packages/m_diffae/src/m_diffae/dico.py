@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffae_core.config import check_choice
 from diffae_core.fcdm_block import mlp_hidden_channels
 from diffae_core.norms import ChannelWiseRMSNorm
 
@@ -17,7 +18,8 @@ from .open_points import MODULATION_ORDERS
 
 NORM_EPS = 1e-6
 GATE_INIT = 1e-3
-"""Initial value of the encoder's residual gates (a training choice; loading overwrites it)."""
+"""Initial value of the encoder's residual gates. The spec gives none (loading overwrites it);
+borrowed from the FCDM block's `layer_scale_init` (diffae_core.fcdm_block), the same role."""
 
 
 class Float32RMSNorm(ChannelWiseRMSNorm):
@@ -79,6 +81,7 @@ class DiCoBlock(nn.Module):
         mlp_renorm: bool = True,
     ) -> None:
         super().__init__()
+        check_choice("modulation_order", modulation_order, tuple(MODULATION_ORDERS))
         self.use_external_adaln = use_external_adaln
         self.chunk_order = MODULATION_ORDERS[modulation_order]
         self.mlp_renorm = mlp_renorm

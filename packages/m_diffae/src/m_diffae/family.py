@@ -6,7 +6,6 @@ from diffae_core.families import Family
 
 from .config import MDiffAEConfig, MDiffAEInferenceConfig
 from .model import MDiffAE
-from .open_points import REPO_ID_ALIASES
 
 TINY_CONFIG = MDiffAEConfig(
     patch_size=4,
@@ -24,8 +23,9 @@ FAMILY = Family(
     model_class=MDiffAE,
     config_class=MDiffAEConfig,
     inference_config_class=MDiffAEInferenceConfig,
-    # The card's spelling, then the one the Hub serves (open_points.REPO_ID_ALIASES).
-    repo_ids=("data-archetype/mdiffae_v1", REPO_ID_ALIASES["data-archetype/mdiffae_v1"]),
+    # The spelling the repository's files were read under, then the card's; `from_pretrained`
+    # tries each as given, then the other (open_points.REPO_ID_ALIASES).
+    repo_ids=("data-archetype/mdiffae-v1", "data-archetype/mdiffae_v1"),
     tiny_config=TINY_CONFIG,
     tiny_variants={"mdiffae_v1": TINY_CONFIG},
 )

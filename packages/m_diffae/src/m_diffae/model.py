@@ -1,6 +1,7 @@
 """MDiffAE v1: deterministic DiCo encoder and a flat 4-block DiCo diffusion decoder.
 
-encode: images [N, 3, H, W] in [-1, 1] -> latents [N, 64, H/16, W/16] (unit RMS over channels).
+encode: images [N, 3, H, W] in [-1, 1] -> latents [N, 64, H/16, W/16], unit RMS over the 64
+channels before the encoder's closing RMSNorm applies its affine (reading A of spec §8).
 decode: latents -> VP x0-prediction decoder sampled from seeded noise (diffae_core samplers),
 with optional token-mask PDG. No posterior and no latent whitening in v1 (m_diffae spec §1).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from math import isqrt
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +22,15 @@ from diffae_core.adaln import (
     AdaLNScaleGateZeroProjector,
     shared_modulation,
 )
-from diffae_core.checkpoint import TensorInfo
+from diffae_core.autoencoder import VPDiffusionDecoderModel
+from diffae_core.checkpoint import TensorInfo, apply_key_aliases
+from diffae_core.hub import ModelNotAvailableError
+from diffae_core.inference import InferenceConfigBase
 from diffae_core.patchify import Patchify
 from diffae_core.precision import compute_dtype
-from diffae_core.pretrained import PretrainedModel
-from diffae_core.samplers import sample_images
+from diffae_core.samplers import GuidedPredictor
 from diffae_core.time_embed import SinusoidalTimeEmbeddingMLP
-from diffae_core.validation import check_images, check_latents
-from diffae_core.vp import get_schedule
+from diffae_core.validation import check_images
 
 from .config import MDiffAEConfig, MDiffAEInferenceConfig
 from .dico import NORM_EPS, DiCoBlock, Float32RMSNorm
@@ -40,33 +42,47 @@ from .open_points import (
     OpenPoints,
 )
 
+ModelT = TypeVar("ModelT", bound="MDiffAE")
+
 MODULATION_CHUNKS = 4
 """(s1, g1, s2, g2) per decoder block: the AdaLN projections are 4 * model_dim wide."""
 
 
 class Encoder(nn.Module):
-    """images [N, 3, H, W] in [-1, 1] -> latents [N, Z, H/P, W/P], unit RMS over the Z channels.
+    """images [N, 3, H, W] in [-1, 1] -> latents [N, Z, H/P, W/P].
 
-    patchify -> RMSNorm (affine) -> DiCo blocks with learned gates -> 1x1 to Z -> RMSNorm.
+    patchify -> RMSNorm (affine) -> DiCo blocks with learned gates -> 1x1 to Z -> RMSNorm. The
+    latents have unit RMS over the Z channels before that last norm's affine (present under
+    reading A, `open_points.encoder_norm_out_affine`), so not exactly unit RMS in general.
     """
 
-    def __init__(self, config: MDiffAEConfig, open_points: OpenPoints) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        patch_size: int,
+        model_dim: int,
+        depth: int,
+        bottleneck_dim: int,
+        mlp_ratio: float,
+        depthwise_kernel_size: int,
+        *,
+        open_points: OpenPoints = DEFAULT_OPEN_POINTS,
+    ) -> None:
         super().__init__()
-        width = config.model_dim
-        self.patchify = Patchify(config.in_channels, width, config.patch_size)
-        self.norm_in = Float32RMSNorm(width, eps=NORM_EPS)
+        self.patchify = Patchify(in_channels, model_dim, patch_size)
+        self.norm_in = Float32RMSNorm(model_dim, eps=NORM_EPS)
         self.blocks = nn.ModuleList(
             DiCoBlock(
-                width,
-                config.mlp_ratio,
-                depthwise_kernel_size=config.depthwise_kernel_size,
+                model_dim,
+                mlp_ratio,
+                depthwise_kernel_size=depthwise_kernel_size,
                 mlp_renorm=open_points.mlp_renorm,
             )
-            for _ in range(config.encoder_depth)
+            for _ in range(depth)
         )
-        self.to_bottleneck = nn.Conv2d(width, config.bottleneck_dim, 1)
+        self.to_bottleneck = nn.Conv2d(model_dim, bottleneck_dim, 1)
         self.norm_out = Float32RMSNorm(
-            config.bottleneck_dim, eps=NORM_EPS, affine=open_points.encoder_norm_out_affine
+            bottleneck_dim, eps=NORM_EPS, affine=open_points.encoder_norm_out_affine
         )
 
     def forward(self, images: Tensor) -> Tensor:
@@ -78,8 +94,8 @@ class Encoder(nn.Module):
 
 def draw_token_mask(
     batch: int,
-    height: int,
-    width: int,
+    grid_height: int,
+    grid_width: int,
     ratio: float,
     *,
     draw: str = "uniform",
@@ -87,22 +103,24 @@ def draw_token_mask(
 ) -> Tensor:
     """Bool [N, 1, h, w] on the CPU, True where PDG replaces a latent token by the mask feature.
 
-    "uniform": round(ratio * h * w) positions per sample, without replacement. "grid_2x2": one
-    token kept per 2x2 group (75% masked whatever `ratio`, as in training); odd sizes are padded
-    to even before the draw and cropped after. `generator=None` uses the global CPU RNG.
+    h x w = grid_height x grid_width is the latent grid. "uniform": round(ratio * h * w)
+    positions per sample, without replacement. "grid_2x2": one token kept per 2x2 group (75%
+    masked whatever `ratio`, as in training); odd sizes are padded to even before the draw and
+    cropped after. `generator=None` uses the global CPU RNG.
     """
+    tokens = grid_height * grid_width
     if draw == "uniform":
-        count = round(ratio * height * width)
-        order = torch.rand(batch, height * width, generator=generator).argsort(dim=1)
-        mask = torch.zeros(batch, height * width, dtype=torch.bool)
+        count = round(ratio * tokens)
+        order = torch.rand(batch, tokens, generator=generator).argsort(dim=1)
+        mask = torch.zeros(batch, tokens, dtype=torch.bool)
         mask.scatter_(1, order[:, :count], True)
-        return mask.view(batch, 1, height, width)
-    groups_h, groups_w = -(-height // 2), -(-width // 2)
+        return mask.view(batch, 1, grid_height, grid_width)
+    groups_h, groups_w = -(-grid_height // 2), -(-grid_width // 2)
     kept = torch.randint(0, 4, (batch, groups_h, groups_w), generator=generator)
     keep = F.one_hot(kept, 4).bool().view(batch, groups_h, groups_w, 2, 2)  # last: (dy, dx)
     # [N, gh, gw, dy, dx] -> [N, gh, dy, gw, dx] -> [N, 2gh, 2gw]
     keep = keep.permute(0, 1, 3, 2, 4).reshape(batch, 2 * groups_h, 2 * groups_w)
-    return ~keep[:, None, :height, :width]
+    return ~keep[:, None, :grid_height, :grid_width]
 
 
 def replace_tokens(features: Tensor, token_mask: Tensor, mask_feature: Tensor) -> Tensor:
@@ -115,47 +133,93 @@ class Decoder(nn.Module):
 
     fuse_in(norm_in(patchify(x_t)) ++ latent_norm(latent_up(latents))) -> D flat DiCo blocks
     modulated by a shared AdaLN base plus a low-rank delta each -> norm_out -> out_proj ->
-    PixelShuffle(P). No skip connections.
+    PixelShuffle(P). No skip connections. `pdg_mask_ratio`: the fraction of latent tokens
+    `mask_tokens=True` replaces by the learned `mask_feature` (spec §7).
     """
 
-    def __init__(self, config: MDiffAEConfig, open_points: OpenPoints) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        patch_size: int,
+        model_dim: int,
+        depth: int,
+        bottleneck_dim: int,
+        mlp_ratio: float,
+        depthwise_kernel_size: int,
+        adaln_low_rank_rank: int,
+        pdg_mask_ratio: float = 0.75,
+        *,
+        open_points: OpenPoints = DEFAULT_OPEN_POINTS,
+    ) -> None:
         super().__init__()
-        width = config.model_dim
+        width = model_dim
+        self.pdg_mask_ratio = pdg_mask_ratio
         self.mask_at = open_points.mask_at
-        self.patchify = Patchify(config.in_channels, width, config.patch_size)
+        self.mask_draw = open_points.mask_draw
+        self.patchify = Patchify(in_channels, width, patch_size)
         self.norm_in = Float32RMSNorm(width, eps=NORM_EPS)
-        self.latent_up = nn.Conv2d(config.bottleneck_dim, width, 1)
+        self.latent_up = nn.Conv2d(bottleneck_dim, width, 1)
         self.latent_norm = Float32RMSNorm(width, eps=NORM_EPS)
         self.fuse_in = nn.Conv2d(2 * width, width, 1)
-        self.time_embed = SinusoidalTimeEmbeddingMLP(width)
+        self.time_embed = SinusoidalTimeEmbeddingMLP(
+            width, persistent_freqs=open_points.time_embed_freqs_persistent
+        )
         self.adaln_base = AdaLNScaleGateZeroProjector(width, width, num_chunks=MODULATION_CHUNKS)
         self.adaln_deltas = nn.ModuleList(
             AdaLNScaleGateZeroLowRankDelta(
-                width, width, config.adaln_low_rank_rank, num_chunks=MODULATION_CHUNKS
+                width, width, adaln_low_rank_rank, num_chunks=MODULATION_CHUNKS
             )
-            for _ in range(config.decoder_depth)
+            for _ in range(depth)
         )
         self.blocks = nn.ModuleList(
             DiCoBlock(
                 width,
-                config.mlp_ratio,
-                depthwise_kernel_size=config.depthwise_kernel_size,
+                mlp_ratio,
+                depthwise_kernel_size=depthwise_kernel_size,
                 use_external_adaln=True,
                 modulation_order=open_points.modulation_order,
                 mlp_renorm=open_points.mlp_renorm,
             )
-            for _ in range(config.decoder_depth)
+            for _ in range(depth)
         )
         self.norm_out = Float32RMSNorm(width, eps=NORM_EPS)
-        self.out_proj = nn.Conv2d(width, config.in_channels * config.patch_size**2, 1)
-        self.unpatchify = nn.PixelShuffle(config.patch_size)
+        self.out_proj = nn.Conv2d(width, in_channels * patch_size**2, 1)
+        self.unpatchify = nn.PixelShuffle(patch_size)
         self.mask_feature = nn.Parameter(torch.zeros(1, width, 1, 1))
 
+    def draw_token_mask(self, latents: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Bool [N, 1, h, w] (CPU) for latents [N, Z, h, w]: this decoder's ratio and draw."""
+        batch, _, grid_height, grid_width = latents.shape
+        return draw_token_mask(
+            batch,
+            grid_height,
+            grid_width,
+            self.pdg_mask_ratio,
+            draw=self.mask_draw,
+            generator=generator,
+        )
+
     def forward(
-        self, x_t: Tensor, t: Tensor, latents: Tensor, *, token_mask: Tensor | None = None
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        latents: Tensor,
+        *,
+        mask_tokens: bool = False,
+        generator: torch.Generator | None = None,
+        token_mask: Tensor | None = None,
     ) -> Tensor:
-        """x0_hat [N, 3, H, W] in the weights' dtype; `token_mask` [N, 1, h, w] bool selects
-        the tokens replaced by `mask_feature` (the weak prediction of token-mask PDG)."""
+        """x0_hat [N, 3, H, W] in the weights' dtype (spec §7).
+
+        mask_tokens: replace `pdg_mask_ratio` of the latent tokens by `mask_feature` (the weak
+        prediction of token-mask PDG), drawn on the CPU from `generator` (None: global RNG).
+        token_mask: bool [N, 1, h, w], the positions to replace instead of a fresh draw; only
+        with mask_tokens=True.
+        """
+        if token_mask is not None and not mask_tokens:
+            raise ValueError("token_mask: given with mask_tokens=False; pass mask_tokens=True")
+        if mask_tokens and token_mask is None:
+            token_mask = self.draw_token_mask(latents, generator)
         x_features = self.norm_in(self.patchify(x_t))
         latent_features = self.latent_norm(self.latent_up(latents))
         if token_mask is not None and self.mask_at == "latent":
@@ -193,17 +257,39 @@ def _canonical_layout(key: str, value: Any) -> Any:
     return value
 
 
-def _renamed(key: str, renames: Mapping[str, str]) -> str:
-    """`key` with every fragment in `renames` replaced by its value."""
-    for old, new in renames.items():
-        key = key.replace(old, new)
-    return key
+def _renamed_keys(state: Mapping[str, Any], fragments: Mapping[str, str]) -> dict[str, Any]:
+    """`state` with every key fragment in `fragments` replaced by its value.
+
+    Goes through the core's `apply_key_aliases` (one exact alias per changed key), so two keys
+    landing on one name raise ValueError instead of one silently replacing the other.
+    """
+    aliases = {}
+    for key in state:
+        renamed = key
+        for old, new in fragments.items():
+            renamed = renamed.replace(old, new)
+        if renamed != key:
+            aliases[key] = renamed
+    return apply_key_aliases(state, aliases)
 
 
-class MDiffAE(PretrainedModel):
+def _not_found_errors() -> tuple[type[Exception], ...]:
+    """What `from_pretrained` raises when a Hub id is neither cached nor on the Hub."""
+    try:
+        from huggingface_hub.errors import RepositoryNotFoundError
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        return (ModelNotAvailableError,)
+    return (ModelNotAvailableError, RepositoryNotFoundError)
+
+
+class MDiffAE(VPDiffusionDecoderModel):
     """mDiffAE v1. Images [N, 3, H, W] in [-1, 1], H and W multiples of `config.patch_size`;
     latents [N, config.bottleneck_dim, H/P, W/P]. Float32 weights as published; a bf16 model
-    computes in bf16 with float32 norms, time sinusoids and sampler state."""
+    computes in bf16 with float32 norms, time sinusoids and sampler state.
+
+    `decode` is the core's (`VPDiffusionDecoderModel`); this class supplies the decoder call,
+    whose weak (PDG) path masks latent tokens.
+    """
 
     config_class = MDiffAEConfig
     inference_config_class = MDiffAEInferenceConfig
@@ -212,31 +298,108 @@ class MDiffAE(PretrainedModel):
 
     def __init__(self, config: MDiffAEConfig) -> None:
         super().__init__(config)
-        self.encoder = Encoder(config, self.open_points)
-        self.decoder = Decoder(config, self.open_points)
+        self.encoder = Encoder(
+            config.in_channels,
+            config.patch_size,
+            config.model_dim,
+            config.encoder_depth,
+            config.bottleneck_dim,
+            config.mlp_ratio,
+            config.depthwise_kernel_size,
+            open_points=self.open_points,
+        )
+        self.decoder = Decoder(
+            config.in_channels,
+            config.patch_size,
+            config.model_dim,
+            config.decoder_depth,
+            config.bottleneck_dim,
+            config.mlp_ratio,
+            config.depthwise_kernel_size,
+            config.adaln_low_rank_rank,
+            config.pdg_mask_ratio,
+            open_points=self.open_points,
+        )
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike[str], **options: Any) -> MDiffAE:
-        """`PretrainedModel.from_pretrained` (same keywords: device, dtype, revision, ...),
-        accepting both Hub spellings the card uses (`open_points.REPO_ID_ALIASES`)."""
+    def from_pretrained(
+        cls: type[ModelT],
+        path_or_repo_id: str | os.PathLike[str],
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+    ) -> ModelT:
+        """`PretrainedModel.from_pretrained` (a local directory or a Hub id; same keywords).
+
+        A Hub id is tried as given (cache, then Hub); if it is not found, its other spelling
+        in `open_points.REPO_ID_ALIASES` is tried (the card writes `mdiffae_v1`, the files were
+        read under `mdiffae-v1`). If neither is found, the error of the id as given is raised.
+        """
+        options = dict(
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            force_download=force_download,
+        )
+
+        def load(name: str | os.PathLike[str]) -> ModelT:
+            return super(MDiffAE, cls).from_pretrained(name, **options)  # type: ignore[misc]
+
+        other_spelling = None
         if isinstance(path_or_repo_id, str) and not os.path.isdir(path_or_repo_id):
-            path_or_repo_id = REPO_ID_ALIASES.get(path_or_repo_id, path_or_repo_id)
-        return super().from_pretrained(path_or_repo_id, **options)
+            other_spelling = REPO_ID_ALIASES.get(path_or_repo_id)
+        if other_spelling is None:
+            return load(path_or_repo_id)
+        not_found = _not_found_errors()
+        try:
+            return load(path_or_repo_id)
+        except not_found as error:
+            first_error = error
+        try:
+            return load(other_spelling)
+        except not_found:
+            pass  # report the id the caller wrote, with its own cause
+        raise first_error
 
     @classmethod
     def canonical_checkpoint_keys(cls, state: Mapping[str, Any]) -> dict[str, Any]:
         """Published key spellings and layouts -> ours (tensors or header entries)."""
-        canonical = {}
-        for key, value in state.items():
-            key = _renamed(key, PUBLISHED_KEY_RENAMES)
-            canonical[key] = _canonical_layout(key, value)
-        return canonical
+        renamed = _renamed_keys(state, PUBLISHED_KEY_RENAMES)
+        return {key: _canonical_layout(key, value) for key, value in renamed.items()}
 
     def checkpoint_state(self) -> dict[str, Tensor]:
         """The state dict under the published key names (identity while the table is empty)."""
         reverse = {ours: published for published, ours in PUBLISHED_KEY_RENAMES.items()}
-        return {_renamed(key, reverse): t for key, t in self.state_dict().items()}
+        return _renamed_keys(self.state_dict(), reverse)
+
+    # -- family hooks --------------------------------------------------------------------------
+    def _make_predictor(
+        self, decoder_latents: Tensor, settings: InferenceConfigBase
+    ) -> GuidedPredictor:
+        """predict(x_t, t, *, weak) -> x0_hat; weak = PDG with a fresh token mask per call.
+
+        The masks come from a CPU generator seeded with `settings.seed + MASK_SEED_OFFSET`
+        (reproducible, yet apart from the noise stream); with `seed=None`, the global RNG.
+        """
+        dtype = compute_dtype(self)
+        latents_in = decoder_latents.to(dtype)
+        generator = None
+        if settings.seed is not None:
+            generator = torch.Generator().manual_seed((settings.seed + MASK_SEED_OFFSET) % 2**63)
+
+        def predict(x_t: Tensor, t: Tensor, *, weak: bool) -> Tensor:
+            return self.decoder(x_t.to(dtype), t, latents_in, mask_tokens=weak, generator=generator)
+
+        return predict
 
     # -- public API ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -245,63 +408,9 @@ class MDiffAE(PretrainedModel):
 
         The images are moved to the model's device and dtype first. Deterministic.
         """
-        images = check_images(images, self.config.in_channels, self.config.patch_size)
+        images = check_images(images, self.config.in_channels, self.config.effective_patch_size)
         weight = self.encoder.to_bottleneck.weight
         return self.encoder(images.to(device=weight.device, dtype=compute_dtype(self)))
-
-    @torch.no_grad()
-    def decode(
-        self,
-        latents: Tensor,
-        height: int,
-        width: int,
-        *,
-        inference_config: MDiffAEInferenceConfig | None = None,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """latents [N, 64, h, w] -> images [N, 3, height, width], float32, ~[-1, 1], unclamped.
-
-        Runs on `latents.device`. `inference_config` defaults to one DDIM step without PDG; its
-        `seed` fixes the initial noise (CPU draw) and the PDG mask positions. `noise`
-        ([N, 3, height, width], std `config.pixel_noise_std`) replaces the seeded noise draw.
-        """
-        config = self.config
-        cfg = MDiffAEInferenceConfig() if inference_config is None else inference_config
-        cfg.validate()
-        check_latents(latents, config.bottleneck_dim, height, width, config.patch_size)
-        dtype = compute_dtype(self)
-        latents_in = latents.to(dtype)
-        batch, _, grid_h, grid_w = latents.shape
-        mask_generator = None
-        if cfg.seed is not None:
-            mask_generator = torch.Generator().manual_seed((cfg.seed + MASK_SEED_OFFSET) % 2**63)
-
-        def predict(x_t: Tensor, t: Tensor, *, weak: bool) -> Tensor:
-            token_mask = None
-            if weak:  # a fresh mask for every weak prediction, from the seeded generator
-                token_mask = draw_token_mask(
-                    batch,
-                    grid_h,
-                    grid_w,
-                    config.pdg_mask_ratio,
-                    draw=self.open_points.mask_draw,
-                    generator=mask_generator,
-                )
-            return self.decoder(x_t.to(dtype), t, latents_in, token_mask=token_mask)
-
-        return sample_images(
-            predict,
-            (batch, config.in_channels, height, width),
-            device=latents.device,
-            sampler=cfg.sampler,
-            times=get_schedule(cfg.schedule, cfg.num_steps),
-            guidance_strength=cfg.guidance_strength,
-            logsnr_min=config.logsnr_min,
-            logsnr_max=config.logsnr_max,
-            noise_std=config.pixel_noise_std,
-            seed=cfg.seed,
-            noise=noise,
-        )
 
     @torch.no_grad()
     def reconstruct(

@@ -1,4 +1,5 @@
-"""`m_diffae.inspect.explain_open_points` on tiny synthetic headers, one per open point."""
+"""`m_diffae.checkpoint_report.explain_open_points` on tiny synthetic headers, one per open
+point, and the count verdict on the full-size layouts of both readings (header entries only)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from m_diffae import MDiffAE
+from diffae_core.checkpoint import state_info
+from m_diffae import MDiffAE, MDiffAEConfig, OpenPoints
+from m_diffae.checkpoint_report import (
+    CONFIRMED,
+    DIFFERS,
+    UNDECIDED,
+    _count_verdicts,
+    explain_open_points,
+    format_verdicts,
+)
 from m_diffae.family import TINY_CONFIG
-from m_diffae.inspect import CONFIRMED, DIFFERS, UNDECIDED, explain_open_points, format_verdicts
+from m_diffae.open_points import UNVERIFIED_KEYS
 
 C = TINY_CONFIG.model_dim
 HEADER_DECIDABLE = {
@@ -82,7 +92,11 @@ def test_a_matching_file_confirms_every_header_point(tmp_path: Path) -> None:
 CASES: dict[str, tuple[Edit, str, str]] = {
     # case: (edit of our layout, point that must report `differs`, text its detail must hold)
     "reading_b": (without("encoder.norm_out."), "parameter count reading", "reading B"),
-    "no_freqs": (without("decoder.time_embed.freqs"), "time_embed.freqs stored", "non-persistent"),
+    "no_freqs": (
+        without("decoder.time_embed.freqs"),
+        "time_embed.freqs stored",
+        "OpenPoints(time_embed_freqs_persistent=False)",
+    ),
     "official_dico_cca": (renamed(".cca.proj.", ".ca.1."), "CCA name and layout", "ca.1.weight"),
     "other_conv3": (renamed(".conv3.", ".pwconv."), "conv3 name", "pwconv.weight"),
     "other_mlp": (renamed(".mlp.", ".ffn."), "MLP attribute name", "ffn.conv_in.weight"),
@@ -113,10 +127,46 @@ def test_each_header_point_reports_what_differs(case: str, tmp_path: Path) -> No
     loadable = case == "unshuffle_patchify"  # accepted on load by a reshape
     assert (verdicts["strict load"][0] == CONFIRMED) is loadable
     others = HEADER_DECIDABLE - {point, "strict load", "element count", "decoder patchify layout"}
-    if case == "reading_b":
-        others -= {"time_embed.freqs stored"}
     for other in others:
         assert verdicts[other][0] == CONFIRMED, (other, verdicts[other])
+    if case == "reading_b":  # B counts every stored tensor, freqs included: our B model's total
+        assert verdicts["element count"][0] == CONFIRMED, verdicts["element count"]
+        assert "encoder_norm_out_affine=False" in verdicts["parameter count reading"][1]
+
+
+def full_size_header(points: OpenPoints):
+    """The preset's header entries (no weights) as built under `points`."""
+    model_class = type("Variant", (MDiffAE,), {"open_points": points})
+    return state_info(
+        model_class.from_config_on_meta(MDiffAEConfig.preset("mdiffae_v1")).state_dict()
+    )
+
+
+@pytest.mark.parametrize(
+    ("points", "keys", "reading"),
+    [(OpenPoints(), 142, "A"), (OpenPoints(encoder_norm_out_affine=False), 140, "B")],
+    ids=["reading_a", "reading_b"],
+)
+def test_full_size_element_count_agrees_with_the_card_under_either_reading(
+    points: OpenPoints, keys: int, reading: str
+) -> None:
+    """Spec §8: 142 keys with parameters() = 81,410,624 (A), or 140 keys holding 81,410,624
+    values, freqs included (B): both match the card's figure."""
+    header = full_size_header(points)
+    assert len(header) == keys
+    verdicts = {v.point: (v.status, v.detail) for v in _count_verdicts(header, MDiffAEConfig())}
+    status, detail = verdicts["element count"]
+    assert status == CONFIRMED, detail
+    assert f"reading {reading} counts 81,410,624, card 81,410,624" in detail
+    expected_reading = CONFIRMED if reading == "A" else DIFFERS  # our default is A
+    assert verdicts["parameter count reading"][0] == expected_reading
+
+
+def test_unverified_key_table_names_the_inspected_points() -> None:
+    """The inspector's key names come from `open_points.UNVERIFIED_KEYS`, and they are ours."""
+    assert set(UNVERIFIED_KEYS) <= HEADER_DECIDABLE
+    ours = MDiffAE(TINY_CONFIG).state_dict()
+    assert all(key in ours for keys in UNVERIFIED_KEYS.values() for key in keys)
 
 
 def test_linear_cca_layout_is_confirmed_and_loadable(tmp_path: Path) -> None:

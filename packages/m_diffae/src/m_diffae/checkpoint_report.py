@@ -1,7 +1,8 @@
 """What a real `model.safetensors` header settles of the spec's open points (m_diffae spec §13).
 
-    for verdict in explain_open_points("mdiffae-v1/model.safetensors"):
-        print(verdict)
+    from m_diffae.checkpoint_report import explain_open_points, format_verdicts
+
+    print(format_verdicts(explain_open_points("mdiffae-v1/model.safetensors")))
 
 Reads the JSON header (and the 128-value `freqs` buffer when stored), never the weights.
 """
@@ -9,7 +10,7 @@ Reads the JSON header (and the 128-value `freqs` buffer when stored), never the 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from safetensors import safe_open
@@ -20,12 +21,17 @@ from diffae_core.time_embed import sinusoidal_frequencies
 
 from .config import MDiffAEConfig
 from .model import MDiffAE
-from .open_points import DEFAULT_OPEN_POINTS
+from .open_points import DEFAULT_OPEN_POINTS, UNVERIFIED_KEYS
 
 CARD_PARAMETERS = 81_410_624
 """The mdiffae_v1 card's "Parameters" figure (architecture table)."""
 
 CONFIRMED, DIFFERS, UNDECIDED = "confirmed", "differs", "undecided"
+READING_A, READING_B = "A", "B"
+FREQS_KEY = "decoder.time_embed.freqs"
+ENCODER_BLOCK_0 = "encoder.blocks.0."
+FREQS_TOLERANCE = 1e-6
+"""Stored `freqs` vs the formula: both are float32 exp() of the same numbers."""
 BY_PSNR = "not in the header: decide by reconstruction PSNR of the switch grid (spec §13 step 3)"
 NOT_FROM_FILES = (
     "not in the header nor settled by outputs; only PDG results depend on it (§13 step 4)"
@@ -78,16 +84,28 @@ def _role_candidates(
     return sorted(f"{k} {list(s)}" for k, s in block.items() if s in shapes and k not in known)
 
 
+def _relative(key: str) -> str:
+    """A block key of `UNVERIFIED_KEYS` relative to its block (encoder.blocks.0.gate1 -> gate1)."""
+    return key.removeprefix(ENCODER_BLOCK_0)
+
+
 def _block_name_verdicts(header: dict[str, TensorInfo], config: MDiffAEConfig) -> list[Verdict]:
     c, hidden = config.model_dim, mlp_hidden_channels(config.model_dim, config.mlp_ratio)
     encoder_block = _block_keys(header, "encoder")
     square = ((c, c, 1, 1), (c, c))
+    accepted_shapes = {  # first: our layout; others are reshaped on load
+        "CCA name and layout": square,
+        "conv3 name": square[:1],
+        "MLP attribute name": ((hidden, c, 1, 1),),
+    }
+    square_roles = (
+        "conv1.weight",
+        _relative(UNVERIFIED_KEYS["CCA name and layout"][0]),
+        _relative(UNVERIFIED_KEYS["conv3 name"][0]),
+    )
     verdicts = []
-    for point, name, shapes in (
-        ("CCA name and layout", "cca.proj.weight", square),
-        ("conv3 name", "conv3.weight", square[:1]),
-        ("MLP attribute name", "mlp.conv_in.weight", ((hidden, c, 1, 1),)),
-    ):
+    for point, shapes in accepted_shapes.items():
+        name = _relative(UNVERIFIED_KEYS[point][0])
         if name in encoder_block and encoder_block[name] in shapes:
             layout = (
                 "" if encoder_block[name] == shapes[0] else " (Linear layout, reshaped on load)"
@@ -96,21 +114,19 @@ def _block_name_verdicts(header: dict[str, TensorInfo], config: MDiffAEConfig) -
                 Verdict(point, CONFIRMED, f"blocks.i.{name} {list(encoder_block[name])}{layout}")
             )
             continue
-        known = ("conv1.weight", "cca.proj.weight", "conv3.weight")
-        candidates = _role_candidates(encoder_block, shapes, known)
+        candidates = _role_candidates(encoder_block, shapes, square_roles)
         verdicts.append(
             Verdict(
                 point, DIFFERS, f"no blocks.i.{name}; candidates in encoder.blocks.0: {candidates}"
             )
         )
+    gate_point = "encoder gate names and shapes"
     gates = {k: s for k, s in encoder_block.items() if not k.endswith((".weight", ".bias"))}
-    expected_gates = {"gate1": (c,), "gate2": (c,)}
+    expected_gates = {_relative(key): (c,) for key in UNVERIFIED_KEYS[gate_point]}
     status = CONFIRMED if gates == expected_gates else DIFFERS
     listing = sorted(f"{k} {list(s)}" for k, s in gates.items())
     verdicts.append(
-        Verdict(
-            "encoder gate names and shapes", status, f"found {listing}, expected gate1/gate2 [{c}]"
-        )
+        Verdict(gate_point, status, f"found {listing}, expected {sorted(expected_gates)} [{c}]")
     )
     decoder_gates = sorted(
         k for k in _block_keys(header, "decoder") if not k.endswith((".weight", ".bias"))
@@ -121,22 +137,28 @@ def _block_name_verdicts(header: dict[str, TensorInfo], config: MDiffAEConfig) -
 
 
 def _freqs_verdict(header: dict[str, TensorInfo], path: Path) -> Verdict:
-    key = "decoder.time_embed.freqs"
-    if key not in header:
-        return Verdict("time_embed.freqs stored", DIFFERS, f"no {key}: register it non-persistent")
+    point, ours = "time_embed.freqs stored", DEFAULT_OPEN_POINTS.time_embed_freqs_persistent
+    if FREQS_KEY not in header:
+        if not ours:
+            return Verdict(
+                point, CONFIRMED, f"no {FREQS_KEY}, as time_embed_freqs_persistent=False"
+            )
+        return Verdict(
+            point, DIFFERS, f"no {FREQS_KEY}: set OpenPoints(time_embed_freqs_persistent=False)"
+        )
     with safe_open(os.fspath(path), framework="pt") as handle:
-        stored = handle.get_tensor(key).float()
-    expected = sinusoidal_frequencies(2 * stored.numel())
-    error = (stored - expected).abs().max().item()
-    status = CONFIRMED if error <= 1e-6 else DIFFERS
-    return Verdict(
-        "time_embed.freqs stored",
-        status,
-        f"{key} {list(stored.shape)}, max |diff| {error:.1e} from the formula",
-    )
+        stored = handle.get_tensor(FREQS_KEY).float()
+    error = (stored - sinusoidal_frequencies(2 * stored.numel())).abs().max().item()
+    detail = f"{FREQS_KEY} {list(stored.shape)}, max |diff| {error:.1e} from the formula"
+    if not ours:
+        return Verdict(
+            point, DIFFERS, f"{detail}: set OpenPoints(time_embed_freqs_persistent=True)"
+        )
+    return Verdict(point, CONFIRMED if error <= FREQS_TOLERANCE else DIFFERS, detail)
 
 
-def _count_verdicts(header: dict[str, TensorInfo], config: MDiffAEConfig) -> list[Verdict]:
+def _header_reading(header: dict[str, TensorInfo], config: MDiffAEConfig) -> str | None:
+    """Which reading of the card's count (spec §8) a header shows: A, B, or None (neither)."""
     z = config.bottleneck_dim
     norm_out = {
         k: header[k].shape
@@ -144,34 +166,57 @@ def _count_verdicts(header: dict[str, TensorInfo], config: MDiffAEConfig) -> lis
         if k in header
     }
     if norm_out == {"encoder.norm_out.weight": (z,), "encoder.norm_out.bias": (z,)}:
-        reading = Verdict(
-            "parameter count reading",
-            CONFIRMED,
-            "affine encoder.norm_out stored: reading A (parameters() = card figure)",
-        )
-    elif not norm_out and "decoder.time_embed.freqs" in header:
-        reading = Verdict(
-            "parameter count reading",
-            DIFFERS,
-            "no encoder.norm_out, freqs stored: reading B; set encoder_norm_out_affine=False",
-        )
+        return READING_A
+    if not norm_out and FREQS_KEY in header:
+        return READING_B
+    return None
+
+
+def _reading_verdict(header: dict[str, TensorInfo], reading: str | None) -> Verdict:
+    point = "parameter count reading"
+    ours = READING_A if DEFAULT_OPEN_POINTS.encoder_norm_out_affine else READING_B
+    if reading is None:
+        entries = sorted(k for k in header if k.startswith("encoder.norm_out."))
+        return Verdict(point, DIFFERS, f"neither reading: encoder.norm_out entries {entries}")
+    if reading == READING_A:
+        detail = "affine encoder.norm_out stored: reading A (parameters() = card figure)"
     else:
-        reading = Verdict(
-            "parameter count reading",
-            DIFFERS,
-            f"neither reading: encoder.norm_out entries {norm_out}",
-        )
-    total = sum(info.numel for info in header.values())
-    freqs = header["decoder.time_embed.freqs"].numel if "decoder.time_embed.freqs" in header else 0
-    detail = f"{len(header)} tensors, {total:,} elements, {total - freqs:,} without freqs"
+        detail = "no encoder.norm_out, freqs stored: reading B (stored elements = card figure)"
+    if reading != ours:
+        detail += f"; set encoder_norm_out_affine={reading == READING_A}"
+    return Verdict(point, CONFIRMED if reading == ours else DIFFERS, detail)
+
+
+def _expected_count(config: MDiffAEConfig, reading: str) -> tuple[int, str]:
+    """The figure a header's count should equal under `reading`, and what it is."""
     if config == MDiffAEConfig.preset("mdiffae_v1"):
-        status = CONFIRMED if total - freqs == CARD_PARAMETERS else DIFFERS
-        detail += f"; card {CARD_PARAMETERS:,}"
-    else:
-        expected = MDiffAE.from_config_on_meta(config).num_parameters()
-        status = CONFIRMED if total - freqs == expected else DIFFERS
-        detail += f"; our parameters() {expected:,}"
-    return [reading, Verdict("element count", status, detail)]
+        return CARD_PARAMETERS, "card"
+    points = replace(DEFAULT_OPEN_POINTS, encoder_norm_out_affine=reading == READING_A)
+    variant = type("Variant", (MDiffAE,), {"open_points": points})
+    model = variant.from_config_on_meta(config)
+    if reading == READING_A:
+        return model.num_parameters(), "our parameters()"
+    return sum(t.numel() for t in model.state_dict().values()), "our stored elements"
+
+
+def _count_verdicts(header: dict[str, TensorInfo], config: MDiffAEConfig) -> list[Verdict]:
+    """The count reading, and the header's element count against the card (or our model).
+
+    Reading B counts every stored tensor, `freqs` included; reading A counts parameters only,
+    so `freqs` is left out. A header showing neither reading is counted as A (our default).
+    """
+    reading = _header_reading(header, config)
+    counted_as = reading or READING_A
+    total = sum(info.numel for info in header.values())
+    freqs = header[FREQS_KEY].numel if FREQS_KEY in header else 0
+    counted = total if counted_as == READING_B else total - freqs
+    expected, source = _expected_count(config, counted_as)
+    detail = (
+        f"{len(header)} tensors, {total:,} elements, {total - freqs:,} without freqs; "
+        f"reading {counted_as} counts {counted:,}, {source} {expected:,}"
+    )
+    status = CONFIRMED if counted == expected else DIFFERS
+    return [_reading_verdict(header, reading), Verdict("element count", status, detail)]
 
 
 def _config_beside(path: Path) -> tuple[MDiffAEConfig, str]:
@@ -210,7 +255,8 @@ def explain_open_points(
     mask_candidates = sorted(
         k for k, v in header.items() if k.startswith("decoder.") and v.shape == (1, c, 1, 1)
     )
-    status = CONFIRMED if mask_candidates == ["decoder.mask_feature"] else DIFFERS
+    expected_mask = list(UNVERIFIED_KEYS["mask feature name"])
+    status = CONFIRMED if mask_candidates == expected_mask else DIFFERS
     verdicts.append(
         Verdict(
             "mask feature name", status, f"[1, {c}, 1, 1] tensors in decoder: {mask_candidates}"
