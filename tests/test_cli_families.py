@@ -1,9 +1,9 @@
 """The `diffae` command on a tiny saved model of every installed family.
 
 Parametrised over `installed_families()`, so a family installed later is covered without a change.
-Every command calls `main` in-process (a new interpreter costs seconds of torch import); one
-reconstruct run goes through `python -m diffae_core.cli` in a subprocess, and the installed
-`diffae` script runs in test_cli_units.py.
+Most runs call `main` in-process (a new interpreter costs ~3 s of torch import); each family
+also runs once through `python -m diffae_core.cli` in a subprocess, and the installed `diffae`
+script runs in test_cli_units.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from diffae_core.cli import main
 from diffae_core.cli.console import CliError
-from diffae_core.cli.models import choose_family, patch_multiple, read_config
+from diffae_core.cli.models import choose_family, decode_accepts, patch_multiple, read_config
 from diffae_core.cli.visuals import GAP
 from diffae_core.families import Family, installed_families
 from diffae_core.testing import randomize_weights
@@ -86,19 +86,19 @@ GOOD = {"rgb": (2, 2), "rgba": (2, 1), "grey": (1, 2), "photo": (2, 1)}
 BAD = ("broken.png", "deep.png", "speck.png")
 
 
-def test_reconstruct(family: Family, model_dir: Path, image_dir: Path, tmp_path: Path, capsys):
-    out = tmp_path / "out"
+DECODE_ONLY = [name for name, family in sorted(FAMILIES.items()) if not has_encoder(family)]
+
+
+@pytest.mark.parametrize("name", DECODE_ONLY)
+def test_reconstruct_refuses_decode_only_models(name: str, tmp_path: Path, capsys):
+    """Said before loading; reconstruct itself runs per family in test_family_in_a_subprocess."""
+    family = FAMILIES[name]
+    model = save_tiny_model(family, tmp_path / "model")
     status = main([
-        "reconstruct", str(image_dir), "--model", str(model_dir), "--family", family.name,
-        "--out", str(out), "--grid", "--batch-size", "2", "--device", "cpu",
+        "reconstruct", "x.png", "--model", str(model), "--family", name, "--out", str(tmp_path),
     ])  # fmt: skip
-    captured = capsys.readouterr()
-    if not has_encoder(family):
-        assert status == 1
-        assert "has no encode" in captured.err and family.name in captured.err
-        return
-    assert status == 1, captured.err  # the bad files were skipped
-    check_reconstruction(family, image_dir, out, captured.out, captured.err)
+    err = capsys.readouterr().err
+    assert status == 1 and "has no encode" in err and name in err
 
 
 def check_reconstruction(family: Family, image_dir: Path, out: Path, stdout: str, stderr: str):
@@ -116,39 +116,48 @@ def check_reconstruction(family: Family, image_dir: Path, out: Path, stdout: str
         assert str(image_dir / f"{stem}.") in stdout
     assert "RGBA -> RGB" in stdout and "greyscale -> RGB" in stdout
     assert "cropped" in stdout and "mean" in stdout and "p95" in stdout
+    assert "image/s" not in stderr  # no progress bar when stderr is not a terminal
     with (out / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert sorted(Path(row["output"]).stem for row in rows) == sorted(GOOD)
+    done = [row for row in rows if not row["skipped"]]
+    assert sorted(Path(row["output"]).stem for row in done) == sorted(GOOD)
+    assert sorted(Path(row["image"]).name for row in rows if row["skipped"]) == sorted(BAD)
     report = json.loads((out / "metrics.json").read_text())
     assert report["settings"]["family"] == family.name
+    assert sorted(Path(item["input"]).name for item in report["skipped"]) == sorted(BAD)
     assert set(report["summary"]) >= {"mean", "std", "median", "p5", "p95"}
 
 
 ENCODER_FAMILIES = [name for name, family in sorted(FAMILIES.items()) if has_encoder(family)]
 
 
-@pytest.mark.skipif(not ENCODER_FAMILIES, reason="no installed family has an encoder")
-def test_reconstruct_in_a_subprocess(tmp_path: Path):
-    """`python -m diffae_core.cli`: exit status 1 for the bad files, never a traceback.
-
-    One family only: each new interpreter pays seconds of torch import; the in-process runs
-    above cover every family through the same `main`.
-    """
-    family = FAMILIES[ENCODER_FAMILIES[0]]
-    model = save_tiny_model(family, tmp_path / "model")
-    images = write_images(family, tmp_path / "images")
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "diffae_core.cli", "reconstruct", str(images),
-            "--model", str(model), "--family", family.name, "--out", str(out), "--grid",
-        ],
+def run_cli(*arguments: str) -> subprocess.CompletedProcess:
+    """`python -m diffae_core.cli ARGUMENTS` in a new interpreter, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "diffae_core.cli", *arguments],
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT,
-    )  # fmt: skip
-    assert result.returncode == 1, result.stderr
-    check_reconstruction(family, images, out, result.stdout, result.stderr)
+    )
+
+
+def test_family_in_a_subprocess(family: Family, model_dir: Path, image_dir: Path, tmp_path: Path):
+    """`python -m diffae_core.cli` once per family: reconstruct (decode for decode-only families);
+    exit status 1 for the bad files, never a traceback."""
+    out = tmp_path / "out"
+    common = ["--model", str(model_dir), "--family", family.name, "--out", str(out)]
+    if has_encoder(family):
+        result = run_cli("reconstruct", str(image_dir), *common, "--grid")
+        assert result.returncode == 1, result.stderr
+        check_reconstruction(family, image_dir, out, result.stdout, result.stderr)
+        return
+    latents = torch.randn(1, family.tiny_config.latent_channels, 2, 1)
+    save_file({"latents": latents}, str(tmp_path / "external.safetensors"))
+    result = run_cli("decode", str(tmp_path / "external.safetensors"), *common)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    p = patch_of(family)
+    with Image.open(out / "external.png") as image:
+        assert image.size == (p, 2 * p)
 
 
 def test_encode_decode_round_trip(
@@ -187,21 +196,48 @@ def test_encode_decode_round_trip(
     capsys.readouterr()
 
 
-def test_decode_latents_without_metadata(family: Family, model_dir: Path, tmp_path: Path):
+def test_decode_latents_without_metadata(family: Family, model_dir: Path, tmp_path: Path, capsys):
     """A [N, C, h, w] tensor written elsewhere (e.g. FLUX.2 latents for capacitor_decoder)."""
     channels = family.tiny_config.latent_channels
     latents = torch.randn(2, channels, 1, 2, generator=torch.Generator().manual_seed(0))
     save_file({"latents": latents}, str(tmp_path / "external.safetensors"))
+    common = ["--model", str(model_dir), "--family", family.name, "--quiet"]
     status = main([
-        "decode", str(tmp_path / "external.safetensors"), "--model", str(model_dir),
-        "--family", family.name, "--out", str(tmp_path / "out"), "--quiet",
-        "--pdg-strength", "1.5", "--seed", "3",
+        "decode", str(tmp_path / "external.safetensors"), "--out", str(tmp_path / "out"),
+        "--pdg-strength", "1.5", "--seed", "3", *common,
     ])  # fmt: skip
     assert status == 0
     p = patch_of(family)
     for index in range(2):
         with Image.open(tmp_path / "out" / f"external_{index}.png") as image:
             assert image.size == (2 * p, p)
+    raw = ["decode", str(tmp_path / "external.safetensors"), "--raw-latents", *common]
+    status = main([*raw, "--out", str(tmp_path / "raw")])
+    if decode_accepts(family, "latents_are_flux2_whitened"):
+        assert status == 0 and (tmp_path / "raw" / "external_0.png").is_file()
+    else:
+        assert status == 1
+        assert f"--raw-latents: the {family.name} model" in capsys.readouterr().err
+
+
+def test_decode_skips_integer_and_wrong_channel_latents(
+    family: Family, model_dir: Path, tmp_path: Path, capsys
+):
+    """Named, skipped, exit status 1, no traceback, and the message says what is wrong."""
+    channels = family.tiny_config.latent_channels
+    integers = tmp_path / "integers.safetensors"
+    save_file({"latents": torch.zeros(1, channels, 1, 1, dtype=torch.int64)}, str(integers))
+    narrow = tmp_path / "narrow.safetensors"
+    save_file({"latents": torch.zeros(1, channels + 1, 1, 1)}, str(narrow))
+    status = main([
+        "decode", str(integers), str(narrow), "--model", str(model_dir), "--family", family.name,
+        "--out", str(tmp_path / "out"),
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert f"skipped {integers}: " in err and "expected floating-point latents" in err
+    expected = f"latents have {channels + 1} channels, {family.name} takes {channels}"
+    assert f"skipped narrow: {expected}" in err
 
 
 def test_inspect(family: Family, model_dir: Path, capsys):

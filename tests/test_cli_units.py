@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from diffae_core.cli import main
 from diffae_core.cli.arguments import build_parser
@@ -159,3 +160,79 @@ def test_installed_script_finds_family_by_repo_id(tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr
     assert f"family: {family.name} (from published repo id {family.repo_ids[0]})" in result.stdout
+
+
+def test_bad_decoding_choices_exit_2_before_loading(capsys):
+    for option in (["--sampler", "euler"], ["--schedule", "foo"]):
+        with pytest.raises(SystemExit) as stop:
+            main(["decode", "x", "--model", "no/such_model", "--out", "o", *option])
+        assert stop.value.code == 2
+        assert option[0] in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error(tmp_path: Path, capsys):
+    status = main(["decode", "x", "--model", "m", "--out", str(tmp_path), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert status == 1 and "--device cuda: no CUDA device available" in err
+
+
+def test_out_of_the_wrong_kind_is_a_clear_error(tmp_path: Path, capsys):
+    existing = tmp_path / "file.png"
+    existing.write_bytes(b"")
+    for command in ("reconstruct", "encode", "decode"):
+        assert main([command, "x", "--model", "m", "--out", str(existing)]) == 1
+        assert f"--out: expected a folder (created if missing), got the file {existing}" in (
+            capsys.readouterr().err
+        )
+    folder = tmp_path / "latents.safetensors"
+    folder.mkdir()
+    assert main(["encode", "x", "--model", "m", "--out", str(folder)]) == 1
+    assert "--out: expected a .safetensors file, got the folder" in capsys.readouterr().err
+
+
+def test_inspect_lists_tensors_of_a_foreign_safetensors_file(tmp_path: Path, capsys):
+    path = tmp_path / "flux2.safetensors"
+    save_file({"latents": torch.zeros(2, 128, 3, 4, dtype=torch.bfloat16)}, str(path))
+    assert main(["inspect", str(path)]) == 0
+    report = capsys.readouterr().out
+    assert "neither a model file (no config.json beside it) nor written by" in report
+    assert "latents: 2x128x3x4 bfloat16" in report
+
+
+@pytest.mark.skipif(not FAMILIES, reason="no family installed")
+def test_published_repo_id_goes_to_the_family_loader(monkeypatch, tmp_path: Path, capsys):
+    """A known repo id is handed to `from_pretrained` as is (the family's id aliases apply)."""
+    family = next(iter(FAMILIES.values()))
+    asked = []
+
+    def fake_from_pretrained(cls, path_or_repo_id, **options):
+        asked.append(path_or_repo_id)
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr(family.model_class, "from_pretrained", classmethod(fake_from_pretrained))
+    repo_id = family.repo_ids[-1]
+    status = main(["decode", "x", "--model", repo_id, "--out", str(tmp_path), "--device", "cpu"])
+    assert (status, asked) == (1, [repo_id])
+    assert "stop here" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not FAMILIES, reason="no family installed")
+def test_broken_pipe_exits_quietly(tmp_path: Path):
+    """`diffae inspect MODEL | head` when the reader has gone: no traceback, exit status 1."""
+    family = next(iter(FAMILIES.values()))
+    model_dir = tmp_path / "model"
+    randomize_weights(family.model_class(family.tiny_config)).save_pretrained(model_dir)
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "diffae_core.cli", "inspect", str(model_dir)],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT,
+        )
+    finally:
+        os.close(writer)
+    assert (result.returncode, result.stderr) == (1, "")

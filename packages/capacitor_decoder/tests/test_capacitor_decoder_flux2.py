@@ -1,8 +1,15 @@
-"""FLUX.2 interop against diffusers (test-only dependency) and the card's usage snippet."""
+"""FLUX.2 interop against diffusers' own code (test-only dependency) and the card's snippet.
+
+Compared bit for bit in float32: `Flux2Pipeline._patchify_latents` / `_unpatchify_latents`, and
+`Flux2Pipeline._encode_vae_image` (patchify + BN whitening) run on diffusers' own code with a
+stand-in encoder output. The pipeline's final un-whitening is inline in `__call__` (no helper),
+so `flux2_dewhiten` is compared with those two lines transcribed.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,11 +27,7 @@ from diffae_core.testing import randomize_weights
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models import AutoencoderKLFlux2  # noqa: E402
-
-try:  # The pipeline module needs transformers, which the dev environment may lack.
-    from diffusers.pipelines.flux2.pipeline_flux2 import Flux2Pipeline
-except ImportError:
-    Flux2Pipeline = None
+from diffusers.pipelines.flux2.pipeline_flux2 import Flux2Pipeline  # noqa: E402
 
 WHITENING_ROUND_TRIP = 1e-5
 
@@ -59,18 +62,12 @@ def card_patchify_and_whiten(latents: torch.Tensor, vae: AutoencoderKLFlux2) -> 
     return (z.to(torch.float32) - mean) / std
 
 
-def card_patchify(latents: torch.Tensor) -> torch.Tensor:
-    """The reshape/permute of the card's helper (and of Flux2Pipeline._patchify_latents)."""
-    b, c, h, w = latents.shape
-    z = latents.reshape(b, c, h // 2, 2, w // 2, 2)
-    return z.permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
-
-
-def test_patchify_is_bit_identical_to_flux2() -> None:
+def test_patchify_is_bit_identical_to_the_pipeline_helpers() -> None:
     latents = flux2_latents()
     patchified = flux2_patchify(latents)
     assert patchified.dtype == torch.float32
-    assert torch.equal(patchified, card_patchify(latents))
+    assert torch.equal(patchified, Flux2Pipeline._patchify_latents(latents))
+    assert torch.equal(flux2_unpatchify(patchified), Flux2Pipeline._unpatchify_latents(patchified))
     assert torch.equal(flux2_unpatchify(patchified), latents)
     # The index map of spec §1: channel c*4 + 2*i + j holds row offset i, column offset j.
     assert torch.equal(patchified[:, 4 * 5 + 2 * 1 + 0], latents[:, 5, 1::2, 0::2])
@@ -79,23 +76,25 @@ def test_patchify_is_bit_identical_to_flux2() -> None:
         flux2_patchify(torch.zeros(1, 32, 3, 4))
 
 
-@pytest.mark.skipif(Flux2Pipeline is None, reason="diffusers' FLUX.2 pipeline needs transformers")
-def test_patchify_is_bit_identical_to_the_pipeline_helpers() -> None:
-    latents = flux2_latents()
-    patchified = flux2_patchify(latents)
-    assert torch.equal(patchified, Flux2Pipeline._patchify_latents(latents))
-    assert torch.equal(flux2_unpatchify(patchified), Flux2Pipeline._unpatchify_latents(patchified))
+def pipeline_encode_vae_image(vae: AutoencoderKLFlux2, latents: torch.Tensor) -> torch.Tensor:
+    """diffusers' `Flux2Pipeline._encode_vae_image`, unmodified, on an encoder stand-in whose
+    posterior mode is `latents`: its own patchify and BN whitening with `vae`'s statistics."""
+    output = SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: latents))
+    stand_in_vae = SimpleNamespace(encode=lambda image: output, bn=vae.bn, config=vae.config)
+    pipeline = SimpleNamespace(vae=stand_in_vae, _patchify_latents=Flux2Pipeline._patchify_latents)
+    image = torch.zeros(latents.shape[0], 3, 8 * latents.shape[-2], 8 * latents.shape[-1])
+    return Flux2Pipeline._encode_vae_image(pipeline, image, generator=None)
 
 
 def test_whitening_is_bit_identical_to_the_pipeline_and_card(flux2_vae) -> None:
     bn, eps = flux2_vae.bn, flux2_vae.config.batch_norm_eps
     patchified = flux2_patchify(flux2_latents())
     ours = flux2_whiten(patchified, bn.running_mean, bn.running_var)
-    # Flux2Pipeline._encode_vae_image and the denoising loop's final un-whitening, inline.
+    assert torch.equal(ours, pipeline_encode_vae_image(flux2_vae, flux2_latents()))
+    assert torch.equal(ours, card_patchify_and_whiten(flux2_latents(), flux2_vae))
+    # Flux2Pipeline.__call__'s final un-whitening (inline there, no helper to call).
     mean = bn.running_mean.view(1, -1, 1, 1)
     std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + eps)
-    assert torch.equal(ours, (patchified - mean) / std)
-    assert torch.equal(ours, card_patchify_and_whiten(flux2_latents(), flux2_vae))
     assert torch.equal(flux2_dewhiten(ours, bn.running_mean, bn.running_var), ours * std + mean)
 
 

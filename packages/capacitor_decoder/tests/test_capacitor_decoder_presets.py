@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from capacitor_decoder import CapacitorDecoder, CapacitorDecoderConfig
+from capacitor_decoder import (
+    CapacitorDecoder,
+    CapacitorDecoderConfig,
+    CapacitorDecoderInferenceConfig,
+)
 from capacitor_decoder.family import FAMILY, TINY_CONFIG
 from capacitor_decoder.model import CHECKPOINT_KEY_ALIASES, DECODER_ATTRIBUTES
 from diffae_core.checkpoint import CheckpointMismatchError, apply_key_aliases, read_header
@@ -87,6 +92,17 @@ def test_config_round_trip_and_strictness(tmp_path: Path) -> None:
     with_encoder_fields = {**data, "encoder_depth": 8, "bottleneck_posterior_kind": "x"}
     assert CapacitorDecoderConfig.from_dict(with_encoder_fields).encoder_depth == 8
     with pytest.raises(ValueError, match="unknown keys"):
+        CapacitorDecoderConfig.from_dict({**data, "no_such_field": 1})
+
+
+def test_config_accepts_bottleneck_patchify_mode_off_only() -> None:
+    """Spec §2.4: every field the file may have is accepted; "patch_2x2" breaks the contract."""
+    data = CapacitorDecoderConfig.preset("capacitor_decoder").to_dict()
+    assert "bottleneck_patchify_mode" not in data  # absent stays absent when saved
+    for mode in (None, "off"):
+        config = CapacitorDecoderConfig.from_dict({**data, "bottleneck_patchify_mode": mode})
+        assert config.bottleneck_patchify_mode == mode and config.latent_channels == 128
+    with pytest.raises(ValueError, match=r"bottleneck_patchify_mode: expected absent or 'off'"):
         CapacitorDecoderConfig.from_dict({**data, "bottleneck_patchify_mode": "patch_2x2"})
 
 
@@ -174,3 +190,12 @@ def test_family_entry_point() -> None:
     assert installed_families()["capacitor_decoder"] is FAMILY
     assert FAMILY.repo_ids == ("data-archetype/capacitor_decoder",)
     assert FAMILY.presets() == ["capacitor_decoder"]
+
+
+def test_inference_config_field_order_puts_strength_before_seed() -> None:
+    """The published class's order: positional construction agrees with it."""
+    names = [field.name for field in dataclasses.fields(CapacitorDecoderInferenceConfig)]
+    assert names == [
+        "num_steps", "sampler", "schedule", "pdg", "pdg_strength", "strength", "seed",
+    ]  # fmt: skip
+    assert CapacitorDecoderInferenceConfig(1, "ddim", "linear", False, 2.0, 0.5, 7).seed == 7

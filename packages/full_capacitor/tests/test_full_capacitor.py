@@ -193,3 +193,12 @@ def test_card_usage_snippet(tmp_path: Path) -> None:
         )
     assert recon.shape == image.shape and recon.dtype == torch.float32
     assert recon.isfinite().all()
+
+
+def test_inference_config_field_order_puts_strength_before_seed() -> None:
+    """The published class's order: positional construction agrees with it."""
+    names = [field.name for field in dataclasses.fields(FullCapacitorInferenceConfig)]
+    assert names == [
+        "num_steps", "sampler", "schedule", "pdg", "pdg_strength", "strength", "seed",
+    ]  # fmt: skip
+    assert FullCapacitorInferenceConfig(1, "ddim", "linear", False, 2.0, 0.5, 7).seed == 7

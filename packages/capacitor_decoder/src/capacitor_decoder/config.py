@@ -19,8 +19,10 @@ class CapacitorDecoderConfig(JsonConfig):
     The release's `config.json` could not be read (spec §2.4, U4): fields follow the FCDM
     family's names and order. `encoder_depth`, `bottleneck_posterior_kind` and
     `bottleneck_norm_mode` are encoder fields the file may carry; `None` means "absent", they are
-    accepted and ignored by the decoder. `bottleneck_dim` and `patch_size` are fixed by the
-    FLUX.2 input ([N, 128, H/16, W/16]).
+    accepted and ignored by the decoder (spec §2.4: the class must accept every field the file
+    has). `bottleneck_patchify_mode` likewise, but only absent or "off": "patch_2x2" would
+    change the latent layout away from FLUX.2's and is refused. `bottleneck_dim` and
+    `patch_size` are fixed by the FLUX.2 input ([N, 128, H/16, W/16]).
     """
 
     in_channels: int = 3
@@ -36,6 +38,7 @@ class CapacitorDecoderConfig(JsonConfig):
     adaln_low_rank_rank: int = 128
     bottleneck_posterior_kind: str | None = None
     bottleneck_norm_mode: str | None = None
+    bottleneck_patchify_mode: str | None = None
     logsnr_min: float = -10.0
     logsnr_max: float = 10.0
     pixel_noise_std: float = 0.558
@@ -45,6 +48,12 @@ class CapacitorDecoderConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         check_fcdm_fields(self)
+        if self.bottleneck_patchify_mode not in (None, "off"):
+            raise ValueError(
+                f"bottleneck_patchify_mode: expected absent or 'off' (the decoder takes FLUX.2 "
+                f"latents, already 2x2-patchified to {FLUX2_PATCHIFIED_CHANNELS} channels), "
+                f"got {self.bottleneck_patchify_mode!r}"
+            )
         check_positive("latent_running_stats_eps", self.latent_running_stats_eps, float)
         if self.bottleneck_dim != FLUX2_PATCHIFIED_CHANNELS:
             raise ValueError(

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from diffae_core.autoencoder import WhitenedVPDecoder, build_fcdm_decoder
 from diffae_core.checkpoint import KeyAliases
-from diffae_core.inference import VPInferenceConfig
+from diffae_core.inference import InferenceConfigBase
 from diffae_core.validation import check_size, check_tensor
 
 from .config import CapacitorDecoderConfig, CapacitorDecoderInferenceConfig
@@ -67,7 +67,7 @@ class CapacitorDecoder(WhitenedVPDecoder):
         height: int,
         width: int,
         *,
-        inference_config: VPInferenceConfig | None = None,
+        inference_config: InferenceConfigBase | None = None,
         latents_are_flux2_whitened: bool = True,
         noise: Tensor | None = None,
     ) -> Tensor:
@@ -84,11 +84,11 @@ class CapacitorDecoder(WhitenedVPDecoder):
                 f"latents_are_flux2_whitened: expected True or False, got "
                 f"{latents_are_flux2_whitened!r}"
             )
-        cfg = self.inference_config_class() if inference_config is None else inference_config
-        cfg.validate()
+        settings = self.inference_config_class() if inference_config is None else inference_config
+        settings.validate()
         check_flux2_latents(latents, height, width, whitened=latents_are_flux2_whitened)
         raw = self.dewhiten(latents) if latents_are_flux2_whitened else latents.float()
-        return self._sample(raw, height, width, cfg, noise)
+        return self._sample(raw, height, width, settings, noise)
 
     def flux2_statistics(self) -> Flux2Statistics:
         """The FLUX.2 BatchNorm statistics this decoder un-whitens with (float32, on the CPU)."""

@@ -5,14 +5,17 @@ Exit status: 0 success; 1 an error, or some inputs skipped; 2 a bad command line
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 from ..checkpoint import CheckpointMismatchError
 from ..config import ConfigError
 from .arguments import build_parser
-from .commands import decode, encode, reconstruct
+from .coding import decode, encode
 from .console import CliError, Console
 from .inspection import inspect
+from .reconstruction import reconstruct
 
 COMMANDS = {"reconstruct": reconstruct, "encode": encode, "decode": decode, "inspect": inspect}
 USER_ERRORS = (CliError, OSError, ConfigError, CheckpointMismatchError)
@@ -26,9 +29,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(quiet=args.quiet)
     try:
         return COMMANDS[args.command](args, console)
+    except BrokenPipeError:
+        # The reader went away (`diffae inspect MODEL | head`): stop quietly, and point stdout
+        # at /dev/null so the interpreter's final flush does not fail again.
+        silence_stdout()
+        return 1
     except USER_ERRORS as error:
         console.problem(f"diffae {args.command}: error: {error}")
         return 1
     except KeyboardInterrupt:
         console.problem(f"diffae {args.command}: interrupted")
         return 130
+
+
+def silence_stdout() -> None:
+    """Send whatever is still buffered for stdout to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is no real file (e.g. captured by a test): nothing will be flushed to it

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..samplers import SAMPLER_NAMES
+from ..vp import SCHEDULE_KINDS
+
 FIT_MODES = ("crop", "pad")
 """How an image whose sides are not multiples of the model's patch size is made to fit."""
 
@@ -77,8 +80,8 @@ def _inference_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("decoding (defaults: the family's inference config)")
     group.add_argument("--steps", type=positive_int, help="decoder steps (num_steps)")
-    group.add_argument("--sampler", help="e.g. ddim or dpmpp_2m")
-    group.add_argument("--schedule", help="e.g. linear or cosine")
+    group.add_argument("--sampler", choices=SAMPLER_NAMES, help="the diffusion sampler")
+    group.add_argument("--schedule", choices=SCHEDULE_KINDS, help="spacing of the steps in t")
     group.add_argument(
         "--pdg-strength", type=float, help="turn path-drop guidance on with this strength"
     )
@@ -140,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
         "latents", nargs="+", metavar="LATENTS", help=".safetensors files or folders"
     )
     decode.add_argument("--out", required=True, help="output folder")
+    decode.add_argument(
+        "--raw-latents",
+        action="store_true",
+        help="the latents are not whitened (FLUX.2 decoders such as capacitor_decoder: "
+        "patchified but not BN-whitened); other families refuse it",
+    )
 
     inspect = commands.add_parser(
         "inspect",

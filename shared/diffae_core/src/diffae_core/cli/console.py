@@ -27,12 +27,13 @@ class Console:
         tqdm.write(message, file=sys.stderr)
 
     def progress(self, total: int, description: str) -> tqdm:
-        """A progress bar over `total` images on stderr (disabled when quiet)."""
+        """A progress bar over `total` images on stderr; none when quiet or stderr is no
+        terminal (a log file or pipe would fill with redrawn bars)."""
         return tqdm(
             total=total,
             desc=description,
             unit="image",
-            disable=self.quiet,
+            disable=self.quiet or not sys.stderr.isatty(),
             file=sys.stderr,
             dynamic_ncols=True,
             leave=False,

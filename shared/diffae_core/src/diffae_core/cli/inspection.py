@@ -36,6 +36,9 @@ def inspect(args: argparse.Namespace, console: Console) -> int:
         if description is not None:
             print(describe_latent_file(target, description))
             return 0
+        if not (target.parent / "config.json").is_file():
+            print(describe_tensors(target))
+            return 0
         folder, weights = target.parent, target
     else:
         folder = resolve_model_dir(args.target)
@@ -133,4 +136,18 @@ def describe_latent_file(path: Path, description: dict[str, Any]) -> str:
             f"  {item['tensor']}: {shape} from {item.get('source')} "
             f"({item.get('source_width')}x{item.get('source_height')}, fit {item.get('fit')})"
         )
+    return "\n".join(lines)
+
+
+def describe_tensors(path: Path) -> str:
+    """The report on a safetensors file that is neither a model's nor `diffae encode`'s."""
+    header = read_header(path)
+    lines = [
+        f"safetensors file: {path}",
+        "neither a model file (no config.json beside it) nor written by `diffae encode`; "
+        f"{len(header)} tensors:",
+    ]
+    for name, info in header.items():
+        dtype = str(info.dtype).removeprefix("torch.")
+        lines.append(f"  {name}: {'x'.join(map(str, info.shape))} {dtype}")
     return "\n".join(lines)

@@ -71,6 +71,12 @@ def read_latent_file(path: Path) -> list[LatentItem]:
     try:
         with safe_open(os.fspath(path), framework="pt") as handle:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        for key, tensor in tensors.items():
+            if not tensor.is_floating_point():
+                raise ValueError(
+                    f"tensor {key!r}: expected floating-point latents, got dtype "
+                    f"{str(tensor.dtype).removeprefix('torch.')}"
+                )
         if description is None:
             return list(_undescribed_items(path, tensors))
         return [

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,16 +70,28 @@ def format_table(rows: list[ImageResult], summary: dict[str, float]) -> str:
 
 
 def write_metrics(
-    folder: Path, rows: list[ImageResult], summary: dict[str, float], settings: dict[str, Any]
+    folder: Path,
+    rows: list[ImageResult],
+    summary: dict[str, float],
+    settings: dict[str, Any],
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> tuple[Path, Path]:
-    """Write metrics.csv (one row per image) and metrics.json (rows, summary, settings)."""
+    """Write metrics.csv (one row per image, skipped inputs last with their reason in
+    `skipped`) and metrics.json (settings, summary, images, skipped)."""
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(ImageResult.__dataclass_fields__))
+    writer = csv.DictWriter(table, fieldnames=[*ImageResult.__dataclass_fields__, "skipped"])
     writer.writeheader()
     for row in rows:
-        writer.writerow(asdict(row))
+        writer.writerow(asdict(row) | {"skipped": ""})
+    for name, reason in skipped:
+        writer.writerow({"image": name, "skipped": reason})
     csv_path, json_path = folder / "metrics.csv", folder / "metrics.json"
     atomic_write_text(csv_path, table.getvalue())
-    report = {"settings": settings, "summary": summary, "images": [asdict(r) for r in rows]}
+    report = {
+        "settings": settings,
+        "summary": summary,
+        "images": [asdict(row) for row in rows],
+        "skipped": [{"input": name, "reason": reason} for name, reason in skipped],
+    }
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     return csv_path, json_path

@@ -7,6 +7,7 @@ package by name, so a family installed later is served without a change here.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def choose_device(name: str | None) -> torch.device:
+    """--device, else the default; a CliError, before any loading, for a device not present."""
+    try:
+        device = torch.device(name or default_device())
+    except RuntimeError:
+        raise CliError(f"--device: expected e.g. cpu, cuda or cuda:1, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CliError(f"--device {name}: no CUDA device available")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CliError(f"--device {name}: only {count} CUDA device(s) available")
+    return device
+
+
 def choose_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """--dtype, else bfloat16 on CUDA and float32 elsewhere."""
     if name is not None:
@@ -138,6 +154,28 @@ def inference_config(family: Family, args: argparse.Namespace) -> Any:
     return config
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """The family of --model and what to hand its `from_pretrained`, chosen before loading."""
+
+    family: Family
+    reason: str
+    location: str | Path
+    """The published repo id itself (so the family's id aliases apply), else the folder."""
+
+
+def choose_model(model: str, forced_family: str | None) -> ModelChoice:
+    """The family from --family, a published repo id, or the model's config.json."""
+    families = available_families()
+    if any(model in family.repo_ids for family in families.values()):
+        family, reason = choose_family(model, None, forced_family)
+        if model in family.repo_ids:
+            return ModelChoice(family, reason, model)
+    folder = resolve_model_dir(model)
+    family, reason = choose_family(model, read_config(folder), forced_family)
+    return ModelChoice(family, reason, folder)
+
+
 @dataclass
 class LoadedModel:
     """A model ready to run, with what the command needs to know about it."""
@@ -149,29 +187,29 @@ class LoadedModel:
     source: str
 
 
-def load_model(args: argparse.Namespace, console: Console) -> LoadedModel:
-    """Resolve --model, choose the family, load it on --device in --dtype (eval mode)."""
-    try:
-        device = torch.device(args.device or default_device())
-    except RuntimeError:
-        raise CliError(
-            f"--device: expected e.g. cpu, cuda or cuda:1, got {args.device!r}"
-        ) from None
+def load_model(
+    choice: ModelChoice, args: argparse.Namespace, device: torch.device, console: Console
+) -> LoadedModel:
+    """Load the chosen model on `device` in --dtype (eval mode)."""
     dtype = choose_dtype(args.dtype, device)
-    folder = resolve_model_dir(args.model)
-    family, reason = choose_family(args.model, read_config(folder), args.family)
-    model = family.model_class.from_pretrained(folder, device=device, dtype=dtype)
+    model = choice.family.model_class.from_pretrained(choice.location, device=device, dtype=dtype)
     console.note(
-        f"model: {args.model} (family {family.name}, from {reason}) on {device}, "
+        f"model: {args.model} (family {choice.family.name}, from {choice.reason}) on {device}, "
         f"{str(dtype).removeprefix('torch.')}"
     )
-    return LoadedModel(family, model, device, patch_multiple(model.config), args.model)
+    return LoadedModel(choice.family, model, device, patch_multiple(model.config), args.model)
 
 
-def require_encoder(loaded: LoadedModel, command: str) -> None:
-    """A CliError when the family's model has no `encode` (decode-only models)."""
-    if not callable(getattr(loaded.model, "encode", None)):
+def decode_accepts(family: Family, keyword: str) -> bool:
+    """Whether the family's `decode` takes the keyword argument `keyword`."""
+    decode = getattr(family.model_class, "decode", None)
+    return callable(decode) and keyword in inspect.signature(decode).parameters
+
+
+def require_encoder(family: Family, command: str) -> None:
+    """A CliError, before loading, when the family's model has no `encode` (decode-only)."""
+    if not callable(getattr(family.model_class, "encode", None)):
         raise CliError(
-            f"{command}: the {loaded.family.name} model has no encode (it is decode-only); "
+            f"{command}: the {family.name} model has no encode (it is decode-only); "
             "give its latents to `diffae decode` instead"
         )

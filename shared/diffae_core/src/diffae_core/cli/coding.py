@@ -1,0 +1,206 @@
+"""The `encode` and `decode` commands: images <-> latents in safetensors files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..families import Family
+from .console import CliError, Console
+from .images import unique_names, write_png
+from .latents import (
+    BadLatentFile,
+    LatentItem,
+    find_latent_files,
+    read_description,
+    read_latent_file,
+)
+from .latents import write_latent_file as write_latents
+from .models import (
+    LoadedModel,
+    choose_device,
+    choose_model,
+    decode_accepts,
+    inference_config,
+    load_model,
+    require_encoder,
+)
+from .runs import (
+    ImageItem,
+    Run,
+    batched,
+    fitted_images,
+    list_images,
+    output_folder,
+    refuse_overwriting,
+    run_model,
+)
+
+RAW_LATENTS_KEYWORD = "latents_are_flux2_whitened"
+"""The `decode` keyword that --raw-latents sets to False (FLUX.2 decoders: capacitor_decoder)."""
+
+
+def encode_output(out: str) -> tuple[Path, bool]:
+    """(--out, whether it is one .safetensors file); a CliError for a file/folder mix-up."""
+    path = Path(out)
+    if path.suffix != ".safetensors":
+        return output_folder(out), False
+    if path.is_dir():
+        raise CliError(f"--out: expected a .safetensors file, got the folder {path}")
+    return path, True
+
+
+def encode(args: argparse.Namespace, console: Console) -> int:
+    """Images -> latents (as `model.encode` returns them) in safetensors files."""
+    run = Run(console)
+    out, one_file = encode_output(args.out)
+    device = choose_device(args.device)
+    choice = choose_model(args.model, args.family)
+    require_encoder(choice.family, "encode")
+    named = list_images(args.images, run)
+    planned = [out] if one_file else [out / f"{name}.safetensors" for _, name in named]
+    refuse_overwriting([path for path, _ in named], planned)
+    loaded = load_model(choice, args, device, console)
+    header = {
+        "family": loaded.family.name,
+        "model": loaded.source,
+        "whitened": callable(getattr(loaded.model, "whiten", None)),
+        "patch": loaded.patch,
+    }
+    tensors: dict[str, Tensor] = {}
+    descriptions: list[dict[str, Any]] = []
+    shapes: set[str] = set()
+    with console.progress(len(named), "encode") as bar:
+        for batch in batched(
+            fitted_images(named, loaded.patch, args.fit, run, bar),
+            args.batch_size,
+            lambda item: item.fitted.image.shape,
+        ):
+            images = torch.cat([item.fitted.image for item in batch]).to(loaded.device)
+            names = [str(item.path) for item in batch]
+            latents = run_model(run, names, lambda images=images: loaded.model.encode(images))
+            bar.update(len(batch))
+            if latents is None:
+                continue
+            for item, item_latents in zip(batch, latents.float().cpu().split(1), strict=True):
+                descriptions.append(describe(item))
+                if one_file:
+                    tensors[item.name] = item_latents
+                else:
+                    path = out / f"{item.name}.safetensors"
+                    write_latents(path, {item.name: item_latents}, descriptions[-1:], header)
+                shapes.add("x".join(str(size) for size in item_latents.shape[1:]))
+    if one_file and tensors:
+        write_latents(out, tensors, descriptions, header)
+    if descriptions:
+        console.note(
+            f"wrote latents of {len(descriptions)} images to {out} "
+            f"(C x h x w: {', '.join(sorted(shapes))})"
+        )
+    return run.exit_status()
+
+
+def describe(item: ImageItem) -> dict[str, Any]:
+    """The metadata item of one image's latents (see `latents`)."""
+    height, width = item.fitted.source_size
+    return {
+        "tensor": item.name,
+        "source": str(item.path),
+        "source_height": height,
+        "source_width": width,
+        "fit": item.fitted.fit,
+        "box": list(item.fitted.box),
+    }
+
+
+def read_latent_items(
+    arguments: list[str], loaded: LoadedModel, run: Run
+) -> list[tuple[str, LatentItem]]:
+    """(output stem, latents) of every image in the files given; unreadable files skipped."""
+    files, problems = find_latent_files(arguments)
+    for argument, reason in problems:
+        run.skip(argument, reason)
+    items: list[LatentItem] = []
+    for path in files:
+        try:
+            description = read_description(path) or {}
+            items += read_latent_file(path)
+        except BadLatentFile as error:
+            run.skip(str(path), str(error))
+            continue
+        family = description.get("family")
+        if family not in (None, loaded.family.name):
+            run.console.note(
+                f"{path}: written by a {family} model, decoding with {loaded.family.name}"
+            )
+    run.inputs = len(items) + len(problems)
+    names = unique_names([item.name for item in items])
+    return list(zip(names, items, strict=True))
+
+
+def raw_latents_options(family: Family, raw: bool) -> dict[str, bool]:
+    """The `decode` keywords for --raw-latents; a CliError for families that cannot take it."""
+    if not raw:
+        return {}
+    if not decode_accepts(family, RAW_LATENTS_KEYWORD):
+        raise CliError(
+            f"--raw-latents: the {family.name} model's decode takes only the latents its own "
+            f"encode writes (the option is for FLUX.2 decoders such as capacitor_decoder)"
+        )
+    return {RAW_LATENTS_KEYWORD: False}
+
+
+def channel_problem(latents: Tensor, loaded: LoadedModel) -> str | None:
+    """Why the model cannot take latents [N, C, h, w] of this many channels, or None."""
+    expected = getattr(loaded.model.config, "latent_channels", None)
+    channels = int(latents.shape[1])
+    if not isinstance(expected, int) or channels == expected:
+        return None
+    problem = f"latents have {channels} channels, {loaded.family.name} takes {expected}"
+    if channels * 4 == expected:
+        problem += " (2x2-patchify them first, e.g. FLUX.2 [32, h, w] -> [128, h/2, w/2])"
+    return problem
+
+
+def decode(args: argparse.Namespace, console: Console) -> int:
+    """Latents in safetensors files -> PNG images (cropped back where the encoder padded)."""
+    run = Run(console)
+    out = output_folder(args.out)
+    device = choose_device(args.device)
+    choice = choose_model(args.model, args.family)
+    decoding = inference_config(choice.family, args)
+    options = raw_latents_options(choice.family, args.raw_latents)
+    loaded = load_model(choice, args, device, console)
+    named = read_latent_items(args.latents, loaded, run)
+    written = 0
+    with console.progress(len(named), "decode") as bar:
+        for batch in batched(named, args.batch_size, lambda pair: tuple(pair[1].latents.shape)):
+            latents = torch.cat([item.latents for _, item in batch]).to(loaded.device)
+            names = [name for name, _ in batch]
+            bar.update(len(batch))
+            problem = channel_problem(latents, loaded)
+            if problem is not None:
+                for name in names:
+                    run.skip(name, problem)
+                continue
+            height, width = (int(size) * loaded.patch for size in latents.shape[-2:])
+
+            def step(latents: Tensor = latents, height: int = height, width: int = width):
+                decoded = loaded.model.decode(
+                    latents, height, width, inference_config=decoding, **options
+                )
+                return decoded.float().cpu()
+
+            images = run_model(run, names, step)
+            if images is None:
+                continue
+            for (name, item), image in zip(batch, images, strict=True):
+                write_png(out / f"{name}.png", item.content(image))
+                written += 1
+    if written:
+        console.note(f"wrote {written} images to {out}/")
+    return run.exit_status()

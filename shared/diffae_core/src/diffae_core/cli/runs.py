@@ -1,0 +1,139 @@
+"""What `reconstruct`, `encode` and `decode` share: inputs, output checks, batches, skips.
+
+A bad input is reported by name and skipped; the command then ends with exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from .console import CliError, Console
+from .images import BadImage, Fitted, find_images, fit_image, read_image, unique_names
+from .models import LoadedModel
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+MODEL_FAILURES = (ValueError, TypeError, RuntimeError)
+"""What a model raises on inputs it cannot take (shapes, dtypes, memory): the batch is skipped."""
+
+
+@dataclass
+class Run:
+    """What one command run skipped, for the report and the exit status."""
+
+    console: Console
+    inputs: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(input, reason) of each input skipped."""
+
+    def skip(self, name: str, reason: str) -> None:
+        self.skipped.append((name, reason))
+        self.console.problem(f"skipped {name}: {reason}")
+
+    def exit_status(self) -> int:
+        """0 when every input was used, else 1 after saying how many were skipped."""
+        if not self.skipped:
+            return 0
+        self.console.problem(f"{len(self.skipped)} of {self.inputs} inputs skipped")
+        return 1
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """An image file read and fitted to the patch grid; `name` is its output stem."""
+
+    name: str
+    path: Path
+    fitted: Fitted
+
+
+def output_folder(out: str) -> Path:
+    """--out as a folder: a CliError, before any work, when it names an existing file."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise CliError(f"--out: expected a folder (created if missing), got the file {path}")
+    return path
+
+
+def list_images(arguments: list[str], run: Run) -> list[tuple[Path, str]]:
+    """(file, output stem) of every image named or in a folder named; other arguments skipped."""
+    paths, problems = find_images(arguments)
+    for argument, reason in problems:
+        run.skip(argument, reason)
+    run.inputs = len(paths) + len(problems)
+    return list(zip(paths, unique_names([path.stem for path in paths]), strict=True))
+
+
+def fitted_images(
+    named: list[tuple[Path, str]], patch: int, fit: str, run: Run, bar: Any
+) -> Iterator[ImageItem]:
+    """Read and fit each image in turn, saying what was done; bad files are skipped."""
+    for path, name in named:
+        try:
+            image, conversion = read_image(path)
+            fitted = fit_image(image, patch, fit)
+        except BadImage as error:
+            run.skip(str(path), str(error))
+            bar.update(1)
+            continue
+        notes = [note for note in (conversion, fitted.describe()) if note]
+        if notes:
+            run.console.note(f"{path}: {'; '.join(notes)}")
+        yield ImageItem(name, path, fitted)
+
+
+def refuse_overwriting(inputs: Iterable[Path], outputs: Iterable[Path]) -> None:
+    """A CliError, before any work, when an output would replace one of the input files."""
+    clashes = sorted({path.resolve() for path in inputs} & {path.resolve() for path in outputs})
+    if clashes:
+        raise CliError(f"--out: would overwrite the input file {clashes[0]}")
+
+
+def batched(
+    items: Iterable[ItemT], batch_size: int, size: Callable[[ItemT], tuple[int, ...]]
+) -> Iterator[list[ItemT]]:
+    """Consecutive items of equal `size`, at most `batch_size` at a time."""
+    batch: list[ItemT] = []
+    for item in items:
+        if batch and (len(batch) == batch_size or size(item) != size(batch[0])):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def run_model(run: Run, names: list[str], step: Callable[[], ResultT]) -> ResultT | None:
+    """`step()` without autograd; a model error skips the batch's inputs instead of aborting."""
+    try:
+        with torch.inference_mode():
+            return step()
+    except NotImplementedError as error:
+        raise CliError(f"the model cannot do this: {error or 'not implemented'}") from None
+    except MODEL_FAILURES as error:
+        for name in names:
+            run.skip(name, f"the model failed: {error}")
+        return None
+
+
+def settings_of(loaded: LoadedModel, args: argparse.Namespace, decoding: Any) -> dict[str, Any]:
+    """What a run used, for metrics.json."""
+    parameter = next(loaded.model.parameters())
+    return {
+        "model": loaded.source,
+        "family": loaded.family.name,
+        "device": str(loaded.device),
+        "dtype": str(parameter.dtype).removeprefix("torch."),
+        "fit": getattr(args, "fit", None),
+        "batch_size": args.batch_size,
+        "inference_config": dataclasses.asdict(decoding)
+        if dataclasses.is_dataclass(decoding)
+        else repr(decoding),
+    }
