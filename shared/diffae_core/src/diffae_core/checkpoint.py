@@ -2,7 +2,7 @@
 
 `read_header` lists a file's tensors (name, dtype, shape) from its JSON header without reading
 any weights; `diff_state` compares such a listing with a model built on the `meta` device. The
-same comparison guards `load_checkpoint`, so a mismatch is reported once, with every key named.
+same comparison guards `load_state_strict`, so a mismatch is reported once, with every key named.
 """
 
 from __future__ import annotations
@@ -232,14 +232,3 @@ class AliasInspection:
         else:
             lines += ["with the alias table, still:", self.with_aliases.report()]
         return "\n".join(lines)
-
-
-def inspect_with_aliases(
-    checkpoint: Mapping[str, TensorInfo], expected: Mapping[str, TensorInfo], aliases: KeyAliases
-) -> AliasInspection:
-    """Compare a header listing with a model's, before and after an alias table."""
-    return AliasInspection(
-        as_published=diff_state(checkpoint, expected),
-        with_aliases=diff_state(apply_key_aliases(checkpoint, aliases), expected),
-        renames=alias_renames(list(checkpoint), aliases),
-    )

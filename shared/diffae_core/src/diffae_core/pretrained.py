@@ -156,16 +156,13 @@ class PretrainedModel(Float32BuffersModule):
     def inspect_checkpoint(
         cls, weights_path: str | os.PathLike[str], config: Any = None
     ) -> StateDiff:
-        """Compare a `model.safetensors` header with this model built on `meta`.
+        """Compare a `model.safetensors` header with this model built on `meta`, as loading would.
 
-        Reads no weights. `config` defaults to the `config.json` next to the file.
+        Reads no weights. `config` defaults to the `config.json` next to the file. The keys are
+        read through `canonical_checkpoint_keys`, so accepted alternative spellings do not count
+        as differences (`inspect_checkpoint_aliases` shows them).
         """
-        weights_path = Path(weights_path)
-        if config is None:
-            config = cls.config_class.load(weights_path.parent / CONFIG_NAME)
-        expected = state_info(cls.from_config_on_meta(config).state_dict())
-        found = cls.canonical_checkpoint_keys(read_header(weights_path))
-        return diff_state(found, expected)
+        return cls.inspect_checkpoint_aliases(weights_path, config).with_aliases
 
     @classmethod
     def inspect_checkpoint_aliases(
