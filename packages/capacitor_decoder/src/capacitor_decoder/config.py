@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import JsonConfig, check_positive
+from diffae_core.config import JsonConfig, LatentLayout, check_positive
 from diffae_core.fcdm_config import check_fcdm_fields
 from diffae_core.inference import StrengthVPInferenceConfig
 
@@ -13,7 +13,7 @@ from .flux2 import FLUX2_PATCHIFIED_CHANNELS, FLUX2_PIXELS_PER_CELL
 
 
 @dataclass(frozen=True)
-class CapacitorDecoderConfig(JsonConfig):
+class CapacitorDecoderConfig(LatentLayout, JsonConfig):
     """Architecture of the capacitor decoder; defaults are the spec's expected release values.
 
     The release's `config.json` could not be read (spec §2.4, U4): fields follow the FCDM
@@ -65,16 +65,6 @@ class CapacitorDecoderConfig(JsonConfig):
                 f"patch_size: expected {FLUX2_PIXELS_PER_CELL} (one patchified FLUX.2 latent "
                 f"cell covers 16x16 pixels), got {self.patch_size}"
             )
-
-    @property
-    def latent_channels(self) -> int:
-        """Channels of the latents `decode` takes (128, FLUX.2 patchified)."""
-        return self.bottleneck_dim
-
-    @property
-    def effective_patch_size(self) -> int:
-        """Pixels per latent cell along each side (16); image sizes must be multiples of it."""
-        return self.patch_size
 
     @property
     def whitening_eps(self) -> float:

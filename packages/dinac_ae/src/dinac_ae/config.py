@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import JsonConfig, check_choice, check_multiple, check_positive
+from diffae_core.config import (
+    JsonConfig,
+    LatentLayout,
+    check_choice,
+    check_multiple,
+    check_positive,
+)
 from diffae_core.fcdm_config import check_fcdm_fields
 from diffae_core.fcdm_encoder import POSTERIOR_KINDS
 from diffae_core.inference import StrengthVPInferenceConfig
@@ -21,7 +27,7 @@ REGISTER_TOKEN_COUNT = 4
 
 
 @dataclass(frozen=True)
-class DinacAEConfig(JsonConfig):
+class DinacAEConfig(LatentLayout, JsonConfig):
     """Architecture of one DINAC-AE checkpoint; defaults are the dinac_ae release (6 blocks).
 
     A transformer encoder (patch 16, width 896, 64-channel heads), the 8-block FCDM decoder of
@@ -85,16 +91,6 @@ class DinacAEConfig(JsonConfig):
         check_choice("bottleneck_posterior_kind", self.bottleneck_posterior_kind, POSTERIOR_KINDS)
         # No release normalises the bottleneck, and the reference refuses any other mode.
         check_choice("bottleneck_norm_mode", self.bottleneck_norm_mode, ("disabled",))
-
-    @property
-    def latent_channels(self) -> int:
-        """Channels of `encode`'s latents (= bottleneck_dim)."""
-        return self.bottleneck_dim
-
-    @property
-    def effective_patch_size(self) -> int:
-        """Pixels per latent cell along each side; image sizes must be multiples of it."""
-        return self.patch_size
 
     @property
     def whitening_eps(self) -> float:

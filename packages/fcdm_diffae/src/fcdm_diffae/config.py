@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import JsonConfig, check_choice, check_positive
-from diffae_core.fcdm_config import FCDMLatentLayout, check_fcdm_fields
+from diffae_core.config import JsonConfig, LatentLayout, check_choice, check_positive
+from diffae_core.fcdm_config import check_fcdm_fields
 from diffae_core.fcdm_encoder import POSTERIOR_KINDS
 from diffae_core.inference import VPInferenceConfig
 
@@ -18,7 +18,7 @@ BOTTLENECK_NORM_MODES = ("disabled", "channel_wise")
 
 
 @dataclass(frozen=True)
-class FCDMDiffAEConfig(FCDMLatentLayout, JsonConfig):
+class FCDMDiffAEConfig(LatentLayout, JsonConfig):
     """Architecture of one SemDisDiffAE checkpoint; defaults are the semdisdiffae (p16) release.
 
     `bottleneck_patchify_mode` exists only in semdisdiffae_p32 (v1) and

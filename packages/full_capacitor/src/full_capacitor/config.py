@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import JsonConfig, check_choice, check_positive
-from diffae_core.fcdm_config import FCDMLatentLayout, check_fcdm_fields
+from diffae_core.config import JsonConfig, LatentLayout, check_choice, check_positive
+from diffae_core.fcdm_config import check_fcdm_fields
 from diffae_core.fcdm_encoder import POSTERIOR_KINDS
 from diffae_core.inference import StrengthVPInferenceConfig
 
 
 @dataclass(frozen=True)
-class FullCapacitorConfig(FCDMLatentLayout, JsonConfig):
+class FullCapacitorConfig(LatentLayout, JsonConfig):
     """Architecture of full_capacitor; defaults are the spec's expected release values.
 
     The release's `config.json` could not be read (spec §3.5, U3-U5): fields follow the FCDM

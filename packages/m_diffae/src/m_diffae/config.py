@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import JsonConfig, check_positive
+from diffae_core.config import JsonConfig, LatentLayout, check_positive
 from diffae_core.inference import VPInferenceConfig
 
 
 @dataclass(frozen=True)
-class MDiffAEConfig(JsonConfig):
+class MDiffAEConfig(LatentLayout, JsonConfig):
     """Architecture of one mDiffAE checkpoint; defaults are the mdiffae_v1 release (spec §3.1).
 
     pdg_mask_ratio: the fraction of latent tokens PDG replaces by the learned mask feature.
@@ -63,16 +63,6 @@ class MDiffAEConfig(JsonConfig):
             raise ValueError(
                 f"pdg_mask_ratio: expected a number in [0, 1], got {self.pdg_mask_ratio!r}"
             )
-
-    @property
-    def latent_channels(self) -> int:
-        """Channels of `encode`'s latents (64 for mdiffae_v1)."""
-        return self.bottleneck_dim
-
-    @property
-    def effective_patch_size(self) -> int:
-        """Pixels per latent position along each side (16 for mdiffae_v1)."""
-        return self.patch_size
 
 
 @dataclass(init=False)

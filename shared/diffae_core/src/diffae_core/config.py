@@ -99,3 +99,26 @@ def check_multiple(field: str, value: Any, divisor: int) -> None:
     check_positive(field, value)
     if value % divisor:
         raise ValueError(f"{field}: expected a multiple of {divisor}, got {value}")
+
+
+class LatentLayout:
+    """Mixin for configs with `patch_size`, `bottleneck_dim` and, optionally,
+    `bottleneck_patchify_mode` (a config without that field has the direct layout)."""
+
+    patch_size: int
+    bottleneck_dim: int
+
+    @property
+    def patchifies_bottleneck(self) -> bool:
+        """True when latents are the 2x2-patchified bottleneck ("patch_2x2")."""
+        return getattr(self, "bottleneck_patchify_mode", None) == "patch_2x2"
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of `encode`'s latents: 4 * bottleneck_dim when 2x2-patchified."""
+        return 4 * self.bottleneck_dim if self.patchifies_bottleneck else self.bottleneck_dim
+
+    @property
+    def effective_patch_size(self) -> int:
+        """Pixels per latent cell along each side; image sizes must be multiples of it."""
+        return 2 * self.patch_size if self.patchifies_bottleneck else self.patch_size

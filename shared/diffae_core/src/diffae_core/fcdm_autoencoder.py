@@ -1,8 +1,8 @@
 """The FCDM diffusion autoencoder: FCDM encoder + FCDM decoder + whitening (SemDisDiffAE layout).
 
 fcdm_diffae and full_capacitor are configurations of this one model. The config provides the
-fields of `fcdm_config` (with `FCDMLatentLayout`), `encoder_depth`, `bottleneck_posterior_kind`,
-`bottleneck_norm_mode` and `whitening_eps`.
+fields checked by `fcdm_config.check_fcdm_fields`, the `config.LatentLayout` properties,
+`encoder_depth`, `bottleneck_posterior_kind`, `bottleneck_norm_mode` and `whitening_eps`.
 """
 
 from __future__ import annotations

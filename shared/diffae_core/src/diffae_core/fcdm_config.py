@@ -2,8 +2,7 @@
 
 fcdm_diffae, full_capacitor and capacitor_decoder publish the same architecture fields
 (`in_channels`, `patch_size`, `model_dim`, `decoder_depth`, ...); their `__post_init__` calls
-`check_fcdm_fields` instead of repeating the checks, and `FCDMLatentLayout` derives the latent
-layout from `bottleneck_patchify_mode`.
+`check_fcdm_fields` instead of repeating the checks.
 """
 
 from __future__ import annotations
@@ -58,26 +57,3 @@ def check_fcdm_fields(config: Any) -> None:
         check_choice(
             "bottleneck_patchify_mode", config.bottleneck_patchify_mode, BOTTLENECK_PATCHIFY_MODES
         )
-
-
-class FCDMLatentLayout:
-    """Mixin for configs with `patch_size`, `bottleneck_dim` and `bottleneck_patchify_mode`."""
-
-    patch_size: int
-    bottleneck_dim: int
-    bottleneck_patchify_mode: str | None
-
-    @property
-    def patchifies_bottleneck(self) -> bool:
-        """True when latents are the 2x2-patchified bottleneck ("patch_2x2")."""
-        return self.bottleneck_patchify_mode == "patch_2x2"
-
-    @property
-    def latent_channels(self) -> int:
-        """Channels of `encode`'s latents: 4 * bottleneck_dim when 2x2-patchified."""
-        return 4 * self.bottleneck_dim if self.patchifies_bottleneck else self.bottleneck_dim
-
-    @property
-    def effective_patch_size(self) -> int:
-        """Pixels per latent cell along each side; image sizes must be multiples of it."""
-        return 2 * self.patch_size if self.patchifies_bottleneck else self.patch_size
