@@ -157,3 +157,25 @@ def test_check_dtype() -> None:
         check_dtype("bfloat16")
     with pytest.raises(TypeError, match="dtype"):
         check_dtype(torch.int8)
+
+
+def test_alternative_spellings_are_tried_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    files = make_model_files(tmp_path / "src")
+    snapshot = add_to_hub_cache(tmp_path / "cache", "data-archetype/toy-v1", files)
+    folder = resolve_model_dir(
+        "data-archetype/toy_v1",
+        cache_dir=tmp_path / "cache",
+        alternatives=["data-archetype/absent", "data-archetype/toy-v1"],
+    )
+    assert folder == snapshot
+    with pytest.raises(ModelNotAvailableError, match="'data-archetype/toy_v2'"):
+        resolve_model_dir(
+            "data-archetype/toy_v2",
+            cache_dir=tmp_path / "cache",
+            alternatives=["data-archetype/absent"],
+        )

@@ -8,10 +8,9 @@ with optional token-mask PDG. No posterior and no latent whitening in v1 (m_diff
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from math import isqrt
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,6 @@ from diffae_core.adaln import (
 )
 from diffae_core.autoencoder import VPDiffusionDecoderModel
 from diffae_core.checkpoint import TensorInfo, apply_key_aliases
-from diffae_core.hub import ModelNotAvailableError
 from diffae_core.inference import InferenceConfigBase
 from diffae_core.patchify import Patchify
 from diffae_core.precision import compute_dtype
@@ -41,8 +39,6 @@ from .open_points import (
     REPO_ID_ALIASES,
     OpenPoints,
 )
-
-ModelT = TypeVar("ModelT", bound="MDiffAE")
 
 MODULATION_CHUNKS = 4
 """(s1, g1, s2, g2) per decoder block: the AdaLN projections are 4 * model_dim wide."""
@@ -273,15 +269,6 @@ def _renamed_keys(state: Mapping[str, Any], fragments: Mapping[str, str]) -> dic
     return apply_key_aliases(state, aliases)
 
 
-def _not_found_errors() -> tuple[type[Exception], ...]:
-    """What `from_pretrained` raises when a Hub id is neither cached nor on the Hub."""
-    try:
-        from huggingface_hub.errors import RepositoryNotFoundError
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        return (ModelNotAvailableError,)
-    return (ModelNotAvailableError, RepositoryNotFoundError)
-
-
 class MDiffAE(VPDiffusionDecoderModel):
     """mDiffAE v1. Images [N, 3, H, W] in [-1, 1], H and W multiples of `config.patch_size`;
     latents [N, config.bottleneck_dim, H/P, W/P]. Float32 weights as published; a bf16 model
@@ -294,6 +281,9 @@ class MDiffAE(VPDiffusionDecoderModel):
     config_class = MDiffAEConfig
     inference_config_class = MDiffAEInferenceConfig
     open_points: ClassVar[OpenPoints] = DEFAULT_OPEN_POINTS
+    # A Hub id is tried as given (cache, then Hub), then its other spelling: the card writes
+    # `mdiffae_v1`, the files were read under `mdiffae-v1` (open_points.REPO_ID_ALIASES).
+    repo_id_aliases = REPO_ID_ALIASES
     config: MDiffAEConfig
 
     def __init__(self, config: MDiffAEConfig) -> None:
@@ -322,54 +312,6 @@ class MDiffAE(VPDiffusionDecoderModel):
         )
 
     # -- loading -------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(
-        cls: type[ModelT],
-        path_or_repo_id: str | os.PathLike[str],
-        *,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype | None = None,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-        token: str | bool | None = None,
-        local_files_only: bool = False,
-        force_download: bool = False,
-    ) -> ModelT:
-        """`PretrainedModel.from_pretrained` (a local directory or a Hub id; same keywords).
-
-        A Hub id is tried as given (cache, then Hub); if it is not found, its other spelling
-        in `open_points.REPO_ID_ALIASES` is tried (the card writes `mdiffae_v1`, the files were
-        read under `mdiffae-v1`). If neither is found, the error of the id as given is raised.
-        """
-        options = dict(
-            device=device,
-            dtype=dtype,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            local_files_only=local_files_only,
-            force_download=force_download,
-        )
-
-        def load(name: str | os.PathLike[str]) -> ModelT:
-            return super(MDiffAE, cls).from_pretrained(name, **options)  # type: ignore[misc]
-
-        other_spelling = None
-        if isinstance(path_or_repo_id, str) and not os.path.isdir(path_or_repo_id):
-            other_spelling = REPO_ID_ALIASES.get(path_or_repo_id)
-        if other_spelling is None:
-            return load(path_or_repo_id)
-        not_found = _not_found_errors()
-        try:
-            return load(path_or_repo_id)
-        except not_found as error:
-            first_error = error
-        try:
-            return load(other_spelling)
-        except not_found:
-            pass  # report the id the caller wrote, with its own cause
-        raise first_error
-
     @classmethod
     def canonical_checkpoint_keys(cls, state: Mapping[str, Any]) -> dict[str, Any]:
         """Published key spellings and layouts -> ours (tensors or header entries)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 MODEL_FILES = ("config.json", "model.safetensors")
@@ -26,11 +27,14 @@ def resolve_model_dir(
     token: str | bool | None = None,
     local_files_only: bool = False,
     force_download: bool = False,
+    alternatives: Sequence[str] = (),
 ) -> Path:
     """A local directory as is; otherwise a Hub repo id, downloaded (or found in the cache).
 
     Only `config.json` and `model.safetensors` are fetched. The keywords go to
-    `huggingface_hub.snapshot_download`; `HF_HUB_OFFLINE=1` is honoured by it.
+    `huggingface_hub.snapshot_download`; `HF_HUB_OFFLINE=1` is honoured by it. `alternatives`
+    are other spellings of the same repo id, tried in order when the id as given is found
+    neither in the cache nor on the Hub; if none is, the error of the id as given is raised.
     """
     if not isinstance(path_or_repo_id, (str, os.PathLike)):
         raise TypeError(
@@ -46,6 +50,40 @@ def resolve_model_dir(
             f"path_or_repo_id: {name!r} is neither a local directory holding "
             f"{' and '.join(MODEL_FILES)} nor a Hub repo id of the form 'owner/name'"
         )
+    options = dict(
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        force_download=force_download,
+    )
+    try:
+        return _snapshot(name, **options)
+    except (ModelNotAvailableError, _repository_not_found()) as first_error:
+        for other in alternatives:
+            try:
+                return _snapshot(other, **options)
+            except (ModelNotAvailableError, _repository_not_found()):
+                continue
+        raise first_error
+
+
+def _repository_not_found() -> type[Exception]:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    return RepositoryNotFoundError
+
+
+def _snapshot(
+    name: str,
+    *,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    token: str | bool | None,
+    local_files_only: bool,
+    force_download: bool,
+) -> Path:
+    """`snapshot_download` of the model files, with an actionable error when out of reach."""
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError

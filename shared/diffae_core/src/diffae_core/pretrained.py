@@ -46,6 +46,8 @@ class PretrainedModel(Float32BuffersModule):
     """
 
     config_class: ClassVar[type[JsonConfig]]
+    repo_id_aliases: ClassVar[Mapping[str, str]] = {}
+    """Hub id -> another spelling of the same repo, tried when the first is not found."""
     checkpoint_key_aliases: ClassVar[KeyAliases] = {}
     """Other published spellings of our keys (see `checkpoint.KeyAliases`); none by default."""
 
@@ -62,6 +64,12 @@ class PretrainedModel(Float32BuffersModule):
     def canonical_checkpoint_keys(cls, state: Mapping[str, Any]) -> dict[str, Any]:
         """Map a checkpoint's key spellings to this model's through `checkpoint_key_aliases`."""
         return apply_key_aliases(state, cls.checkpoint_key_aliases)
+
+    @classmethod
+    def repo_id_alternatives(cls, path_or_repo_id: str | os.PathLike[str]) -> tuple[str, ...]:
+        """Other Hub spellings of `path_or_repo_id` to try (from `repo_id_aliases`)."""
+        other = cls.repo_id_aliases.get(os.fspath(path_or_repo_id))
+        return () if other is None else (other,)
 
     def checkpoint_state(self) -> dict[str, Tensor]:
         """The tensors `save_pretrained` writes, under the published key names."""
@@ -103,6 +111,7 @@ class PretrainedModel(Float32BuffersModule):
             token=token,
             local_files_only=local_files_only,
             force_download=force_download,
+            alternatives=cls.repo_id_alternatives(path_or_repo_id),
         )
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name).is_file():

@@ -14,10 +14,9 @@ from typing import Any
 import torch
 
 from ..checkpoint import read_header
-from ..hub import resolve_model_dir
 from .console import CliError, Console
 from .latents import BadLatentFile, read_description
-from .models import choose_family, patch_multiple, read_config
+from .models import choose_family, patch_multiple, read_config, resolve_model
 
 IMAGE_SIZES = (256, 512, 1024)
 """Square image sizes whose latent shape is listed (rounded up to the patch multiple)."""
@@ -41,7 +40,7 @@ def inspect(args: argparse.Namespace, console: Console) -> int:
             return 0
         folder, weights = target.parent, target
     else:
-        folder = resolve_model_dir(args.target)
+        folder = resolve_model(args.target)
         weights = folder / "model.safetensors"
     config_data = read_config(folder)
     family, reason = choose_family(args.target, config_data, args.family)

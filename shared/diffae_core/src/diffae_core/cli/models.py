@@ -164,6 +164,16 @@ class ModelChoice:
     """The published repo id itself (so the family's id aliases apply), else the folder."""
 
 
+def resolve_model(model: str) -> Path:
+    """The folder of --model: a directory, or a Hub id with the families' other spellings."""
+    alternatives = [
+        other
+        for family in available_families().values()
+        for other in family.model_class.repo_id_alternatives(model)
+    ]
+    return resolve_model_dir(model, alternatives=alternatives)
+
+
 def choose_model(model: str, forced_family: str | None) -> ModelChoice:
     """The family from --family, a published repo id, or the model's config.json."""
     families = available_families()
@@ -171,7 +181,7 @@ def choose_model(model: str, forced_family: str | None) -> ModelChoice:
         family, reason = choose_family(model, None, forced_family)
         if model in family.repo_ids:
             return ModelChoice(family, reason, model)
-    folder = resolve_model_dir(model)
+    folder = resolve_model(model)
     family, reason = choose_family(model, read_config(folder), forced_family)
     return ModelChoice(family, reason, folder)
 
