@@ -178,8 +178,8 @@ class WhitenedVPAutoencoder(WhitenedVPDecoder):
         model's device and weight dtype. mean/logsnr come out in that dtype, unwhitened.
         """
         images = check_images(images, self.config.in_channels, self.config.effective_patch_size)
-        parameter = self.latent_norm_running_mean
-        images = images.to(device=parameter.device, dtype=compute_dtype(self))
+        device = self.latent_norm_running_mean.device
+        images = images.to(device=device, dtype=compute_dtype(self))
         return self._raw_posterior(images)
 
     def encode(self, images: Tensor) -> Tensor:
