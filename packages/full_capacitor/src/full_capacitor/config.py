@@ -60,5 +60,5 @@ class FullCapacitorInferenceConfig(StrengthVPInferenceConfig):
     """Decoding settings. Defaults: 1 DDIM step, linear schedule, no PDG (the card's setting).
 
     `strength` (schedule starts at t = strength; 1.0 changes nothing) is kept as the spec's
-    open point U7 recommends; pass it by keyword.
+    open point U7 recommends; it precedes `seed`, as in the published class.
     """
