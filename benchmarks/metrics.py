@@ -1,5 +1,5 @@
 """SSIM on 8-bit images (Wang et al. 2004, "Image quality assessment: from error visibility to
-structural similarity"), float64; PSNR is the command line's (`diffae_core.cli.metrics`).
+structural similarity"), float64; PSNR is the command line's (`diffae.metrics`).
 
 Both images are quantised to 8 bits first, as for the cards' PSNR. Each channel is filtered with
 an 11x11 Gaussian window (sigma 1.5) over the "valid" region only (no padding), the local
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffae_core.cli.metrics import PIXEL_MAX, quantize_8bit
+from diffae.metrics import PIXEL_MAX, quantize_8bit
 
 SSIM_WINDOW_SIZE = 11
 SSIM_SIGMA = 1.5

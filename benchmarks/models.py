@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffae_core.cli.models import patch_multiple
+from diffae.models import patch_multiple
 from diffae_core.families import Family, installed_families
 
 from .flux2 import (

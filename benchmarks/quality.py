@@ -5,7 +5,7 @@ the reconstruction are clamped to [-1, 1] and quantised to 8 bits, and PSNR is c
 image; the summary is mean, std, median, P5, P95, min and max over the images, as on the cards.
 SSIM (benchmarks/metrics.py) is summarised the same way. The model is a local directory or a
 Hub repo id; its family is found as the `diffae` command line finds it
-(`diffae_core.cli.models.choose_model`: a published repo id, else the one family whose config class
+(`diffae.models.choose_model`: a published repo id, else the one family whose config class
 accepts its config.json), or given with --family.
 A decode-only model (capacitor_decoder) decodes the FLUX.2 VAE's latents: pass --flux2, which
 also adds the FLUX.2 VAE's own reconstructions to the table.
@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffae_core.cli.console import CliError
-from diffae_core.cli.images import BadImage, find_images, fit_image, read_image
-from diffae_core.cli.metrics import psnr_8bit, summarize
-from diffae_core.cli.models import DTYPES, choose_model, patch_multiple
+from diffae.console import CliError
+from diffae.images import BadImage, find_images, fit_image, read_image
+from diffae.metrics import psnr_8bit, summarize
+from diffae.models import DTYPES, choose_model, patch_multiple
 from diffae_core.families import Family
 
 from .flux2 import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffae_core.cli.images import write_png
+from diffae.images import write_png
 from diffae_core.families import installed_families
 from diffae_core.testing import randomize_weights
 

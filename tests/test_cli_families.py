@@ -2,7 +2,7 @@
 
 Parametrised over `installed_families()`, so a family installed later is covered without a change.
 Most runs call `main` in-process (a new interpreter costs ~3 s of torch import); each family
-also runs once through `python -m diffae_core.cli` in a subprocess, and the installed `diffae`
+also runs once through `python -m diffae` in a subprocess, and the installed `diffae`
 script runs in test_cli_units.py.
 """
 
@@ -20,10 +20,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from diffae_core.cli import main
-from diffae_core.cli.console import CliError
-from diffae_core.cli.models import choose_family, decode_accepts, patch_multiple, read_config
-from diffae_core.cli.visuals import GAP
+from diffae.cli import main
+from diffae.console import CliError
+from diffae.models import choose_family, decode_accepts, patch_multiple, read_config
+from diffae.visuals import GAP
 from diffae_core.families import Family, installed_families
 from diffae_core.testing import randomize_weights
 
@@ -132,9 +132,9 @@ ENCODER_FAMILIES = [name for name, family in sorted(FAMILIES.items()) if has_enc
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    """`python -m diffae_core.cli ARGUMENTS` in a new interpreter, output captured."""
+    """`python -m diffae ARGUMENTS` in a new interpreter, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "diffae_core.cli", *arguments],
+        [sys.executable, "-m", "diffae", *arguments],
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT,
@@ -142,7 +142,7 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
 
 
 def test_family_in_a_subprocess(family: Family, model_dir: Path, image_dir: Path, tmp_path: Path):
-    """`python -m diffae_core.cli` once per family: reconstruct (decode for decode-only families);
+    """`python -m diffae` once per family: reconstruct (decode for decode-only families);
     exit status 1 for the bad files, never a traceback."""
     out = tmp_path / "out"
     common = ["--model", str(model_dir), "--family", family.name, "--out", str(out)]
@@ -213,7 +213,8 @@ def test_decode_latents_without_metadata(family: Family, model_dir: Path, tmp_pa
             assert image.size == (2 * p, p)
     raw = ["decode", str(tmp_path / "external.safetensors"), "--raw-latents", *common]
     status = main([*raw, "--out", str(tmp_path / "raw")])
-    if decode_accepts(family, "latents_are_flux2_whitened"):
+    if any(switch.flag == "raw-latents" for switch in family.decode_switches):
+        assert decode_accepts(family, "latents_are_flux2_whitened")
         assert status == 0 and (tmp_path / "raw" / "external_0.png").is_file()
     else:
         assert status == 1

@@ -91,7 +91,7 @@ UNVERIFIED_KEYS: dict[str, tuple[str, ...]] = {
     "mask feature name": ("decoder.mask_feature",),
 }
 """Key names the spec inferred without seeing the file (m_diffae spec §8), by the open point
-`m_diffae.checkpoint_report` names after them; block keys are shown for block 0. A rename a real
+`diffae.investigation.m_diffae` names after them; block keys are shown for block 0. A rename a real
 header shows goes in `PUBLISHED_KEY_RENAMES`."""
 
 PUBLISHED_KEY_RENAMES: dict[str, str] = {}

@@ -16,7 +16,7 @@ from .checkpoint import (
     state_info,
 )
 from .config import ConfigError, JsonConfig
-from .families import Family, installed_families
+from .families import DecodeSwitch, Family, installed_families
 from .fcdm_block import FCDMBlock
 from .fcdm_decoder import FCDMDecoder
 from .fcdm_encoder import FCDMEncoder
@@ -35,6 +35,7 @@ __all__ = [
     "ChannelWiseRMSNorm",
     "CheckpointMismatchError",
     "ConfigError",
+    "DecodeSwitch",
     "EncoderPosterior",
     "FCDMBlock",
     "FCDMDecoder",

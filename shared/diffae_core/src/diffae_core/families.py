@@ -17,6 +17,22 @@ ENTRY_POINT_GROUP = "diffae.families"
 
 
 @dataclass(frozen=True)
+class DecodeSwitch:
+    """A family-specific command-line switch: `--<flag>` passes `keyword=value` to `decode`.
+
+    Declared by the family (in its `Family`), so tools offer it without knowing the family.
+    """
+
+    flag: str
+    """The option's name without dashes, e.g. "raw-latents"."""
+    keyword: str
+    """The `decode` keyword argument it sets, e.g. "latents_are_flux2_whitened"."""
+    value: Any
+    """What the keyword is set to when the switch is given."""
+    help: str
+
+
+@dataclass(frozen=True)
 class Family:
     """What a tool needs to know of one model family."""
 
@@ -31,6 +47,9 @@ class Family:
     tiny_variants: Mapping[str, Any] = field(default_factory=dict)
     """Small configs named after the published structures they mimic (e.g. one per preset whose
     layout differs); the shared contract tests run every one."""
+    decode_switches: tuple[DecodeSwitch, ...] = ()
+    """Command-line switches of this family's `decode` (e.g. capacitor_decoder's raw FLUX.2
+    latents); tools refuse them for the other families."""
 
     def tiny_configs(self) -> dict[str, Any]:
         """`tiny_variants`, or {"tiny": tiny_config} when the family declares no variants."""

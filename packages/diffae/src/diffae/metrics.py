@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io import atomic_write_text
+from diffae_core.io import atomic_write_text
 
 PIXEL_MAX = 255.0
 """PSNR is computed on 8-bit images: both sides clamped to [-1, 1], scaled to [0, 255], rounded."""

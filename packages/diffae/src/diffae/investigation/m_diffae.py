@@ -1,6 +1,6 @@
 """What a real `model.safetensors` header settles of the spec's open points (m_diffae spec §13).
 
-    from m_diffae.checkpoint_report import explain_open_points, format_verdicts
+    from diffae.investigation.m_diffae import explain_open_points, format_verdicts
 
     print(format_verdicts(explain_open_points("mdiffae-v1/model.safetensors")))
 
@@ -19,9 +19,9 @@ from diffae_core.checkpoint import TensorInfo, read_header
 from diffae_core.fcdm_block import mlp_hidden_channels
 from diffae_core.time_embed import sinusoidal_frequencies
 
-from .config import MDiffAEConfig
-from .model import MDiffAE
-from .open_points import DEFAULT_OPEN_POINTS, UNVERIFIED_KEYS
+from m_diffae.config import MDiffAEConfig
+from m_diffae.model import MDiffAE
+from m_diffae.open_points import DEFAULT_OPEN_POINTS, UNVERIFIED_KEYS
 
 CARD_PARAMETERS = 81_410_624
 """The mdiffae_v1 card's "Parameters" figure (architecture table)."""

@@ -1,4 +1,4 @@
-"""Image files <-> tensors through Pillow (the optional extra `images`); fitting to a patch grid.
+"""Image files <-> tensors through Pillow; fitting to a patch grid.
 
 Images are float32 [1, 3, H, W] in [-1, 1]. Pillow is imported only when a file is touched, so
 `diffae inspect` and the library work without it.
@@ -44,8 +44,7 @@ def require_pillow() -> Any:
         from PIL import Image
     except ImportError:
         raise CliError(
-            "reading and writing images needs Pillow, the optional extra 'images': "
-            "pip install 'diffae-core[images]' (or: pip install pillow)"
+            "reading and writing images needs Pillow, a dependency of diffae: pip install pillow"
         ) from None
     return Image
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError
-from ..families import Family, installed_families
-from ..hub import resolve_model_dir
+from diffae_core.config import ConfigError
+from diffae_core.families import Family, installed_families
+from diffae_core.hub import resolve_model_dir
+
 from .console import CliError, Console
 
 DTYPES = {

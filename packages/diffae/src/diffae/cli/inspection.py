@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import read_header
-from .console import CliError, Console
-from .latents import BadLatentFile, read_description
-from .models import choose_family, patch_multiple, read_config, resolve_model
+from diffae_core.checkpoint import read_header
+
+from ..console import CliError, Console
+from ..latents import BadLatentFile, read_description
+from ..models import choose_family, patch_multiple, read_config, resolve_model
 
 IMAGE_SIZES = (256, 512, 1024)
 """Square image sizes whose latent shape is listed (rounded up to the patch multiple)."""

@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..io import atomic_write
+from diffae_core.io import atomic_write
 
 METADATA_KEY = "diffae"
 

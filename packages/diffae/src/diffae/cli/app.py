@@ -9,11 +9,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..checkpoint import CheckpointMismatchError
-from ..config import ConfigError
+from diffae_core.checkpoint import CheckpointMismatchError
+from diffae_core.config import ConfigError
+from diffae_core.families import installed_families
+
+from ..console import CliError, Console
 from .arguments import build_parser
 from .coding import decode, encode
-from .console import CliError, Console
 from .inspection import inspect
 from .reconstruction import reconstruct
 
@@ -25,7 +27,7 @@ without a traceback; anything else is a bug and keeps its traceback."""
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `diffae` with `argv` (default: sys.argv[1:]); returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(installed_families().values()).parse_args(argv)
     console = Console(quiet=args.quiet)
     try:
         return COMMANDS[args.command](args, console)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 
-from ..samplers import SAMPLER_NAMES
-from ..vp import SCHEDULE_KINDS
+from diffae_core.families import DecodeSwitch
+from diffae_core.samplers import SAMPLER_NAMES
+from diffae_core.vp import SCHEDULE_KINDS
 
 FIT_MODES = ("crop", "pad")
 """How an image whose sides are not multiples of the model's patch size is made to fit."""
@@ -94,8 +96,22 @@ def _inference_options() -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `diffae` parser with its four sub-commands."""
+def decode_switches(families: Iterable[object]) -> dict[str, list[tuple[str, DecodeSwitch]]]:
+    """Every `--flag` the installed families declare for decode: flag -> [(family, switch)]."""
+    switches: dict[str, list[tuple[str, DecodeSwitch]]] = {}
+    for family in families:
+        for switch in getattr(family, "decode_switches", ()):
+            switches.setdefault(switch.flag, []).append((family.name, switch))
+    return switches
+
+
+def switch_dest(flag: str) -> str:
+    """The argparse attribute of a family's `--flag`."""
+    return "switch_" + flag.replace("-", "_")
+
+
+def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
+    """The `diffae` parser with its sub-commands; `families` add their decode switches."""
     parser = argparse.ArgumentParser(
         prog="diffae",
         description=DESCRIPTION,
@@ -143,12 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
         "latents", nargs="+", metavar="LATENTS", help=".safetensors files or folders"
     )
     decode.add_argument("--out", required=True, help="output folder")
-    decode.add_argument(
-        "--raw-latents",
-        action="store_true",
-        help="the latents are not whitened (FLUX.2 decoders such as capacitor_decoder: "
-        "patchified but not BN-whitened); other families refuse it",
-    )
+    for flag, declared in decode_switches(families).items():
+        names = ", ".join(name for name, _ in declared)
+        decode.add_argument(
+            f"--{flag}",
+            dest=switch_dest(flag),
+            action="store_true",
+            help=f"{declared[0][1].help}; only for {names}",
+        )
 
     inspect = commands.add_parser(
         "inspect",

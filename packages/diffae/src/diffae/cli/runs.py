@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import torch
 
-from .console import CliError, Console
-from .images import BadImage, Fitted, find_images, fit_image, read_image, unique_names
-from .models import LoadedModel
+from ..console import CliError, Console
+from ..images import BadImage, Fitted, find_images, fit_image, read_image, unique_names
+from ..models import LoadedModel
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")

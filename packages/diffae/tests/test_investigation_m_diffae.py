@@ -1,4 +1,4 @@
-"""`m_diffae.checkpoint_report.explain_open_points` on tiny synthetic headers, one per open
+"""`diffae.investigation.m_diffae.explain_open_points` on tiny synthetic headers, one per open
 point, and the count verdict on the full-size layouts of both readings (header entries only)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from diffae_core.checkpoint import state_info
 from m_diffae import MDiffAE, MDiffAEConfig, OpenPoints
-from m_diffae.checkpoint_report import (
+from diffae.investigation.m_diffae import (
     CONFIRMED,
     DIFFERS,
     UNDECIDED,

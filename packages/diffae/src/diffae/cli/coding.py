@@ -9,22 +9,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..families import Family
-from .console import CliError, Console
-from .images import unique_names, write_png
-from .latents import (
+from diffae_core.families import Family
+
+from ..console import CliError, Console
+from ..images import unique_names, write_png
+from ..latents import (
     BadLatentFile,
     LatentItem,
     find_latent_files,
     read_description,
     read_latent_file,
 )
-from .latents import write_latent_file as write_latents
-from .models import (
+from ..latents import write_latent_file as write_latents
+from ..models import (
     LoadedModel,
     choose_device,
     choose_model,
-    decode_accepts,
     inference_config,
     load_model,
     require_encoder,
@@ -39,9 +39,6 @@ from .runs import (
     refuse_overwriting,
     run_model,
 )
-
-RAW_LATENTS_KEYWORD = "latents_are_flux2_whitened"
-"""The `decode` keyword that --raw-latents sets to False (FLUX.2 decoders: capacitor_decoder)."""
 
 
 def encode_output(out: str) -> tuple[Path, bool]:
@@ -142,16 +139,22 @@ def read_latent_items(
     return list(zip(names, items, strict=True))
 
 
-def raw_latents_options(family: Family, raw: bool) -> dict[str, bool]:
-    """The `decode` keywords for --raw-latents; a CliError for families that cannot take it."""
-    if not raw:
-        return {}
-    if not decode_accepts(family, RAW_LATENTS_KEYWORD):
-        raise CliError(
-            f"--raw-latents: the {family.name} model's decode takes only the latents its own "
-            f"encode writes (the option is for FLUX.2 decoders such as capacitor_decoder)"
-        )
-    return {RAW_LATENTS_KEYWORD: False}
+def switch_options(family: Family, args: argparse.Namespace) -> dict[str, Any]:
+    """The `decode` keywords of the family switches given; a CliError for a switch the chosen
+    family does not declare."""
+    options: dict[str, Any] = {}
+    declared = {switch.flag: switch for switch in family.decode_switches}
+    for name, value in vars(args).items():
+        if not name.startswith("switch_") or not value:
+            continue
+        flag = name.removeprefix("switch_").replace("_", "-")
+        if flag not in declared:
+            raise CliError(
+                f"--{flag}: the {family.name} model's decode does not take it (it is a switch "
+                f"of another family); its decode takes only the latents its own encode writes"
+            )
+        options[declared[flag].keyword] = declared[flag].value
+    return options
 
 
 def channel_problem(latents: Tensor, loaded: LoadedModel) -> str | None:
@@ -173,7 +176,7 @@ def decode(args: argparse.Namespace, console: Console) -> int:
     device = choose_device(args.device)
     choice = choose_model(args.model, args.family)
     decoding = inference_config(choice.family, args)
-    options = raw_latents_options(choice.family, args.raw_latents)
+    options = switch_options(choice.family, args)
     loaded = load_model(choice, args, device, console)
     named = read_latent_items(args.latents, loaded, run)
     written = 0

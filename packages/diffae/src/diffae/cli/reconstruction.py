@@ -8,10 +8,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .console import Console
-from .images import write_png
-from .metrics import ImageResult, format_table, psnr_8bit, summarize, write_metrics
-from .models import choose_device, choose_model, inference_config, load_model, require_encoder
+from ..console import Console
+from ..images import write_png
+from ..metrics import ImageResult, format_table, psnr_8bit, summarize, write_metrics
+from ..models import choose_device, choose_model, inference_config, load_model, require_encoder
+from ..visuals import comparison_grid, latent_pca
 from .runs import (
     ImageItem,
     Run,
@@ -23,7 +24,6 @@ from .runs import (
     run_model,
     settings_of,
 )
-from .visuals import comparison_grid, latent_pca
 
 
 def reconstruct(args: argparse.Namespace, console: Console) -> int:
