@@ -10,8 +10,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffae_core.checkpoint import state_info
-from m_diffae import MDiffAE, MDiffAEConfig, OpenPoints
 from diffae.investigation.m_diffae import (
     CONFIRMED,
     DIFFERS,
@@ -20,6 +18,8 @@ from diffae.investigation.m_diffae import (
     explain_open_points,
     format_verdicts,
 )
+from diffae_core.checkpoint import state_info
+from m_diffae import MDiffAE, MDiffAEConfig, OpenPoints
 from m_diffae.family import TINY_CONFIG
 from m_diffae.open_points import UNVERIFIED_KEYS
 
