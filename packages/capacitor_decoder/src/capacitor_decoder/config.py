@@ -5,16 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import JsonConfig, LatentLayout, check_positive
-from diffae_core.fcdm_config import check_fcdm_fields
+from diffae_core.fcdm_config import FCDMConfig
 from diffae_core.inference import StrengthVPInferenceConfig
 
 from .flux2 import FLUX2_PATCHIFIED_CHANNELS, FLUX2_PIXELS_PER_CELL
 
 
 @dataclass(frozen=True)
-class CapacitorDecoderConfig(LatentLayout, JsonConfig):
-    """Architecture of the capacitor decoder; defaults are the spec's expected release values.
+class CapacitorDecoderConfig(FCDMConfig):
+    """Architecture of the capacitor decoder: the core FCDM fields; defaults are the spec's
+    expected release values.
 
     The release's `config.json` could not be read (spec §2.4, U4): fields follow the FCDM
     family's names and order. `encoder_depth`, `bottleneck_posterior_kind` and
@@ -25,36 +25,23 @@ class CapacitorDecoderConfig(LatentLayout, JsonConfig):
     `patch_size` are fixed by the FLUX.2 input ([N, 128, H/16, W/16]).
     """
 
-    in_channels: int = 3
-    patch_size: int = 16
-    model_dim: int = 896
     encoder_depth: int | None = None
-    decoder_depth: int = 8
-    decoder_start_blocks: int = 2
-    decoder_end_blocks: int = 2
-    bottleneck_dim: int = 128
-    mlp_ratio: float = 4.0
-    depthwise_kernel_size: int = 7
-    adaln_low_rank_rank: int = 128
     bottleneck_posterior_kind: str | None = None
     bottleneck_norm_mode: str | None = None
-    bottleneck_patchify_mode: str | None = None
-    logsnr_min: float = -10.0
-    logsnr_max: float = 10.0
-    pixel_noise_std: float = 0.558
     latent_running_stats_eps: float = 0.0001
 
+    ALLOWED_POSTERIOR_KINDS: ClassVar[tuple[Any, ...] | None] = None
+    ALLOWED_NORM_MODES: ClassVar[tuple[Any, ...] | None] = None
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"capacitor_decoder": {}}
 
     def __post_init__(self) -> None:
-        check_fcdm_fields(self)
         if self.bottleneck_patchify_mode not in (None, "off"):
             raise ValueError(
                 f"bottleneck_patchify_mode: expected absent or 'off' (the decoder takes FLUX.2 "
                 f"latents, already 2x2-patchified to {FLUX2_PATCHIFIED_CHANNELS} channels), "
                 f"got {self.bottleneck_patchify_mode!r}"
             )
-        check_positive("latent_running_stats_eps", self.latent_running_stats_eps, float)
+        super().__post_init__()
         if self.bottleneck_dim != FLUX2_PATCHIFIED_CHANNELS:
             raise ValueError(
                 f"bottleneck_dim: expected {FLUX2_PATCHIFIED_CHANNELS} (FLUX.2 latents, "
@@ -65,11 +52,6 @@ class CapacitorDecoderConfig(LatentLayout, JsonConfig):
                 f"patch_size: expected {FLUX2_PIXELS_PER_CELL} (one patchified FLUX.2 latent "
                 f"cell covers 16x16 pixels), got {self.patch_size}"
             )
-
-    @property
-    def whitening_eps(self) -> float:
-        """The eps of sqrt(running_var + eps): FLUX.2's `batch_norm_eps` (1e-4)."""
-        return self.latent_running_stats_eps
 
 
 @dataclass

@@ -5,15 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import (
-    JsonConfig,
-    LatentLayout,
-    check_choice,
-    check_multiple,
-    check_positive,
-)
-from diffae_core.fcdm_config import check_fcdm_fields
-from diffae_core.fcdm_encoder import POSTERIOR_KINDS
+from diffae_core.config import check_choice, check_multiple, check_positive
+from diffae_core.fcdm_config import FCDMConfig
 from diffae_core.inference import StrengthVPInferenceConfig
 
 from .dit import ACTIVATIONS
@@ -27,31 +20,19 @@ REGISTER_TOKEN_COUNT = 4
 
 
 @dataclass(frozen=True)
-class DinacAEConfig(LatentLayout, JsonConfig):
+class DinacAEConfig(FCDMConfig):
     """Architecture of one DINAC-AE checkpoint; defaults are the dinac_ae release (6 blocks).
 
     A transformer encoder (patch 16, width 896, 64-channel heads), the 8-block FCDM decoder of
-    diffae_core, and a DINO class/token alignment head (`class_head_*`, width 768).
+    diffae_core, and a DINO class/token alignment head (`class_head_*`, width 768). The core
+    FCDM fields come first (the release has no `bottleneck_patchify_mode`: only absent is
+    accepted), then this family's own: `encoder_mlp_type` (which the published file lists after
+    `mlp_ratio`; JSON key order carries no meaning) and the class head's.
     """
 
-    in_channels: int = 3
-    patch_size: int = 16
-    model_dim: int = 896
     encoder_depth: int = 6
-    decoder_depth: int = 8
-    decoder_start_blocks: int = 2
-    decoder_end_blocks: int = 2
-    bottleneck_dim: int = 128
-    mlp_ratio: float = 4.0
-    encoder_mlp_type: str = "gelu"
-    depthwise_kernel_size: int = 7
-    adaln_low_rank_rank: int = 128
-    bottleneck_posterior_kind: str = "diagonal_gaussian"
-    bottleneck_norm_mode: str = "disabled"
-    logsnr_min: float = -10.0
-    logsnr_max: float = 10.0
-    pixel_noise_std: float = 0.558
     latent_running_stats_eps: float = 0.0001
+    encoder_mlp_type: str = "gelu"
     class_head_feature_dim: int = 768
     class_head_model_dim: int = 768
     class_head_head_dim: int = 64
@@ -59,17 +40,19 @@ class DinacAEConfig(LatentLayout, JsonConfig):
     class_head_mlp_type: str = "gelu"
     class_head_register_token_count: int = 4
 
+    # No release normalises the bottleneck, and the reference refuses any other mode.
+    ALLOWED_NORM_MODES: ClassVar[tuple[Any, ...] | None] = ("disabled",)
+    ALLOWED_PATCHIFY_MODES: ClassVar[tuple[Any, ...]] = (None,)
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "dinac_ae": {},
         "dinac_ae_d2": {"encoder_depth": 8},
     }
 
     def __post_init__(self) -> None:
-        check_fcdm_fields(self)
+        super().__post_init__()
         for name in ("class_head_feature_dim", "class_head_model_dim", "class_head_head_dim"):
             check_positive(name, getattr(self, name))
         check_positive("class_head_mlp_ratio", self.class_head_mlp_ratio, float)
-        check_positive("latent_running_stats_eps", self.latent_running_stats_eps, float)
         check_multiple("model_dim", self.model_dim, ATTENTION_HEAD_DIM)
         check_multiple("class_head_model_dim", self.class_head_model_dim, self.class_head_head_dim)
         # Axial RoPE splits each head between the y and x axes in (cos, sin) pairs.
@@ -88,14 +71,6 @@ class DinacAEConfig(LatentLayout, JsonConfig):
             )
         check_choice("encoder_mlp_type", self.encoder_mlp_type, MLP_TYPES)
         check_choice("class_head_mlp_type", self.class_head_mlp_type, MLP_TYPES)
-        check_choice("bottleneck_posterior_kind", self.bottleneck_posterior_kind, POSTERIOR_KINDS)
-        # No release normalises the bottleneck, and the reference refuses any other mode.
-        check_choice("bottleneck_norm_mode", self.bottleneck_norm_mode, ("disabled",))
-
-    @property
-    def whitening_eps(self) -> float:
-        """The eps of sqrt(running_var + eps) in whiten/dewhiten."""
-        return self.latent_running_stats_eps
 
     @property
     def encoder_heads(self) -> int:

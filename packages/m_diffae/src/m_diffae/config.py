@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import JsonConfig, LatentLayout, check_positive
+from diffae_core.config import JsonConfig, LatentLayout, check_architecture_fields
 from diffae_core.inference import VPInferenceConfig
 
 
@@ -33,32 +33,10 @@ class MDiffAEConfig(LatentLayout, JsonConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"mdiffae_v1": {}}
 
     def __post_init__(self) -> None:
-        for name in (
-            "in_channels",
-            "patch_size",
-            "model_dim",
-            "encoder_depth",
-            "decoder_depth",
-            "bottleneck_dim",
-            "depthwise_kernel_size",
-            "adaln_low_rank_rank",
-        ):
-            check_positive(name, getattr(self, name))
-        check_positive("mlp_ratio", self.mlp_ratio, float)
-        check_positive("pixel_noise_std", self.pixel_noise_std, float)
-        for name in ("logsnr_min", "logsnr_max", "pdg_mask_ratio"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name}: expected a number, got {value!r}")
-        if self.depthwise_kernel_size % 2 == 0:
-            raise ValueError(
-                f"depthwise_kernel_size: expected an odd size, got {self.depthwise_kernel_size}"
-            )
-        if not self.logsnr_min < self.logsnr_max:
-            raise ValueError(
-                f"logsnr_min, logsnr_max: expected min < max, got {self.logsnr_min}, "
-                f"{self.logsnr_max}"
-            )
+        check_architecture_fields(self)
+        ratio = self.pdg_mask_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise ValueError(f"pdg_mask_ratio: expected a number in [0, 1], got {ratio!r}")
         if not 0 <= self.pdg_mask_ratio <= 1:
             raise ValueError(
                 f"pdg_mask_ratio: expected a number in [0, 1], got {self.pdg_mask_ratio!r}"

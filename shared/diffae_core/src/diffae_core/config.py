@@ -101,6 +101,45 @@ def check_multiple(field: str, value: Any, divisor: int) -> None:
         raise ValueError(f"{field}: expected a multiple of {divisor}, got {value}")
 
 
+ARCHITECTURE_INTS = (
+    "in_channels",
+    "patch_size",
+    "model_dim",
+    "encoder_depth",
+    "decoder_depth",
+    "bottleneck_dim",
+    "depthwise_kernel_size",
+    "adaln_low_rank_rank",
+)
+"""Positive int fields of every family's architecture (`encoder_depth` may be None: decoder-only
+files can omit it)."""
+
+
+def check_architecture_fields(config: Any) -> None:
+    """Raise ValueError naming the first unusable architecture field every family shares:
+    the `ARCHITECTURE_INTS`, `mlp_ratio`, `pixel_noise_std`, an odd depthwise kernel and
+    `logsnr_min < logsnr_max`."""
+    for name in ARCHITECTURE_INTS:
+        value = getattr(config, name)
+        if not (name == "encoder_depth" and value is None):
+            check_positive(name, value)
+    check_positive("mlp_ratio", config.mlp_ratio, float)
+    check_positive("pixel_noise_std", config.pixel_noise_std, float)
+    for name in ("logsnr_min", "logsnr_max"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+    if config.depthwise_kernel_size % 2 == 0:
+        raise ValueError(
+            f"depthwise_kernel_size: expected an odd size, got {config.depthwise_kernel_size}"
+        )
+    if not config.logsnr_min < config.logsnr_max:
+        raise ValueError(
+            f"logsnr_min, logsnr_max: expected min < max, got {config.logsnr_min}, "
+            f"{config.logsnr_max}"
+        )
+
+
 class LatentLayout:
     """Mixin for configs with `patch_size`, `bottleneck_dim` and, optionally,
     `bottleneck_patchify_mode` (a config without that field has the direct layout)."""

@@ -1,8 +1,7 @@
 """The FCDM diffusion autoencoder: FCDM encoder + FCDM decoder + whitening (SemDisDiffAE layout).
 
-fcdm_diffae and full_capacitor are configurations of this one model. The config provides the
-fields checked by `fcdm_config.check_fcdm_fields`, the `config.LatentLayout` properties,
-`encoder_depth`, `bottleneck_posterior_kind`, `bottleneck_norm_mode` and `whitening_eps`.
+fcdm_diffae and full_capacitor are configurations of this one model. Its config is an
+`fcdm_config.FCDMConfig` (the shared fields, their checks, the latent layout, `whitening_eps`).
 """
 
 from __future__ import annotations

@@ -1,59 +1,94 @@
-"""Checks and derived sizes shared by the configs of the FCDM families (SemDisDiffAE layout).
+"""`FCDMConfig`: the published `config.json` fields every FCDM family shares, declared once.
 
-fcdm_diffae, full_capacitor and capacitor_decoder publish the same architecture fields
-(`in_channels`, `patch_size`, `model_dim`, `decoder_depth`, ...); their `__post_init__` calls
-`check_fcdm_fields` instead of repeating the checks.
+fcdm_diffae, full_capacitor, capacitor_decoder and dinac_ae publish the same 18 architecture
+fields (`in_channels`, `patch_size`, `model_dim`, ... `latent_running_stats_eps`), in that order.
+A family's config subclasses `FCDMConfig`, re-declares only the fields whose default differs
+(a re-declared dataclass field keeps its place), adds its own fields after them, and narrows the
+accepted values through the `ALLOWED_*` class variables. Defaults here are the semdisdiffae (p16)
+release's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from .config import check_choice, check_positive
+from .config import (
+    JsonConfig,
+    LatentLayout,
+    check_architecture_fields,
+    check_choice,
+    check_positive,
+)
+from .fcdm_encoder import POSTERIOR_KINDS
 
 BOTTLENECK_PATCHIFY_MODES = (None, "off", "patch_2x2")
 """None: the release's file has no such field; "patch_2x2": latents are 2x2-patchified."""
+BOTTLENECK_NORM_MODES = ("disabled", "channel_wise")
+DEFAULT_WHITENING_EPS = 1e-4
+"""Whitening eps of the releases whose config has no `latent_running_stats_eps` (semdisdiffae
+p16 and p32 v1). Open point (fcdm_diffae spec §12.5): 1e-4 as in p32_v2, the value every other
+release writes; it changes latent values only, never a reconstruction."""
 
 
-def check_fcdm_fields(config: Any) -> None:
-    """Raise ValueError naming the first unusable FCDM architecture field of `config`.
+@dataclass(frozen=True)
+class FCDMConfig(LatentLayout, JsonConfig):
+    """The shared FCDM architecture fields and their checks; defaults: semdisdiffae (p16).
 
-    `encoder_depth` is checked when the config has it and it is not None (decoder-only files
-    may omit it).
+    A field whose default is None is optional in the file (see `JsonConfig`): a family whose
+    release may omit `encoder_depth` re-declares it `int | None = None`.
     """
-    for name in (
-        "in_channels",
-        "patch_size",
-        "model_dim",
-        "decoder_depth",
-        "bottleneck_dim",
-        "depthwise_kernel_size",
-        "adaln_low_rank_rank",
-    ):
-        check_positive(name, getattr(config, name))
-    if getattr(config, "encoder_depth", None) is not None:
-        check_positive("encoder_depth", config.encoder_depth)
-    check_positive("mlp_ratio", config.mlp_ratio, float)
-    check_positive("pixel_noise_std", config.pixel_noise_std, float)
-    start, end = config.decoder_start_blocks, config.decoder_end_blocks
-    for name, value in (("decoder_start_blocks", start), ("decoder_end_blocks", end)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
-    if start + end > config.decoder_depth:
-        raise ValueError(
-            f"decoder_depth: expected >= decoder_start_blocks + decoder_end_blocks = "
-            f"{start + end}, got {config.decoder_depth}"
-        )
-    if config.depthwise_kernel_size % 2 == 0:
-        raise ValueError(
-            f"depthwise_kernel_size: expected an odd size, got {config.depthwise_kernel_size}"
-        )
-    if not config.logsnr_min < config.logsnr_max:
-        raise ValueError(
-            f"logsnr_min, logsnr_max: expected min < max, got {config.logsnr_min}, "
-            f"{config.logsnr_max}"
-        )
-    if getattr(config, "bottleneck_patchify_mode", None) is not None:
-        check_choice(
-            "bottleneck_patchify_mode", config.bottleneck_patchify_mode, BOTTLENECK_PATCHIFY_MODES
-        )
+
+    in_channels: int = 3
+    patch_size: int = 16
+    model_dim: int = 896
+    encoder_depth: int = 4
+    decoder_depth: int = 8
+    decoder_start_blocks: int = 2
+    decoder_end_blocks: int = 2
+    bottleneck_dim: int = 128
+    mlp_ratio: float = 4.0
+    depthwise_kernel_size: int = 7
+    adaln_low_rank_rank: int = 128
+    bottleneck_posterior_kind: str = "diagonal_gaussian"
+    bottleneck_norm_mode: str = "disabled"
+    bottleneck_patchify_mode: str | None = None
+    logsnr_min: float = -10.0
+    logsnr_max: float = 10.0
+    pixel_noise_std: float = 0.558
+    latent_running_stats_eps: float | None = None
+
+    ALLOWED_POSTERIOR_KINDS: ClassVar[tuple[Any, ...] | None] = POSTERIOR_KINDS
+    """Accepted `bottleneck_posterior_kind` values; None: not checked (a decoder ignores it)."""
+    ALLOWED_NORM_MODES: ClassVar[tuple[Any, ...] | None] = BOTTLENECK_NORM_MODES
+    """Accepted `bottleneck_norm_mode` values; None: not checked."""
+    ALLOWED_PATCHIFY_MODES: ClassVar[tuple[Any, ...]] = BOTTLENECK_PATCHIFY_MODES
+    """Accepted `bottleneck_patchify_mode` values (None: absent from the file)."""
+
+    def __post_init__(self) -> None:
+        check_architecture_fields(self)
+        start, end = self.decoder_start_blocks, self.decoder_end_blocks
+        for name, value in (("decoder_start_blocks", start), ("decoder_end_blocks", end)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        if start + end > self.decoder_depth:
+            raise ValueError(
+                f"decoder_depth: expected >= decoder_start_blocks + decoder_end_blocks = "
+                f"{start + end}, got {self.decoder_depth}"
+            )
+        for name, allowed in (
+            ("bottleneck_posterior_kind", self.ALLOWED_POSTERIOR_KINDS),
+            ("bottleneck_norm_mode", self.ALLOWED_NORM_MODES),
+            ("bottleneck_patchify_mode", self.ALLOWED_PATCHIFY_MODES),
+        ):
+            if allowed is not None:
+                check_choice(name, getattr(self, name), allowed)
+        if self.latent_running_stats_eps is not None:
+            check_positive("latent_running_stats_eps", self.latent_running_stats_eps, float)
+
+    @property
+    def whitening_eps(self) -> float:
+        """The eps of sqrt(running_var + eps) in whiten/dewhiten."""
+        if self.latent_running_stats_eps is None:
+            return DEFAULT_WHITENING_EPS
+        return self.latent_running_stats_eps
