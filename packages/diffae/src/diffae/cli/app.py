@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from diffae_core.checkpoint import CheckpointMismatchError
+from diffae_core.checkpoint import CheckpointError, CheckpointMismatchError
 from diffae_core.config import ConfigError
 from diffae_core.families import installed_families
 
@@ -20,7 +20,7 @@ from .inspection import inspect
 from .reconstruction import reconstruct
 
 COMMANDS = {"reconstruct": reconstruct, "encode": encode, "decode": decode, "inspect": inspect}
-USER_ERRORS = (CliError, OSError, ConfigError, CheckpointMismatchError)
+USER_ERRORS = (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
 without a traceback; anything else is a bug and keeps its traceback."""
 
