@@ -51,6 +51,12 @@ def require_pillow() -> Any:
     return Image
 
 
+def sample_photos() -> list[Path]:
+    """The four public-domain / CC0 photos shipped with this package (see `data/README.md`)."""
+    folder = Path(__file__).resolve().parent / "data" / "photos"
+    return sorted(folder.glob("*.png"))
+
+
 def find_images(arguments: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files named and the images in folders named (sorted), and the arguments that are neither."""
     files: list[Path] = []

@@ -18,8 +18,15 @@ from .arguments import build_parser
 from .coding import decode, encode
 from .inspection import inspect
 from .reconstruction import reconstruct
+from .verification import verify
 
-COMMANDS = {"reconstruct": reconstruct, "encode": encode, "decode": decode, "inspect": inspect}
+COMMANDS = {
+    "reconstruct": reconstruct,
+    "encode": encode,
+    "decode": decode,
+    "inspect": inspect,
+    "verify": verify,
+}
 USER_ERRORS = (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
 without a traceback; anything else is a bug and keeps its traceback."""

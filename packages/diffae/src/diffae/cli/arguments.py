@@ -21,6 +21,7 @@ Run the diffae diffusion autoencoders over image files.
   diffae encode photos/ --model MODEL --out latents/
   diffae decode latents/ --model MODEL --out decoded/
   diffae inspect MODEL_OR_FILE
+  diffae verify MODEL [IMAGES ...]
 """
 
 
@@ -177,5 +178,21 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         "target",
         metavar="MODEL_OR_FILE",
         help="repo id, model directory, model.safetensors, or a latents file",
+    )
+    verify = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="settle the family's open points with the real weights: header and PSNR per "
+        "reading; exit 1 when another reading beats the default",
+    )
+    verify.add_argument("model", metavar="MODEL", help="Hugging Face repo id or a local directory")
+    verify.add_argument(
+        "images", nargs="*", metavar="IMAGES", help="images or folders (default: the sample photos)"
+    )
+    verify.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    verify.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        help="weight dtype (default: bfloat16 on CUDA, else float32)",
     )
     return parser
