@@ -15,11 +15,18 @@ from diffae_core.families import installed_families
 
 from ..console import CliError, Console
 from .arguments import build_parser
+from .bundling import bundle
 from .coding import decode, encode
 from .inspection import inspect
 from .reconstruction import reconstruct
 
-COMMANDS = {"reconstruct": reconstruct, "encode": encode, "decode": decode, "inspect": inspect}
+COMMANDS = {
+    "reconstruct": reconstruct,
+    "encode": encode,
+    "decode": decode,
+    "inspect": inspect,
+    "bundle": bundle,
+}
 USER_ERRORS = (CliError, OSError, ConfigError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
 without a traceback; anything else is a bug and keeps its traceback."""

@@ -21,6 +21,7 @@ Run the diffae diffusion autoencoders over image files.
   diffae encode photos/ --model MODEL --out latents/
   diffae decode latents/ --model MODEL --out decoded/
   diffae inspect MODEL_OR_FILE
+  diffae bundle MODEL --out bundle/    # a folder to `hf upload`, with the code that runs it
 """
 
 
@@ -177,5 +178,18 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         "target",
         metavar="MODEL_OR_FILE",
         help="repo id, model directory, model.safetensors, or a latents file",
+    )
+
+    bundle = commands.add_parser(
+        "bundle",
+        parents=[common],
+        help="a folder to upload to the Hub: the model files, a model card and the family's "
+        "code, needing only torch, safetensors and huggingface_hub",
+    )
+    bundle.add_argument("model", metavar="MODEL", help="Hugging Face repo id or a local directory")
+    bundle.add_argument("--out", required=True, help="a new (or empty) folder")
+    bundle.add_argument(
+        "--repo-id",
+        help="the Hub repo it will be uploaded to, for the card's usage (default: <user>/<repo>)",
     )
     return parser
