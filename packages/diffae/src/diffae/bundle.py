@@ -60,6 +60,7 @@ class SourceModule:
 
     @property
     def is_package(self) -> bool:
+        """Whether the file is a package's `__init__.py`."""
         return self.path.name == "__init__.py"
 
     @property
