@@ -15,6 +15,7 @@ from diffae_core.families import installed_families
 
 from ..console import CliError, Console
 from .arguments import build_parser
+from .bundling import bundle
 from .coding import decode, encode
 from .inspection import inspect
 from .reconstruction import reconstruct
@@ -26,6 +27,7 @@ COMMANDS = {
     "decode": decode,
     "inspect": inspect,
     "verify": verify,
+    "bundle": bundle,
 }
 USER_ERRORS = (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported

@@ -22,6 +22,7 @@ Run the diffae diffusion autoencoders over image files.
   diffae decode latents/ --model MODEL --out decoded/
   diffae inspect MODEL_OR_FILE
   diffae verify MODEL [IMAGES ...]
+  diffae bundle MODEL --out bundle/    # a folder to `hf upload`, with the code that runs it
 """
 
 
@@ -194,5 +195,18 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         "--dtype",
         choices=DTYPE_NAMES,
         help="weight dtype (default: bfloat16 on CUDA, else float32)",
+    )
+
+    bundle = commands.add_parser(
+        "bundle",
+        parents=[common],
+        help="a folder to upload to the Hub: the model files, a model card and the family's "
+        "code, needing only torch, safetensors and huggingface_hub",
+    )
+    bundle.add_argument("model", metavar="MODEL", help="Hugging Face repo id or a local directory")
+    bundle.add_argument("--out", required=True, help="a new (or empty) folder")
+    bundle.add_argument(
+        "--repo-id",
+        help="the Hub repo it will be uploaded to, for the card's usage (default: <user>/<repo>)",
     )
     return parser
