@@ -1,7 +1,9 @@
 """The wheels work outside the workspace: each model package alone, and the `diffae` tools.
 
-`uv build --all-packages --wheel` builds every wheel into a temporary folder; each test makes a
-fresh venv in another (outside the workspace, from the base interpreter) and lets uv resolve and
+`uv build --all-packages` builds every sdist, and every wheel from its sdist, into a temporary
+folder; each wheel's metadata must be complete (summary, license, Python requirement, README,
+URLs, lower bounds on every dependency). Each install test makes a fresh venv in another
+temporary folder (outside the workspace, from the base interpreter) and lets uv resolve and
 install the declared dependencies of one wheel, as `pip install fcdm-diffae` would: nothing of the
 workspace's editable packages is visible. A script then runs in that venv (`python -I`, cwd the
 temporary folder): a model package must register exactly its own family, bring numpy (which
@@ -14,20 +16,23 @@ PyPI's index, so these tests need the network. That is why they carry the `packa
 the default run (`uv run pytest`, no network) leaves them out and `.ci/run` runs them as their
 own step, `uv run --locked pytest -m packaging`.
 
-Measured on the 2-core CI machine while other jobs shared it (load ~4), uv's cache warm:
-building the seven wheels 0.2 s; per model package 17-22 s (creating the venv 0.2 s, resolving
-and linking torch & co. ~1.5 s, the rest its script, mostly the first `import torch` compiling
-bytecode), then 5-7 s to delete the venv's ~23,000 files; the tools package 24 s; the whole
-module 2 min 45 s (70 s of CPU). Too slow for the plain suite even without the network question.
+Measured on the 2-core CI machine while other jobs shared it (load 4-5), uv's cache warm:
+building the seven sdists and wheels 0.2 s; per model package 17-24 s (creating the venv 0.2 s,
+resolving and linking torch & co. ~1.5 s, the rest its script, mostly the first `import torch`
+compiling bytecode), then 5-7 s to delete the venv's ~23,000 files; the tools package 24-32 s;
+the whole module 3-4 minutes (80-90 s of CPU). Too slow for the plain suite even without the
+network question.
 """
 
 from __future__ import annotations
 
+import email.parser
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from importlib.metadata import distributions, entry_points
 from pathlib import Path
@@ -155,11 +160,12 @@ def run(command: list[str], cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One freshly built wheel per workspace member."""
+    """An sdist and a wheel per workspace member; uv builds each wheel from its sdist."""
     directory = tmp_path_factory.mktemp("wheels")
-    run([uv_executable(), "build", "--all-packages", "--wheel", "-o", str(directory)], WORKSPACE)
-    built = sorted(path.name.split("-")[0] for path in directory.glob("*.whl"))
-    assert built == sorted(name.replace("-", "_") for name in MEMBERS)
+    run([uv_executable(), "build", "--all-packages", "-o", str(directory)], WORKSPACE)
+    expected = sorted(name.replace("-", "_") for name in MEMBERS)
+    for pattern in ("*.whl", "*.tar.gz"):
+        assert sorted(path.name.split("-")[0] for path in directory.glob(pattern)) == expected
     return directory
 
 
@@ -189,6 +195,22 @@ def install(requirement: str, wheels: Path, constraints: Path, directory: Path) 
     sources = ["--find-links", str(wheels), "--constraint", str(constraints)]
     run([uv, "pip", "install", "-q", "--python", str(python), *sources, requirement], directory)
     return python
+
+
+@pytest.mark.parametrize("distribution", MEMBERS)
+def test_wheel_metadata_is_complete(distribution: str, wheels: Path) -> None:
+    (wheel,) = wheels.glob(f"{distribution.replace('-', '_')}-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = email.parser.Parser().parsestr(archive.read(name).decode())
+    assert metadata["Name"] == distribution
+    assert metadata["Summary"] and metadata["License-Expression"] == "Apache-2.0"
+    assert metadata["Requires-Python"] == ">=3.10"
+    assert metadata["Description-Content-Type"] == "text/markdown"
+    assert len(metadata.get_payload()) > 200, "the README is the long description"
+    assert metadata.get_all("Project-URL")
+    requirements = metadata.get_all("Requires-Dist")
+    assert requirements and all(">=" in r for r in requirements), requirements
 
 
 @pytest.fixture
