@@ -333,6 +333,7 @@ class DinacAE(WhitenedVPAutoencoder):
         with self._storage_autocast():
             return super().encode_posterior(images)
 
+    @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, 128, H/16, W/16], float32.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from diffae_core.checkpoint import KeyAliases
@@ -37,6 +38,7 @@ class FullCapacitor(FCDMAutoencoder):
     encoder_normalizes_mean = ENCODER_NORMALIZES_MEAN
     config: FullCapacitorConfig
 
+    @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, C, H/p, W/p], float32.
 

@@ -182,11 +182,13 @@ class WhitenedVPAutoencoder(WhitenedVPDecoder):
         images = images.to(device=device, dtype=compute_dtype(self))
         return self._raw_posterior(images)
 
+    @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, C, H/p, W/p].
 
         The posterior mode alpha * mean, whitened in float32 and returned in the model's weight
-        dtype (p = `config.effective_patch_size`, C = `config.latent_channels`).
+        dtype (p = `config.effective_patch_size`, C = `config.latent_channels`). Runs without
+        autograd, as inference; `encode_posterior` keeps the graph (training, fine-tuning).
         """
         posterior = self.encode_posterior(images)
         return self.whiten(posterior.mode()).to(posterior.mean.dtype)

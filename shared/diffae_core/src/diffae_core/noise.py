@@ -13,16 +13,20 @@ def sample_noise(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """N(0, noise_std^2) noise of `shape`, drawn in float32.
+    """N(0, noise_std^2) noise of `shape` on `device`, drawn in float32.
 
     With an integer `seed` the draw comes from a fresh CPU generator, so the same seed gives the
-    same image on every device; with `seed=None` from the global RNG of `device` (CPU by default).
+    same image on every device; on CUDA it is drawn into pinned memory and copied without
+    blocking. With `seed=None` it is drawn on `device` itself from its global RNG (no copy, and
+    no promise that two devices agree).
     """
+    device = torch.device("cpu" if device is None else device)
     if seed is None:
-        noise = torch.randn(shape, dtype=torch.float32, device=device)
-    else:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        noise = torch.randn(shape, dtype=torch.float32, generator=generator)
-    return (noise * noise_std).to(device=device, dtype=dtype)
+        noise = torch.randn(shape, dtype=torch.float32, device=device).mul_(noise_std)
+        return noise.to(dtype)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    pinned = device.type == "cuda" and torch.cuda.is_available()
+    noise = torch.randn(shape, dtype=torch.float32, generator=generator, pin_memory=pinned)
+    return noise.mul_(noise_std).to(device=device, dtype=dtype, non_blocking=pinned)

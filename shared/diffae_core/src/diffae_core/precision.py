@@ -6,16 +6,62 @@ fcdm_diffae does. Floating buffers (latent running statistics, time-embedding fr
 periods) stay float32 through any `model.to(...)`: rounding them would shift every whitened
 latent and every timestep angle. Norm statistics, posterior moments, whitening, the schedule and
 sampler state are float32 islands in the code itself.
+
+No slow trap: on a CPU without native bf16 kernels (no AVX512-BF16 / AMX: AMD Zen 2/3, older
+Intel, many laptops), PyTorch runs bf16 matmuls and convolutions in reference kernels, ~100x
+slower than float32. There a bf16 model's weights are upcast once to float32 (their bf16-rounded
+values, unchanged) when the model is cast or loaded, so it computes in float32; a warning says
+so once per process. `DIFFAE_CPU_BF16=1` in the environment keeps true bf16 there. CUDA and CPUs
+with native bf16 are unaffected.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 FLOATING_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FORCE_CPU_BF16_ENV = "DIFFAE_CPU_BF16"
+"""Set to 1 to keep bf16 weights in bf16 on a CPU without native bf16 kernels (slow, exact)."""
+_warned_cpu_bf16 = False
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls and convolutions natively (oneDNN: AVX512 / AMX).
+
+    Reads `torch.ops.mkldnn._is_mkldnn_bf16_supported()`; a PyTorch without it is trusted.
+    """
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if probe is None:
+        return True
+    try:
+        return bool(probe())
+    except RuntimeError:
+        return True
+
+
+def cpu_bf16_forced() -> bool:
+    """Whether the user asked for true bf16 on any CPU (`DIFFAE_CPU_BF16=1`)."""
+    return os.environ.get(FORCE_CPU_BF16_ENV, "") == "1"
+
+
+def _warn_cpu_bf16_upcast() -> None:
+    global _warned_cpu_bf16
+    if _warned_cpu_bf16:
+        return
+    _warned_cpu_bf16 = True
+    warnings.warn(
+        "diffae: this CPU has no native bfloat16 kernels (no AVX512-BF16/AMX), where bf16 "
+        "matmuls and convolutions run ~100x slower than float32; the model's bfloat16 weights "
+        "were upcast to float32 (same values) and it computes and returns float32. Set "
+        f"{FORCE_CPU_BF16_ENV}=1 before casting or loading to keep true bf16.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 class Float32BuffersModule(nn.Module):
@@ -36,7 +82,23 @@ class Float32BuffersModule(nn.Module):
                 return tensor.to(device=converted.device, dtype=torch.float32)
             return converted
 
-        return super()._apply(keep_float32, recurse)
+        module = super()._apply(keep_float32, recurse)
+        if self._emulated_cpu_bf16():
+            _warn_cpu_bf16_upcast()
+
+            def upcast(tensor: Tensor) -> Tensor:
+                on_cpu_bf16 = tensor.device.type == "cpu" and tensor.dtype == torch.bfloat16
+                return tensor.float() if on_cpu_bf16 else tensor
+
+            nn.Module._apply(self, upcast, recurse)  # not the overrides: one plain pass
+        return module
+
+    def _emulated_cpu_bf16(self) -> bool:
+        """Whether bf16 parameters sit on a CPU that would emulate bf16 (see the module doc)."""
+        on_cpu_bf16 = any(
+            p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in self.parameters()
+        )
+        return on_cpu_bf16 and not cpu_bf16_forced() and not cpu_has_native_bf16()
 
     def restore_float32_buffers(self) -> nn.Module:
         """Make every floating buffer float32 in place (after loading a file that stored less)."""

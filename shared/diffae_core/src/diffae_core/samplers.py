@@ -110,12 +110,12 @@ def sample_images(
 ) -> Tensor:
     """Run a VP decoder from noise to images [N, 3, H, W], float32, unclamped.
 
-    The noise is drawn on the CPU (seeded: device-independent) and moved to `device`, unless
-    `noise` (N(0, noise_std^2), [N, 3, H, W]) is given; passing it keeps the call free of RNG
-    objects, so `torch.compile(fullgraph=True)` can trace it.
+    Seeded noise is drawn on the CPU (device-independent) and copied to `device`; unseeded noise
+    is drawn on `device`. A given `noise` (N(0, noise_std^2), [N, 3, H, W]) replaces the draw and
+    keeps the call free of RNG objects, so `torch.compile(fullgraph=True)` can trace it.
     """
     if noise is None:
-        noise = sample_noise(shape, noise_std, seed=seed, device="cpu").to(device)
+        noise = sample_noise(shape, noise_std, seed=seed, device=device)
     elif tuple(noise.shape) != tuple(shape):
         raise ValueError(f"noise: expected shape {tuple(shape)}, got {tuple(noise.shape)}")
     denoise = with_guidance(predict, guidance_strength)
