@@ -16,10 +16,17 @@ from diffae_core.families import installed_families
 from ..console import CliError, Console
 from .arguments import build_parser
 from .coding import decode, encode
+from .dataset_encoding import encode_dataset
 from .inspection import inspect
 from .reconstruction import reconstruct
 
-COMMANDS = {"reconstruct": reconstruct, "encode": encode, "decode": decode, "inspect": inspect}
+COMMANDS = {
+    "reconstruct": reconstruct,
+    "encode": encode,
+    "decode": decode,
+    "inspect": inspect,
+    "encode-dataset": encode_dataset,
+}
 USER_ERRORS = (CliError, OSError, ConfigError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
 without a traceback; anything else is a bug and keeps its traceback."""
