@@ -43,6 +43,7 @@ from ..latent_dataset import (
     dtype_name,
     latents_to_bytes,
     merge_statistics,
+    read_manifest,
     read_shard_record,
     shard_path,
     write_shard,
@@ -243,11 +244,9 @@ def check_previous_run(out: Path, settings: dict[str, Any]) -> bool:
             raise CliError(f"--out {out}: holds shards but no {MANIFEST}; use an empty folder")
         return False
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CliError(f"--out {out}: unreadable {MANIFEST} ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CliError(f"--out {out}: {MANIFEST} is not a {FORMAT} manifest; use another folder")
+        manifest = read_manifest(out)
+    except BadDataset as error:
+        raise CliError(f"--out: {error}; use another folder") from None
     changed = differences({key: manifest.get(key) for key in settings}, settings)
     if changed:
         shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if changed[5:] else "")
