@@ -412,8 +412,8 @@ def encode_shards(
     seconds = time.perf_counter() - start
     if encoder.encoded:
         console.note(
-            f"rank {ranks.rank}: encoded {encoder.encoded} images in {seconds:.1f} s "
-            f"({encoder.encoded / seconds:.1f} images/s)"
+            f"rank {ranks.rank}: encoded {encoder.encoded} images in {seconds:.2f} s "
+            f"({encoder.encoded / seconds:.2f} images/s)"
         )
     return records
 
