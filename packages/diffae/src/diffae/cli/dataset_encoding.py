@@ -200,7 +200,7 @@ def dataset_settings(
     if isinstance(choice.location, Path):
         model_id = str(choice.location.resolve())
     keys = "\n".join(source.key for source in sources).encode()
-    return {
+    settings = {
         "model": {
             "id": model_id,
             "revision": model_revision(choice, args.model),
@@ -219,6 +219,7 @@ def dataset_settings(
         "shard_size": args.shard_size,
         "inputs": {"count": len(sources), "keys_sha256": hashlib.sha256(keys).hexdigest()},
     }
+    return json.loads(json.dumps(settings))  # as read back from the manifest (tuples -> lists)
 
 
 def digest(settings: dict[str, Any]) -> str:
@@ -278,7 +279,6 @@ class Encoder:
     loaded: LoadedModel
     batch_size: int
     settings_digest: str
-    console: Console
     bar: Any
     encoded: int = 0
 
@@ -384,11 +384,9 @@ def encode_shards(
             pending.append(ShardWork(index, shard_sources, Run(console)))
     if records:
         console.note(f"resuming: {len(records)} shard(s) already done, {len(pending)} to encode")
-    stream = [(work, source) for work in pending for source in work.sources]
-    starts = {}  # shard index -> position of its first input in the stream
-    for position, (work, _) in reversed(list(enumerate(stream))):
-        starts[work.index] = position
-    images = FittedImages([source for _, source in stream], loaded.patch, args.fit, args.resize)
+    # (shard, position in the shard, source) of every input still to encode, shard after shard
+    stream = [(work, at, source) for work in pending for at, source in enumerate(work.sources)]
+    images = FittedImages([source for *_, source in stream], loaded.patch, args.fit, args.resize)
     loader = DataLoader(
         images,
         batch_size=None,
@@ -398,15 +396,15 @@ def encode_shards(
     )
     start = time.perf_counter()
     with console.progress(len(stream), "encode-dataset") as bar:
-        encoder = Encoder(out, count, loaded, args.batch_size, settings_digest, console, bar)
+        encoder = Encoder(out, count, loaded, args.batch_size, settings_digest, bar)
         current: ShardWork | None = None
         for item in loader:  # in stream order, so one shard after the other
-            work = stream[item.position][0]
+            work, position, _ = stream[item.position]
             if work is not current:
                 if current is not None:
                     records[current.index] = encoder.finish(current)
                 current = work
-            encoder.add(work, item._replace(position=item.position - starts[work.index]))
+            encoder.add(work, item._replace(position=position))
         if current is not None:
             records[current.index] = encoder.finish(current)
     seconds = time.perf_counter() - start
@@ -471,6 +469,8 @@ def encode_dataset(args: argparse.Namespace, console: Console) -> int:
     ranks = Ranks.from_environment()
     if ranks.rank != 0:
         console = Console(quiet=True)  # problems still go to stderr; one progress bar, rank 0's
+    if args.num_workers < 0:
+        raise CliError(f"--num-workers: expected an integer >= 0, got {args.num_workers}")
     out = output_folder(args.out)
     sources, refused = list_sources(args.input)
     if not sources:
