@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from diffae.console import CliError
-from diffae.images import BadImage, find_images, fit_image, read_image
+from diffae.images import BadImage, find_images, fit_image, read_image, sample_photos
 from diffae.metrics import psnr_8bit, summarize
 from diffae.models import DTYPES, choose_model, patch_multiple
 from diffae_core.families import Family
@@ -50,7 +50,6 @@ from .report import (
     write_results,
 )
 
-IMAGES_DIR = Path(__file__).resolve().parent / "data" / "images"
 FLUX2_PATCHIFIED_CELL = 2 * FLUX2_DOWNSAMPLING
 """Pixels per cell of the patchified FLUX.2 latents that capacitor_decoder takes."""
 METRICS = ("psnr_db", "ssim")
@@ -63,7 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("model", help="model directory or Hugging Face repo id")
     parser.add_argument("--family", help="the family's name, when it cannot be detected")
     parser.add_argument(
-        "--images", nargs="+", default=[str(IMAGES_DIR)], help="image files or folders"
+        "--images",
+        nargs="+",
+        default=[str(path) for path in sample_photos()],
+        help="image files or folders",
     )
     parser.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 on CUDA, else fp32")

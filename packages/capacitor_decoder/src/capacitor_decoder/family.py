@@ -28,4 +28,6 @@ FAMILY = Family(
     tiny_config=TINY_CONFIG,
     tiny_variants={"capacitor_decoder": TINY_CONFIG},
     decode_switches=(RAW_LATENTS,),
+    # With FLUX.2's encoder in front of it (the card's 2k benchmark).
+    card_psnr={"data-archetype/capacitor_decoder": 36.34},
 )

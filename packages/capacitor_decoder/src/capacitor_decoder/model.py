@@ -8,7 +8,7 @@ from torch import Tensor
 from diffae_core.autoencoder import WhitenedVPDecoder, build_fcdm_decoder
 from diffae_core.checkpoint import KeyAliases
 from diffae_core.inference import InferenceConfigBase
-from diffae_core.validation import check_size, check_tensor
+from diffae_core.validation import check_size, check_tensor, check_values
 
 from .config import CapacitorDecoderConfig, CapacitorDecoderInferenceConfig
 from .flux2 import FLUX2_LATENT_CHANNELS, FLUX2_PATCHIFIED_CHANNELS, Flux2Statistics
@@ -116,6 +116,7 @@ def check_flux2_latents(latents: object, height: int, width: int, *, whitened: b
     check_size("width", width, 16)
     grid = (height // 16, width // 16)
     if latents.ndim == 4 and tuple(latents.shape[1:]) == (FLUX2_PATCHIFIED_CHANNELS, *grid):
+        check_values("latents", latents)
         return latents
     kind = "BN-whitened" if whitened else "raw (latents_are_flux2_whitened=False)"
     hint = ""

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffae_core.io import atomic_write
+
 from .console import CliError
 from .metrics import quantize_8bit
 
@@ -48,6 +50,12 @@ def require_pillow() -> Any:
             "reading and writing images needs Pillow, a dependency of diffae: pip install pillow"
         ) from None
     return Image
+
+
+def sample_photos() -> list[Path]:
+    """The four public-domain / CC0 photos shipped with this package (see `data/README.md`)."""
+    folder = Path(__file__).resolve().parent / "data" / "photos"
+    return sorted(folder.glob("*.png"))
 
 
 def find_images(arguments: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -122,10 +130,10 @@ def write_png(path: Path, image: Tensor) -> None:
     """Write [3, H, W] (float in [-1, 1], clamped, or uint8) as an 8-bit RGB PNG."""
     Image = require_pillow()
     pixels = image if image.dtype == torch.uint8 else quantize_8bit(image)
-    height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
-    raw = bytes(pixels.permute(1, 2, 0).contiguous().cpu().untyped_storage())  # [H, W, 3]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.frombytes("RGB", (width, height), raw).save(path, format="PNG")
+    array = pixels.permute(1, 2, 0).contiguous().cpu().numpy()  # [3, H, W] -> [H, W, 3] uint8
+    picture = Image.fromarray(array)
+    # Written under a temporary name and renamed: a killed run leaves no half-written PNG.
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 @dataclass(frozen=True)

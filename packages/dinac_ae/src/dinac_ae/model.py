@@ -15,7 +15,7 @@ from diffae_core.autoencoder import WhitenedVPAutoencoder, build_fcdm_decoder
 from diffae_core.patchify import Patchify
 from diffae_core.posterior import deterministic_posterior, split_posterior
 from diffae_core.precision import compute_dtype
-from diffae_core.validation import check_tensor
+from diffae_core.validation import check_tensor, check_values
 
 from .config import DinacAEConfig, DinacAEInferenceConfig
 from .dit import (
@@ -371,6 +371,7 @@ class DinacAE(WhitenedVPAutoencoder):
         channels = self.config.latent_channels
         if latents.ndim != 4 or latents.shape[1] != channels:
             raise ValueError(f"latents: expected [N, {channels}, h, w], got {tuple(latents.shape)}")
+        check_values("latents", latents)
         device = self.latent_norm_running_mean.device
         raw_latents = self.dewhiten(latents.to(device))
         with torch.autocast(device.type, dtype=torch.bfloat16):

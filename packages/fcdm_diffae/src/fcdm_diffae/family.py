@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from diffae_core.families import Family
+from diffae_core.families import Family, model_variant
 
 from .config import FCDMDiffAEConfig, FCDMDiffAEInferenceConfig
-from .model import FCDMDiffAE
+from .model import ENCODER_NORMALIZES_MEAN, FCDMDiffAE
 
 TINY_VARIANTS = {
     name: dataclasses.replace(
@@ -26,6 +26,14 @@ field) with a 2 + 1 + 2-block decoder, small enough for tests."""
 
 TINY_CONFIG = TINY_VARIANTS["semdisdiffae_p32_v2"]
 
+OPEN_VARIANTS = {
+    f"encoder_normalizes_mean={ENCODER_NORMALIZES_MEAN} (default)": FCDMDiffAE,
+    f"encoder_normalizes_mean={not ENCODER_NORMALIZES_MEAN}": model_variant(
+        FCDMDiffAE, encoder_normalizes_mean=not ENCODER_NORMALIZES_MEAN
+    ),
+}
+"""The one open point that changes outputs (spec §12.1, `model.ENCODER_NORMALIZES_MEAN`)."""
+
 FAMILY = Family(
     name="fcdm_diffae",
     model_class=FCDMDiffAE,
@@ -34,4 +42,6 @@ FAMILY = Family(
     repo_ids=tuple(f"data-archetype/{name}" for name in FCDMDiffAEConfig.PRESETS),
     tiny_config=TINY_CONFIG,
     tiny_variants=TINY_VARIANTS,
+    open_variants=OPEN_VARIANTS,
+    card_psnr={"data-archetype/semdisdiffae_p32_v2": 36.06},
 )

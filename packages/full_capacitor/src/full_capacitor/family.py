@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from diffae_core.families import Family
+from diffae_core.families import Family, model_variant
 
 from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
-from .model import FullCapacitor
+from .model import ENCODER_NORMALIZES_MEAN, FullCapacitor
 
 TINY_CONFIG = FullCapacitorConfig(
     patch_size=4,
@@ -19,6 +19,14 @@ TINY_CONFIG = FullCapacitorConfig(
 )
 """A structurally complete full_capacitor (2 + 1 + 2 decoder blocks) small enough for tests;
 `dataclasses.replace(TINY_CONFIG, bottleneck_patchify_mode="patch_2x2")` is its L32 variant."""
+
+OPEN_VARIANTS = {
+    f"encoder_normalizes_mean={ENCODER_NORMALIZES_MEAN} (default)": FullCapacitor,
+    f"encoder_normalizes_mean={not ENCODER_NORMALIZES_MEAN}": model_variant(
+        FullCapacitor, encoder_normalizes_mean=not ENCODER_NORMALIZES_MEAN
+    ),
+}
+"""The open point that changes reconstructions (spec §5.3, `model.ENCODER_NORMALIZES_MEAN`)."""
 
 FAMILY = Family(
     name="full_capacitor",
@@ -33,4 +41,6 @@ FAMILY = Family(
             TINY_CONFIG, bottleneck_patchify_mode="patch_2x2"
         ),
     },
+    open_variants=OPEN_VARIANTS,
+    card_psnr={"data-archetype/full_capacitor": 36.62},
 )

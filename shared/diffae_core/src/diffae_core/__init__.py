@@ -7,6 +7,7 @@ the dtype policy. Images are [N, 3, H, W] RGB in [-1, 1]; latents are [N, C, h, 
 
 from .autoencoder import WhitenedVPAutoencoder, WhitenedVPDecoder, build_fcdm_decoder
 from .checkpoint import (
+    CheckpointError,
     CheckpointMismatchError,
     StateDiff,
     TensorInfo,
@@ -33,6 +34,7 @@ from .whitening import dewhiten, whiten
 __all__ = [
     "GRN",
     "ChannelWiseRMSNorm",
+    "CheckpointError",
     "CheckpointMismatchError",
     "ConfigError",
     "DecodeSwitch",

@@ -7,29 +7,17 @@ same comparison guards `load_state_strict`, so a mismatch is reported once, with
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 V = TypeVar("V")
 MAX_LISTED = 10
 """How many keys of each kind a mismatch report names."""
@@ -50,26 +38,67 @@ class TensorInfo:
         return count
 
 
+class CheckpointError(ValueError):
+    """A `.safetensors` file that cannot be read as one: the message names the file and says
+    what is wrong (truncated, forged header, unsupported dtype, not safetensors at all)."""
+
+
+SAFETENSORS_HINTS = {
+    "file not fully covered": "truncated or extended: its header's tensors do not cover the file "
+    "exactly (an interrupted download or copy?)",
+    "header too small": "too short to hold a safetensors header",
+    "header too large": "its 8-byte header length is implausible (not safetensors, or forged)",
+    "invalid UTF-8": "its header is not text (a wrong header length, or not safetensors)",
+    "invalid JSON": "its header is not valid safetensors JSON",
+    "invalid shape, data type, or offset": "its header's shapes, dtypes and offsets disagree "
+    "(a forged or corrupted header)",
+}
+"""safetensors' error texts -> what they mean for a user, for the messages of CheckpointError."""
+
+
+def checkpoint_error(path: Path, error: Exception) -> CheckpointError:
+    """Our error for a safetensors failure on `path`, with a plain-words reason when known."""
+    detail = str(error)
+    reasons = [reason for text, reason in SAFETENSORS_HINTS.items() if text in detail]
+    reason = reasons[0] if reasons else "not a readable safetensors file"
+    return CheckpointError(f"{path}: {reason} ({detail})")
+
+
+def _tensor_info(handle: Any, name: str) -> TensorInfo:
+    """Dtype and shape of one tensor; the dtype comes from an empty slice, read through
+    safetensors' own dtype mapping, so every dtype it and torch know is understood."""
+    view = handle.get_slice(name)
+    shape = tuple(int(size) for size in view.get_shape())
+    empty = view[...] if not shape else view[0:0]  # a scalar reads its one value
+    return TensorInfo(empty.dtype, shape)
+
+
 def read_header(path: str | os.PathLike[str]) -> dict[str, TensorInfo]:
-    """Tensor names, dtypes and shapes of a `.safetensors` file, reading only its header."""
+    """Tensor names, dtypes and shapes of a `.safetensors` file, reading no weights.
+
+    Raises CheckpointError naming the file when it is not a complete, consistent safetensors
+    file or holds a dtype this torch cannot represent; FileNotFoundError when it is missing.
+    """
     path = Path(path)
-    with path.open("rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) != 8:
-            raise ValueError(f"{path}: too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > 100_000_000:
-            raise ValueError(f"{path}: header length {length} is not plausible for safetensors")
-        raw = handle.read(length)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: unreadable safetensors header ({error})") from error
-    header.pop("__metadata__", None)
-    return {
-        name: TensorInfo(SAFETENSORS_DTYPES[entry["dtype"]], tuple(entry["shape"]))
-        for name, entry in header.items()
-    }
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            return {name: _tensor_info(handle, name) for name in handle.keys()}  # noqa: SIM118
+    except SafetensorError as error:
+        raise checkpoint_error(path, error) from None
+    except (TypeError, ValueError, RuntimeError) as error:  # a dtype safetensors knows, torch not
+        raise CheckpointError(f"{path}: holds a tensor this torch cannot read ({error})") from None
+
+
+def load_tensors(path: str | os.PathLike[str], device: str = "cpu") -> dict[str, Tensor]:
+    """Every tensor of a `.safetensors` file on `device`; CheckpointError naming the file if it
+    cannot be read (safetensors checks the whole header before any tensor is allocated)."""
+    path = Path(path)
+    try:
+        return load_file(os.fspath(path), device=device)
+    except SafetensorError as error:
+        raise checkpoint_error(path, error) from None
 
 
 def state_info(state: Mapping[str, Tensor]) -> dict[str, TensorInfo]:

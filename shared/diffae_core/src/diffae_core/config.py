@@ -49,7 +49,10 @@ class JsonConfig:
                 f"{source}: not a {cls.__name__}: {' and '.join(problems)}; "
                 f"expected the keys {list(fields)}"
             )
-        return cls(**data)
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as error:  # a field of the wrong type or value
+            raise ConfigError(f"{source}: {error}") from None
 
     @classmethod
     def load(cls: type[ConfigT], path: str | os.PathLike[str]) -> ConfigT:
@@ -57,8 +60,8 @@ class JsonConfig:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}: not valid JSON ({error})") from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: not valid JSON ({error})") from None
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

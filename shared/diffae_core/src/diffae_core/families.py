@@ -50,6 +50,12 @@ class Family:
     decode_switches: tuple[DecodeSwitch, ...] = ()
     """Command-line switches of this family's `decode` (e.g. capacitor_decoder's raw FLUX.2
     latents); tools refuse them for the other families."""
+    open_variants: Mapping[str, type] = field(default_factory=dict)
+    """The model class under each reading of the spec's open points that changes outputs
+    (label -> class), the default reading first; empty when nothing open changes outputs.
+    `diffae verify` reconstructs with each to settle them with the real weights."""
+    card_psnr: Mapping[str, float] = field(default_factory=dict)
+    """Published repo id -> mean reconstruction PSNR (dB) on the card's 2k-image benchmark."""
 
     def tiny_configs(self) -> dict[str, Any]:
         """`tiny_variants`, or {"tiny": tiny_config} when the family declares no variants."""
@@ -58,6 +64,13 @@ class Family:
     def presets(self) -> list[str]:
         """Names of the published configs (`config_class.preset(name)`)."""
         return sorted(getattr(self.config_class, "PRESETS", {}))
+
+
+def model_variant(model_class: type, **class_attributes: Any) -> type:
+    """A subclass of `model_class` with some class attributes set: one reading of an open point
+    (e.g. `model_variant(FCDMDiffAE, encoder_normalizes_mean=False)`)."""
+    label = ", ".join(f"{name}={value!r}" for name, value in class_attributes.items())
+    return type(f"{model_class.__name__}[{label}]", (model_class,), dict(class_attributes))
 
 
 def installed_families() -> dict[str, Family]:

@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .checkpoint import (
     AliasInspection,
+    CheckpointMismatchError,
     KeyAliases,
     StateDiff,
     alias_renames,
     apply_key_aliases,
     diff_state,
     load_state_strict,
+    load_tensors,
     read_header,
     state_info,
 )
@@ -132,8 +134,13 @@ class PretrainedModel(Float32BuffersModule):
         dtype = check_dtype(dtype)
         device = check_device(device)
         model = cls.from_config_on_meta(config)
-        state = load_file(os.fspath(weights_path), device=str(device))
-        state = cls.canonical_checkpoint_keys(state)
+        # The header alone is checked against the model first: a file of the wrong shapes or
+        # a forged one is refused before any weight is read or allocated.
+        header = cls.canonical_checkpoint_keys(read_header(weights_path))
+        diff = diff_state(header, state_info(model.state_dict()))
+        if not diff.loadable:
+            raise CheckpointMismatchError(os.fspath(weights_path), diff)
+        state = cls.canonical_checkpoint_keys(load_tensors(weights_path, device=str(device)))
         load_state_strict(model, state, source=os.fspath(weights_path))
         # `assign=True` adopted the file's dtypes; the policy is applied explicitly here.
         model.restore_float32_buffers()

@@ -6,6 +6,7 @@ Not used by the models themselves; importing it has no side effects.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -68,7 +69,8 @@ def add_to_hub_cache(
     """Lay files out as `huggingface_hub` caches a model repo; returns the snapshot folder.
 
     models--{owner}--{name}/blobs/<sha256>, snapshots/<commit>/<file> -> ../../blobs/<sha256>,
-    refs/<revision> = <commit>.
+    refs/<revision> = <commit>. A name may hold folders ("pkg/model.py"): its link goes one
+    level further up per folder, as the hub's does.
     """
     repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
     commit = hashlib.sha1(repo_id.encode()).hexdigest()
@@ -80,8 +82,9 @@ def add_to_hub_cache(
         blob = repo / "blobs" / digest
         shutil.copyfile(source, blob)
         link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
-        link.symlink_to(Path("..") / ".." / "blobs" / digest)
+        link.symlink_to(Path(os.path.relpath(blob, link.parent)))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / revision).write_text(commit)
     return snapshot

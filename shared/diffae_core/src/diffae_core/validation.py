@@ -1,9 +1,65 @@
-"""Checks at the public boundary: each error names the argument, what was expected, what came."""
+"""Checks at the public boundary: each error names the argument, what was expected, what came.
+
+Shapes and dtypes are always checked. Values (no NaN or inf; images not far outside [-1, 1])
+cost one `torch.aminmax` pass over the tensor and one device sync per call: skipped while
+torch.compile traces, on `meta` tensors, and while `value_checks(False)` is in force (hot loops
+that have validated their data once).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
+
+IMAGE_VALUE_LIMIT = 3.0
+"""Images must lie within [-IMAGE_VALUE_LIMIT, IMAGE_VALUE_LIMIT]. Inputs are [-1, 1]; the margin
+admits unclamped reconstructions (which overshoot a little) yet refuses [0, 255] pixels."""
+
+_value_checks_enabled = True
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Turn the value checks of images and latents on or off for this process (default on)."""
+    global _value_checks_enabled
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected True or False, got {enabled!r}")
+    _value_checks_enabled = enabled
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Within the block, value checks are on or off (`with value_checks(False): ...`)."""
+    previous = _value_checks_enabled
+    set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        set_value_checks(previous)
+
+
+def _checking_values(tensor: Tensor) -> bool:
+    """Whether to look at values: enabled, a real tensor, not inside a torch.compile trace."""
+    if not _value_checks_enabled or tensor.is_meta or tensor.numel() == 0:
+        return False
+    return not torch.compiler.is_compiling()
+
+
+def check_values(name: str, tensor: Tensor, limit: float | None = None) -> None:
+    """Raise ValueError naming `name` if `tensor` holds NaN or inf, or values beyond +-limit."""
+    if not _checking_values(tensor):
+        return
+    low, high = (float(v) for v in torch.aminmax(tensor.detach()))  # NaN propagates to both
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{name}: expected finite values, got NaN or inf (min {low}, max {high})")
+    if limit is not None and (low < -limit or high > limit):
+        hint = " (this looks like [0, 255] pixels: use x / 127.5 - 1)" if high > 2 else ""
+        raise ValueError(
+            f"{name}: expected values in [-1, 1], got min {low:.4g}, max {high:.4g}{hint}"
+        )
 
 
 def check_tensor(name: str, value: object) -> Tensor:
@@ -36,6 +92,7 @@ def check_images(images: object, channels: int, multiple: int, name: str = "imag
         raise ValueError(
             f"{name}: expected H and W divisible by {multiple}, got H={height}, W={width}"
         )
+    check_values(name, images, IMAGE_VALUE_LIMIT)
     return images
 
 
@@ -52,6 +109,7 @@ def check_latents(
             f"{name}: expected [N, {channels}, {expected[1]}, {expected[2]}] for a "
             f"{height}x{width} image (patch {patch}), got {tuple(latents.shape)}"
         )
+    check_values(name, latents)
     return latents
 
 

@@ -9,25 +9,29 @@ import os
 import sys
 from collections.abc import Sequence
 
-from diffae_core.checkpoint import CheckpointMismatchError
+from diffae_core.checkpoint import CheckpointError, CheckpointMismatchError
 from diffae_core.config import ConfigError
 from diffae_core.families import installed_families
 
 from ..console import CliError, Console
 from .arguments import build_parser
+from .bundling import bundle
 from .coding import decode, encode
 from .dataset_encoding import encode_dataset
 from .inspection import inspect
 from .reconstruction import reconstruct
+from .verification import verify
 
 COMMANDS = {
     "reconstruct": reconstruct,
     "encode": encode,
     "decode": decode,
     "inspect": inspect,
+    "verify": verify,
+    "bundle": bundle,
     "encode-dataset": encode_dataset,
 }
-USER_ERRORS = (CliError, OSError, ConfigError, CheckpointMismatchError)
+USER_ERRORS = (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
 without a traceback; anything else is a bug and keeps its traceback."""
 

@@ -21,6 +21,8 @@ Run the diffae diffusion autoencoders over image files.
   diffae encode photos/ --model MODEL --out latents/
   diffae decode latents/ --model MODEL --out decoded/
   diffae inspect MODEL_OR_FILE
+  diffae verify MODEL [IMAGES ...]
+  diffae bundle MODEL --out bundle/    # a folder to `hf upload`, with the code that runs it
   torchrun --nproc-per-node 8 -m diffae encode-dataset photos/ --model MODEL --out dataset/
 """
 
@@ -209,5 +211,34 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         "target",
         metavar="MODEL_OR_FILE",
         help="repo id, model directory, model.safetensors, or a latents file",
+    )
+    verify = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="settle the family's open points with the real weights: header and PSNR per "
+        "reading; exit 1 when another reading beats the default",
+    )
+    verify.add_argument("model", metavar="MODEL", help="Hugging Face repo id or a local directory")
+    verify.add_argument(
+        "images", nargs="*", metavar="IMAGES", help="images or folders (default: the sample photos)"
+    )
+    verify.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    verify.add_argument(
+        "--dtype",
+        choices=DTYPE_NAMES,
+        help="weight dtype (default: bfloat16 on CUDA, else float32)",
+    )
+
+    bundle = commands.add_parser(
+        "bundle",
+        parents=[common],
+        help="a folder to upload to the Hub: the model files, a model card and the family's "
+        "code, needing only torch, safetensors and huggingface_hub",
+    )
+    bundle.add_argument("model", metavar="MODEL", help="Hugging Face repo id or a local directory")
+    bundle.add_argument("--out", required=True, help="a new (or empty) folder")
+    bundle.add_argument(
+        "--repo-id",
+        help="the Hub repo it will be uploaded to, for the card's usage (default: <user>/<repo>)",
     )
     return parser

@@ -1,0 +1,197 @@
+"""Loading never trusts its files: every problem with `model.safetensors` or `config.json` is our
+error naming the file, and a fuzzed checkpoint either loads the same tensors or is refused.
+
+The fuzz (hypothesis) mutates a valid tiny checkpoint: byte flips in the header and its length
+prefix, truncations, forged header lengths, forged shapes and dtypes. Flips in the tensor data
+are not fuzzed: safetensors carries no checksum, so such a file loads other values by design
+(docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from diffae_core.checkpoint import CheckpointError, CheckpointMismatchError, read_header
+from diffae_core.config import ConfigError
+from diffae_core.families import installed_families
+from diffae_core.hub import ModelNotAvailableError
+from diffae_core.testing import randomize_weights
+
+FAMILIES = installed_families()
+FAMILY = FAMILIES.get("fcdm_diffae") or next(iter(FAMILIES.values()))
+OUR_ERRORS = (CheckpointError, CheckpointMismatchError, ConfigError)
+FUZZ = settings(
+    max_examples=100,
+    deadline=2000,  # ms per example: a hang or a huge allocation shows as a failure
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A tiny model of one family saved in the published layout, and its state."""
+    folder = tmp_path_factory.mktemp("model")
+    model = randomize_weights(FAMILY.model_class(FAMILY.tiny_config))
+    model.save_pretrained(folder)
+    return folder, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def header_and_data(path: Path) -> tuple[dict, bytes]:
+    """The JSON header and the data bytes of a safetensors file."""
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + length]), raw[8 + length :]
+
+
+def with_header(header: dict, data: bytes) -> bytes:
+    """A safetensors file from a header object and data bytes (header padded to 8 bytes)."""
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def load_mutated(folder: Path, target: Path, weights: bytes) -> dict[str, torch.Tensor] | None:
+    """Load a copy of the model folder whose weights are `weights`: its state, or None when
+    refused with one of our errors (any other exception fails the test)."""
+    target.mkdir(exist_ok=True)
+    shutil.copyfile(folder / "config.json", target / "config.json")
+    (target / "model.safetensors").write_bytes(weights)
+    try:
+        model = FAMILY.model_class.from_pretrained(target)
+    except OUR_ERRORS as error:
+        assert str(target) in str(error), f"the error does not name the file: {error}"
+        return None
+    return model.state_dict()
+
+
+def assert_same_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert state.keys() == expected.keys()
+    for name, tensor in expected.items():
+        # A save/load round trip of the same bytes: bitwise equality is the contract.
+        assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
+
+
+@FUZZ
+@given(data=st.data())
+def test_header_byte_flips_load_the_same_tensors_or_are_refused(saved, tmp_path, data) -> None:
+    folder, expected = saved
+    raw = bytearray((folder / "model.safetensors").read_bytes())
+    (length,) = struct.unpack("<Q", bytes(raw[:8]))
+    for _ in range(data.draw(st.integers(1, 3), label="flips")):
+        position = data.draw(st.integers(0, 8 + length - 1), label="position")
+        raw[position] ^= data.draw(st.integers(1, 255), label="mask")
+    state = load_mutated(folder, tmp_path / "flipped", bytes(raw))
+    if state is not None:
+        assert_same_state(state, expected)
+
+
+@FUZZ
+@given(data=st.data())
+def test_truncations_and_forged_lengths_are_refused(saved, tmp_path, data) -> None:
+    folder, _ = saved
+    raw = (folder / "model.safetensors").read_bytes()
+    if data.draw(st.booleans(), label="truncate"):
+        weights = raw[: data.draw(st.integers(0, len(raw) - 1), label="size")]
+    else:
+        forged = data.draw(st.integers(0, 2**64 - 1), label="length")
+        (length,) = struct.unpack("<Q", raw[:8])
+        weights = struct.pack("<Q", forged) + raw[8:]
+        if forged == length:
+            return
+    assert load_mutated(folder, tmp_path / "cut", weights) is None
+
+
+@FUZZ
+@given(data=st.data())
+def test_forged_shapes_and_dtypes_are_refused_without_allocating(saved, tmp_path, data) -> None:
+    folder, _ = saved
+    header, tensors = header_and_data(folder / "model.safetensors")
+    name = data.draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
+    entry = dict(header[name])
+    if data.draw(st.booleans(), label="forge shape"):
+        # Up to ~10^18 elements: allocating what the header claims would fail loudly.
+        dims = st.integers(0, 10**6)
+        entry["shape"] = data.draw(st.lists(dims, min_size=0, max_size=3), label="shape")
+    else:
+        entry["dtype"] = data.draw(
+            st.sampled_from(["F16", "BF16", "I64", "U8", "F8_E4M3", "BOOL", "Q7", ""])
+        )
+    if entry == header[name]:
+        return
+    header[name] = entry
+    assert load_mutated(folder, tmp_path / "forged", with_header(header, tensors)) is None
+
+
+def test_unsupported_and_newer_dtypes_are_read_through_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "fp8.safetensors"
+    save_file({"w": torch.zeros(2, 3, dtype=torch.float8_e4m3fn), "s": torch.tensor(1.0)}, path)
+    header = read_header(path)
+    assert (header["w"].dtype, header["w"].shape) == (torch.float8_e4m3fn, (2, 3))
+    assert (header["s"].dtype, header["s"].shape) == (torch.float32, ())
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c | {"no_such_field": 1}, "unknown keys"),
+        (lambda c: {k: v for k, v in c.items() if k != "model_dim"}, "missing keys"),
+        (lambda c: c | {"model_dim": "wide"}, "model_dim: expected a positive int"),
+        (lambda c: c | {"model_dim": c["model_dim"] * 2}, "does not match the model"),
+    ],
+    ids=["unknown", "missing", "wrong type", "shapes disagree"],
+)
+def test_config_problems_name_the_file(saved, tmp_path: Path, edit, message: str) -> None:
+    folder, _ = saved
+    target = tmp_path / "edited"
+    shutil.copytree(folder, target)
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps(edit(config)))
+    with pytest.raises(OUR_ERRORS, match=message) as caught:
+        FAMILY.model_class.from_pretrained(target)
+    assert str(target) in str(caught.value)
+
+
+def test_missing_files_and_offline_hub_ids_are_clear(saved, tmp_path: Path, monkeypatch) -> None:
+    folder, _ = saved
+    target = tmp_path / "no_weights"
+    target.mkdir()
+    shutil.copyfile(folder / "config.json", target / "config.json")
+    with pytest.raises(FileNotFoundError, match=r"has no model\.safetensors"):
+        FAMILY.model_class.from_pretrained(target)
+    (target / "config.json").write_bytes(b"\xff\xfe not json")
+    (target / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        FAMILY.model_class.from_pretrained(target)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError, match="not in the Hugging Face cache"):
+        FAMILY.model_class.from_pretrained("nobody/not-cached", cache_dir=tmp_path / "cache")
+
+
+def test_no_pickle_is_ever_read() -> None:
+    """Only safetensors are loaded: no torch.load, pickle or numpy.load in any package."""
+    roots = [Path(__file__).parents[1] / "shared", Path(__file__).parents[1] / "packages"]
+    found = []
+    for path in (p for root in roots for p in root.glob("*/src/**/*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "load":
+                owner = getattr(node.value, "id", "")
+                if owner in {"torch", "pickle", "np", "numpy"}:
+                    found.append(f"{path.name}: {owner}.load")
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+                if any(n.split(".")[0] in {"pickle", "dill", "joblib"} for n in names):
+                    found.append(f"{path.name}: imports {names}")
+    assert not found, found
