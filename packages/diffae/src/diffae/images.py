@@ -21,7 +21,7 @@ from .console import CliError
 from .metrics import quantize_8bit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-"""What a folder is searched for (not recursively)."""
+"""What a folder is searched for (`find_images`: its files; `find_image_tree`: recursively)."""
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 """Formats accepted by content, whatever a file's name says."""
 CONVERTED_MODES = {
