@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the benchmarks are scripts beside the packages, not installed
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import quality, speed  # noqa: E402
+from benchmarks import encode_dataset, quality, speed  # noqa: E402
 from benchmarks.flux2 import FLUX2_NAME, build_flux2_vae  # noqa: E402
 
 pytest.importorskip("diffusers")
@@ -113,3 +113,11 @@ def test_speed_stops_at_a_failing_model_and_names_it(
     with pytest.raises(RuntimeError, match=r"fcdm_diffae/tiny.*broken on purpose"):
         speed.main([*options.split(), "--out-dir", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_encode_dataset_benchmark_on_a_tiny_model(tmp_path: Path) -> None:
+    options = f"--preset tiny --images 4 --batch 2 --resolution {TINY_SIDE} --repeats 1"
+    data = encode_dataset.main([*options.split(), "--machine", "smoke", "--out-dir", str(tmp_path)])
+    assert (tmp_path / "encode-dataset-smoke.md").is_file()
+    assert data["results"][0]["candidate"] == "bare model.encode loop"
+    assert all(row["images_per_s"] > 0 for row in data["results"])

@@ -6,6 +6,7 @@ Images are float32 [1, 3, H, W] in [-1, 1]. Pillow is imported only when a file 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from .console import CliError
 from .metrics import quantize_8bit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-"""What a folder is searched for (not recursively)."""
+"""What a folder is searched for (`find_images`: its files; `find_image_tree`: recursively)."""
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 """Formats accepted by content, whatever a file's name says."""
 CONVERTED_MODES = {
@@ -75,6 +76,17 @@ def find_images(arguments: list[str]) -> tuple[list[Path], list[tuple[str, str]]
         else:
             problems.append((argument, "no such file or folder"))
     return files, problems
+
+
+def find_image_tree(folder: Path) -> list[Path]:
+    """Every PNG/JPEG/WebP file (by suffix) below `folder`, recursively, sorted by relative path;
+    symbolic links to folders are not followed."""
+    found = []
+    for parent, _, names in os.walk(folder):
+        found += [
+            Path(parent, name) for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES
+        ]
+    return sorted(found, key=lambda path: path.relative_to(folder).parts)
 
 
 def unique_names(stems: list[str]) -> list[str]:
@@ -152,6 +164,18 @@ class Fitted:
             return ""
         verb = "cropped" if self.fit == "crop" else "padded"
         return f"{verb} {width}x{height} -> {fitted_width}x{fitted_height} (centre)"
+
+
+def resize_shorter_side(image: Tensor, size: int) -> Tensor:
+    """[1, 3, H, W] in [-1, 1] -> the shorter side `size` px, aspect kept (the longer side
+    rounded), bicubic with antialiasing, clamped to [-1, 1]; unchanged when already so."""
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    shorter = min(height, width)
+    if shorter == size:
+        return image
+    new_size = [max(1, round(side * size / shorter)) for side in (height, width)]
+    resized = F.interpolate(image, size=new_size, mode="bicubic", antialias=True)
+    return resized.clamp(-1.0, 1.0)
 
 
 def fit_image(image: Tensor, multiple: int, mode: str) -> Fitted:

@@ -17,6 +17,7 @@ from ..console import CliError, Console
 from .arguments import build_parser
 from .bundling import bundle
 from .coding import decode, encode
+from .dataset_encoding import encode_dataset
 from .inspection import inspect
 from .reconstruction import reconstruct
 from .verification import verify
@@ -28,6 +29,7 @@ COMMANDS = {
     "inspect": inspect,
     "verify": verify,
     "bundle": bundle,
+    "encode-dataset": encode_dataset,
 }
 USER_ERRORS = (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported

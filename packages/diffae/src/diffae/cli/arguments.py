@@ -23,6 +23,7 @@ Run the diffae diffusion autoencoders over image files.
   diffae inspect MODEL_OR_FILE
   diffae verify MODEL [IMAGES ...]
   diffae bundle MODEL --out bundle/    # a folder to `hf upload`, with the code that runs it
+  torchrun --nproc-per-node 8 -m diffae encode-dataset photos/ --model MODEL --out dataset/
 """
 
 
@@ -169,6 +170,37 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
             action="store_true",
             help=f"{declared[0][1].help}; only for {names}",
         )
+
+    encode_dataset = commands.add_parser(
+        "encode-dataset",
+        parents=[common, model, fit],
+        help="a folder tree or list of images -> Parquet shards of latents with statistics "
+        "(resumable; under torchrun, one share of the shards per process)",
+    )
+    encode_dataset.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a folder (searched recursively for PNG/JPEG/WebP) or a text file of image paths, "
+        "one a line, relative to the file's folder",
+    )
+    encode_dataset.add_argument(
+        "--out", required=True, help="dataset folder: manifest.json and data/*.parquet"
+    )
+    encode_dataset.add_argument(
+        "--shard-size", type=positive_int, default=1000, help="images per shard (default 1000)"
+    )
+    encode_dataset.add_argument(
+        "--resize",
+        type=positive_int,
+        metavar="N",
+        help="resize the shorter side to N px (bicubic, antialiased) before --fit",
+    )
+    encode_dataset.add_argument(
+        "--num-workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes reading images (default 0: the main process)",
+    )
 
     inspect = commands.add_parser(
         "inspect",

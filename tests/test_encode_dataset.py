@@ -1,0 +1,256 @@
+"""`diffae encode-dataset` on a tiny fcdm_diffae model: rows against `model.encode`, size
+buckets, skipped files, statistics, an interrupted run resumed, refusal of changed options, the
+reader, and a 2-process torchrun (gloo) run against one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from diffae.cli import dataset_encoding, main
+from diffae.images import fit_image, read_image
+from diffae.latent_dataset import LatentDataset, latents_from_bytes, read_manifest
+from diffae_core.families import installed_families
+from diffae_core.testing import randomize_weights, randomize_whitening
+
+FAMILY = installed_families()["fcdm_diffae"]
+PATCH = 4
+SHARD_SIZE = 3
+SUBPROCESS_TIMEOUT = 180
+STATISTICS_RTOL = 1e-12
+"""Merged float64 statistics against a one-pass float64 computation: rounding only."""
+GOOD = {
+    "a/one.png": (8, 8),
+    "a/two.jpg": (12, 8),
+    "b/c/three.webp": (8, 12),
+    "five.png": (8, 8),
+    "four.png": (8, 8),
+    "seven.png": (8, 8),
+    "six.png": (12, 8),
+}
+"""Relative path -> (width, height) after the centre crop to multiples of PATCH."""
+SIZES = {"four.png": (10, 9), "b/c/three.webp": (9, 14)}
+"""Files whose size is not a multiple of PATCH (cropped)."""
+BAD = "broken.png"
+
+
+def random_image(width: int, height: int, seed: int) -> Image.Image:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    return Image.frombytes("RGB", (width, height), bytes(pixels.untyped_storage()))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model")
+    model = randomize_whitening(randomize_weights(FAMILY.model_class(FAMILY.tiny_config)))
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seven images of three fitted sizes in a folder tree (RGBA, greyscale) and a bad file."""
+    folder = tmp_path_factory.mktemp("images")
+    for seed, (key, size) in enumerate(GOOD.items()):
+        path = folder / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image = random_image(*SIZES.get(key, size), seed)
+        if key == "four.png":
+            image = image.convert("RGBA")
+        if key.endswith(".webp"):
+            image = image.convert("L")
+        image.save(path)
+    (folder / BAD).write_text("not an image")
+    return folder
+
+
+def encode_dataset(model_dir: Path, images: Path, out: Path, *options: str) -> int:
+    return main([
+        "encode-dataset", str(images), "--model", str(model_dir), "--out", str(out),
+        "--family", "fcdm_diffae", "--shard-size", str(SHARD_SIZE), "--dtype", "float32",
+        "--device", "cpu", "--quiet",
+        *options,
+    ])  # fmt: skip
+
+
+def rows_of(out: Path) -> list[dict]:
+    """Every row of every shard, in shard order."""
+    files = sorted((out / "data").glob("shard-*.parquet"))
+    return [row for path in files for row in pq.read_table(path).to_pylist()]
+
+
+def latents_of(row: dict) -> torch.Tensor:
+    return latents_from_bytes(row["latents"], row["shape"], row["dtype"])
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path, image_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One process, batch size 1: (exit status, dataset folder)."""
+    out = tmp_path_factory.mktemp("reference")
+    return encode_dataset(model_dir, image_dir, out, "--batch-size", "1"), out
+
+
+def test_rows_are_model_encode_of_each_image(model_dir, image_dir, reference):
+    status, out = reference
+    assert status == 1, "the bad file is skipped"
+    model = FAMILY.model_class.from_pretrained(model_dir, dtype=torch.float32)
+    rows = rows_of(out)
+    assert [row["key"] for row in rows] == sorted(GOOD, key=lambda key: key.split("/"))
+    for row in rows:
+        fitted = fit_image(read_image(image_dir / row["key"])[0], PATCH, "crop")
+        with torch.inference_mode():
+            expected = model.encode(fitted.image)[0]
+        assert row["dtype"] == "float32" and row["shape"] == list(expected.shape)
+        assert latents_of(row).equal(expected), row["key"]
+        width, height = GOOD[row["key"]]
+        assert (row["width"], row["height"]) == (width, height)
+        source_width, source_height = SIZES.get(row["key"], GOOD[row["key"]])
+        assert (row["source_width"], row["source_height"]) == (source_width, source_height)
+        assert row["fit"] == ("crop" if row["key"] in SIZES else "none")
+    manifest = read_manifest(out)
+    assert manifest["complete"] and manifest["whitened"] and manifest["dtype"] == "float32"
+    assert manifest["model"]["family"] == "fcdm_diffae"
+    assert manifest["counts"] == {"inputs": 8, "rows": 7, "skipped": 1, "shards": 3}
+    assert [entry["key"] for entry in manifest["skipped"]] == [BAD]
+    assert "unreadable" in manifest["skipped"][0]["reason"]
+
+
+def test_manifest_statistics_equal_a_direct_computation(reference):
+    _, out = reference
+    channels = [latents_of(row).double().flatten(1) for row in rows_of(out)]  # [C, h*w] each
+    values = torch.cat(channels, dim=1)
+    manifest = read_manifest(out)
+    mean = torch.tensor(manifest["latent_mean"], dtype=torch.float64)
+    var = torch.tensor(manifest["latent_var"], dtype=torch.float64)
+    assert manifest["latent_count"] == values.shape[1]
+    torch.testing.assert_close(mean, values.mean(dim=1), rtol=STATISTICS_RTOL, atol=0)
+    expected_var = values.var(dim=1, correction=0)
+    torch.testing.assert_close(var, expected_var, rtol=STATISTICS_RTOL, atol=0)
+
+
+def test_batches_bucket_mixed_sizes(model_dir, image_dir, reference, tmp_path, monkeypatch):
+    """Batch size 4 over shards of mixed sizes: each batch is of one size; rows as batch 1.
+
+    The shard size (3) keeps batches small here; what matters is that no batch mixes sizes
+    (torch.stack would fail) and that some batch holds more than one image."""
+    batches: list[tuple[int, ...]] = []
+    encode = FAMILY.model_class.encode
+
+    def spy(model, images):
+        batches.append(tuple(images.shape))
+        return encode(model, images)
+
+    monkeypatch.setattr(FAMILY.model_class, "encode", spy)
+    options = ("--batch-size", "4", "--num-workers", "1")  # images read in a worker process
+    assert encode_dataset(model_dir, image_dir, tmp_path, *options) == 1
+    assert max(shape[0] for shape in batches) > 1 and sum(s[0] for s in batches) == len(GOOD)
+    rows, expected = rows_of(tmp_path), rows_of(reference[1])
+    assert [row["key"] for row in rows] == [row["key"] for row in expected]
+    for row, reference_row in zip(rows, expected, strict=True):
+        # another batch composition may take another kernel: float32 tolerances
+        torch.testing.assert_close(latents_of(row), latents_of(reference_row))
+
+
+def test_interrupted_run_resumes_without_lost_or_doubled_rows(
+    model_dir, image_dir, reference, tmp_path, monkeypatch
+):
+    written = []
+    write_shard = dataset_encoding.write_shard
+
+    def interrupted(path, rows, record):
+        if written:
+            raise KeyboardInterrupt  # as a kill while the second shard is being written
+        written.append(path)
+        write_shard(path, rows, record)
+
+    monkeypatch.setattr(dataset_encoding, "write_shard", interrupted)
+    assert encode_dataset(model_dir, image_dir, tmp_path, "--batch-size", "1") == 130
+    assert sorted((tmp_path / "data").iterdir()) == written
+    assert not read_manifest(tmp_path)["complete"]
+    stale = tmp_path / "data" / ".shard-00002-of-00003.parquet.killed.tmp"
+    stale.write_bytes(b"half a shard")
+    monkeypatch.setattr(dataset_encoding, "write_shard", write_shard)
+
+    assert encode_dataset(model_dir, image_dir, tmp_path, "--batch-size", "1") == 1
+    assert not stale.exists()
+    assert rows_of(tmp_path) == rows_of(reference[1])
+    manifest, expected = read_manifest(tmp_path), read_manifest(reference[1])
+    for key in ("complete", "counts", "skipped", "shards", "latent_mean", "latent_var"):
+        assert manifest[key] == expected[key], key
+
+
+def test_changed_options_are_refused(model_dir, image_dir, reference, capsys):
+    _, out = reference
+    before = sorted(out.rglob("*"))
+    assert encode_dataset(model_dir, image_dir, out, "--fit", "pad") == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "preprocessing.fit: 'crop' -> 'pad'" in err
+    assert sorted(out.rglob("*")) == before
+
+
+def test_list_file_with_resize_and_missing_entries(model_dir, image_dir, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        f"# images\n{image_dir / 'a/two.jpg'}\nmissing.png\n\n{image_dir / 'a/two.jpg'}\n"
+    )
+    out = tmp_path / "out"
+    assert encode_dataset(model_dir, listing, out, "--resize", "4") == 1
+    (row,) = rows_of(out)
+    assert row["key"] == str(image_dir / "a/two.jpg")
+    sizes = (row["width"], row["height"], row["source_width"], row["source_height"])
+    assert sizes == (4, 4, 12, 8)  # 12x8 resized to 6x4, cropped to 4x4
+    reasons = {entry["key"]: entry["reason"] for entry in read_manifest(out)["skipped"]}
+    assert set(reasons) == {"missing.png", str(image_dir / "a/two.jpg")}
+    assert "listed twice" in reasons[str(image_dir / "a/two.jpg")]
+
+
+def test_reader_returns_the_rows_as_tensors(reference):
+    _, out = reference
+    dataset = LatentDataset(out)
+    rows = rows_of(out)
+    assert len(dataset) == len(rows)
+    for index in (0, len(rows) - 1, -1):
+        item, row = dataset[index], rows[index]
+        assert item["key"] == row["key"] and item["latents"].equal(latents_of(row))
+        for name in ("height", "width", "fit", "source_height", "source_width"):
+            assert item[name] == row[name], name
+    assert dataset.latent_mean.shape == (FAMILY.tiny_config.latent_channels,)
+    with pytest.raises(IndexError):
+        dataset[len(rows)]
+
+
+def test_two_torchrun_processes_write_the_rows_of_one(model_dir, image_dir, reference, tmp_path):
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "diffae", "encode-dataset", str(image_dir), "--model", str(model_dir),
+        "--family", "fcdm_diffae",
+        "--out", str(out), "--shard-size", str(SHARD_SIZE), "--batch-size", "1",
+        "--dtype", "float32", "--device", "cpu",
+    ]  # fmt: skip
+    environment = os.environ | {"OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=environment
+    )
+    # Status 1 for the skipped file, as in one process; torchrun reports a worker's non-zero
+    # status with a traceback of its own (ChildFailedError), the workers print none.
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("Traceback") == result.stderr.count("ChildFailedError:") == 1
+    assert f"skipped {BAD}" in result.stderr
+    assert rows_of(out) == rows_of(reference[1])
+    manifest, expected = read_manifest(out), read_manifest(reference[1])
+    for key in ("complete", "counts", "skipped", "shards", "latent_mean", "latent_var"):
+        assert manifest[key] == expected[key], key
+    assert json.loads((out / "manifest.json").read_text())["diffae_version"]
+    shutil.rmtree(out)
