@@ -65,6 +65,12 @@ def test_time_embedding_frequencies() -> None:
     assert freqs[0] == 1.0
     assert math.isclose(freqs[1].item(), 0.930045, rel_tol=1e-6)
     assert math.isclose(freqs[127].item(), 1e-4, rel_tol=1e-5)
+    # The float64 formula rounded once: the same bits on every CPU, whatever its vector exp.
+    exact = [math.exp(-math.log(10000.0) * i / 127) for i in range(128)]
+    assert torch.equal(freqs, torch.tensor(exact, dtype=torch.float64).float())
+    # A float32 evaluation (the published code's, stored in the checkpoints) agrees closely.
+    in_float32 = torch.exp(-math.log(10000.0) * torch.arange(128.0) / 127)
+    torch.testing.assert_close(freqs, in_float32, rtol=1e-6, atol=0)
 
 
 def test_schedules_and_logsnr_endpoints() -> None:
