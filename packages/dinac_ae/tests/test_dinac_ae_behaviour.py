@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffae_core.config import ConfigError
-from diffae_core.testing import assert_close, randomize_weights, randomize_whitening
+from diffae_core.testing import randomize_weights, randomize_whitening
 from dinac_ae import DinacAE, DinacAEConfig, DinacAEInferenceConfig, EncoderPosterior
 from dinac_ae.family import FAMILY, TINY_CONFIG
 
@@ -87,17 +87,19 @@ def test_encode_is_whitened_posterior_mode(name: str) -> None:
     assert torch.equal(posterior.mode(), posterior.alpha * posterior.mean)
     assert torch.equal(model.encoder(images), posterior.mode())
     total = posterior.alpha**2 + posterior.sigma**2
-    assert_close(total, torch.ones_like(total), atol=FLOAT32_ROUNDING)
+    torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=FLOAT32_ROUNDING)
     generator = torch.Generator().manual_seed(3)
     eps = torch.randn(posterior.mean.shape, generator=generator)
     sample = posterior.sample(generator=torch.Generator().manual_seed(3))
-    assert_close(sample, posterior.mode() + posterior.sigma * eps, atol=FLOAT32_ROUNDING)
+    torch.testing.assert_close(
+        sample, posterior.mode() + posterior.sigma * eps, rtol=0, atol=FLOAT32_ROUNDING
+    )
 
 
 def test_whiten_dewhiten_are_inverses(name: str) -> None:
     model = tiny_model(name)
     latents = model.encode(images_for(TINY[name]))
-    assert_close(model.whiten(model.dewhiten(latents)), latents, atol=1e-5)
+    torch.testing.assert_close(model.whiten(model.dewhiten(latents)), latents, rtol=0, atol=1e-5)
     assert model.dewhiten(latents.bfloat16()).dtype == torch.float32
 
 
@@ -168,11 +170,15 @@ def test_predict_class_runs_the_head_under_bf16_autocast(name: str) -> None:
     assert torch.equal(class_token, expected.float())
     plain = model.dino_token_alignment_head(model.dewhiten(latents)).class_token
     assert not torch.equal(class_token, plain)  # float32 without autocast differs in low bits
-    assert_close(class_token, plain, atol=BF16_RELATIVE * plain.abs().max().item())
+    torch.testing.assert_close(
+        class_token, plain, rtol=0, atol=BF16_RELATIVE * plain.abs().max().item()
+    )
     rms = class_token.square().mean(dim=-1).sqrt()
-    assert_close(rms, torch.ones_like(rms), atol=BF16_UNIT_RMS)
+    torch.testing.assert_close(rms, torch.ones_like(rms), rtol=0, atol=BF16_UNIT_RMS)
     # One sample's prediction does not depend on the others in the batch.
-    assert_close(model.predict_class(latents[1:2]), class_token[1:2], atol=1e-6)
+    torch.testing.assert_close(
+        model.predict_class(latents[1:2]), class_token[1:2], rtol=0, atol=1e-6
+    )
 
 
 def test_alignment_head_outputs(name: str) -> None:
@@ -183,7 +189,7 @@ def test_alignment_head_outputs(name: str) -> None:
     assert alignment.class_token.shape == (2, width)
     assert alignment.spatial_tokens.shape == (2, 2 * 3, width)
     rms = alignment.spatial_tokens.square().mean(dim=-1).sqrt()
-    assert_close(rms, torch.ones_like(rms), atol=1e-5)
+    torch.testing.assert_close(rms, torch.ones_like(rms), rtol=0, atol=1e-5)
 
 
 def test_bad_inputs_name_the_argument(name: str) -> None:
