@@ -16,11 +16,15 @@ from diffae_core.checkpoint import CheckpointMismatchError
 from diffae_core.families import installed_families
 from diffae_core.testing import randomize_weights, randomize_whitening
 
-FLOAT32_ROUNDING = 1e-6
-"""PDG at strength 1 vs no PDG: u + 1 * (c - u) differs from c by float32 rounding only, i.e.
-by ~1e-6 of the output's magnitude (random-weight outputs reach 1e3, real ones ~1)."""
+FLOAT32_RELATIVE = 1e-5
+"""Two float32 computations of the same value (PDG at strength 1 vs none; a loaded model, whose
+memory-mapped weights may take another kernel path): max |diff| relative to the output's
+max |value| (random-weight outputs reach 1e4, real ones ~1). ~80 float32 ulps; measured <= 6e-7."""
 BF16_RELATIVE = 0.05
 """bf16 vs fp32: max |diff| relative to the fp32 output's max |value| (8-bit mantissa)."""
+SIZEABLE = 0.1
+"""A change that must reach the output (another seed, another PDG strength) moves it by more
+than this fraction of its max |value| (measured: 0.27 to 1.2)."""
 
 CASES = [
     (family, variant, config)
@@ -85,7 +89,8 @@ def test_seeded_decode_is_bitwise_deterministic(case) -> None:
     latents = latents_for(model, images)
     first = decode(family, model, latents, images, seed=42)
     assert torch.equal(first, decode(family, model, latents, images, seed=42))
-    assert not torch.equal(first, decode(family, model, latents, images, seed=43))
+    other_seed = decode(family, model, latents, images, seed=43)
+    assert (other_seed - first).abs().max() > SIZEABLE * first.abs().max()
 
 
 @pytest.mark.parametrize(
@@ -107,21 +112,29 @@ def test_num_steps_counts_decoder_evaluations(case, sampler, schedule, pdg) -> N
     assert recon.isfinite().all()
 
 
-def test_pdg_strength_one_equals_no_pdg(case) -> None:
+def assert_relatively_close(actual: torch.Tensor, expected: torch.Tensor, relative: float) -> None:
+    atol = relative * max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
+
+
+def test_pdg_strength_one_equals_no_pdg_and_strength_acts_linearly(case) -> None:
+    """One DDIM step is affine in the guided x0 = u + s (c - u), so in the strength s."""
     family, _, config = case
     model = make_model(family, config)
     images = sample_images(config)
     latents = latents_for(model, images)
     plain = decode(family, model, latents, images, seed=1)
-    guided = decode(family, model, latents, images, seed=1, pdg=True, pdg_strength=1.0)
-    torch.testing.assert_close(
-        guided, plain, rtol=0, atol=FLOAT32_ROUNDING * max(1.0, plain.abs().max().item())
-    )
-    strong = decode(family, model, latents, images, seed=1, pdg=True, pdg_strength=3.0)
-    assert not torch.allclose(strong, plain, atol=1e-4)
+    guided = {
+        strength: decode(family, model, latents, images, seed=1, pdg=True, pdg_strength=strength)
+        for strength in (1.0, 2.0, 3.0)
+    }
+    assert_relatively_close(guided[1.0], plain, FLOAT32_RELATIVE)
+    step = guided[2.0] - guided[1.0]
+    assert step.abs().max() > SIZEABLE * plain.abs().max()
+    assert_relatively_close(guided[3.0] - guided[1.0], 2 * step, FLOAT32_RELATIVE)
 
 
-def test_save_load_round_trip_is_bitwise(case, tmp_path: Path) -> None:
+def test_save_load_round_trip_is_bitwise_outputs_close(case, tmp_path: Path) -> None:
     family, _, config = case
     model = make_model(family, config)
     model.save_pretrained(tmp_path)
@@ -132,12 +145,15 @@ def test_save_load_round_trip_is_bitwise(case, tmp_path: Path) -> None:
     assert list(actual) == list(expected)
     for key, tensor in actual.items():
         assert tensor.dtype == expected[key].dtype and torch.equal(tensor, expected[key]), key
+    # Outputs with a tolerance: the loaded weights are memory-mapped (8-byte aligned), which
+    # can take another kernel path than the original's.
     images = sample_images(config)
     latents = latents_for(model, images)
-    assert torch.equal(latents, latents_for(loaded, images))
-    assert torch.equal(
-        decode(family, model, latents, images, seed=5),
+    assert_relatively_close(latents_for(loaded, images), latents, FLOAT32_RELATIVE)
+    assert_relatively_close(
         decode(family, loaded, latents, images, seed=5),
+        decode(family, model, latents, images, seed=5),
+        FLOAT32_RELATIVE,
     )
 
 

@@ -65,9 +65,7 @@ def test_encode_is_whitened_posterior_mode(name: str) -> None:
 def test_whiten_dewhiten_are_inverses(name: str) -> None:
     model = tiny_model(name)
     latents = model.encode(images_for(TINY[name]))
-    torch.testing.assert_close(
-        model.whiten(model.dewhiten(latents)), latents, rtol=0, atol=FLOAT32_ROUNDING
-    )
+    torch.testing.assert_close(model.whiten(model.dewhiten(latents)), latents)
     assert model.whiten(latents.bfloat16()).dtype == torch.float32
 
 
