@@ -9,6 +9,7 @@ import hashlib
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -88,6 +89,21 @@ def golden_values(outputs: Mapping[str, Tensor], indices: Mapping[str, Sequence[
         numbers = ", ".join(f"{value:.7g}" for value in values)
         lines.append(f'    "{name}": ({numbers}),')
     return "{\n" + "\n".join(lines) + "\n}"
+
+
+def run_card_snippet(code: str, replacements: Mapping[str, str]) -> dict[str, Any]:
+    """Execute a model card's code block with `replacements` applied; returns its namespace.
+
+    Each replaced text must occur in `code` (e.g. `image = ...` given a value, "cuda" made
+    "cpu", the Hub id made a local folder), so an edited card fails here rather than silently
+    running something else.
+    """
+    for old, new in replacements.items():
+        assert old in code, f"{old!r} is not in the card snippet"
+        code = code.replace(old, new)
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    return namespace
 
 
 def add_to_hub_cache(
