@@ -50,7 +50,8 @@ def test_gaussian_window_is_normalised_and_symmetric() -> None:
     window = gaussian_window()
     assert window.dtype == torch.float64 and window.shape == (11,)
     assert float(window.sum()) == pytest.approx(1.0)
-    assert torch.equal(window, window.flip(0))
+    # Mirrored taps: the same exp inputs, but a vector kernel may treat the tail as scalars.
+    torch.testing.assert_close(window, window.flip(0))
 
 
 def test_flops_of_convolutions_and_linears() -> None:

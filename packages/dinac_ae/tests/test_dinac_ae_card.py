@@ -1,14 +1,15 @@
-"""The dinac_ae_d2 card's usage snippet, run unchanged against tiny saved models."""
+"""The dinac_ae_d2 card's usage snippet, run unchanged against a tiny saved model.
+
+Loading every hub id from an offline cache is the contract suite's
+(tests/test_families_contract.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import huggingface_hub.constants
-import pytest
 import torch
 
-from diffae_core.testing import add_to_hub_cache, randomize_weights, randomize_whitening
+from diffae_core.testing import randomize_weights, randomize_whitening, run_card_snippet
 from dinac_ae import DinacAE
 from dinac_ae.family import TINY_CONFIG
 
@@ -34,24 +35,19 @@ with torch.inference_mode():
         inference_config=DinacAEInferenceConfig(num_steps=1),
     )
 """
-IMAGE = "torch.rand(1, 3, 16, 24) * 2 - 1"
-
-
-def card_code(model_reference: str) -> str:
-    code = CARD_USAGE.replace('device = "cuda"', 'device = "cpu"')
-    code = code.replace("image = ...", f"image = {IMAGE}")
-    return code.replace('"data-archetype/dinac_ae_d2"', model_reference)
-
-
-def save_tiny(folder: Path) -> None:
-    model = randomize_whitening(randomize_weights(DinacAE(TINY_CONFIG)))
-    model.save_pretrained(folder)
 
 
 def test_card_usage_with_a_local_directory(tmp_path: Path) -> None:
-    save_tiny(tmp_path / "model")
-    namespace: dict = {}
-    exec(card_code(repr(str(tmp_path / "model"))), namespace)
+    model = randomize_whitening(randomize_weights(DinacAE(TINY_CONFIG)))
+    model.save_pretrained(tmp_path / "model")
+    namespace = run_card_snippet(
+        CARD_USAGE,
+        {
+            'device = "cuda"': 'device = "cpu"',
+            "image = ...": "image = torch.rand(1, 3, 16, 24) * 2 - 1",
+            '"data-archetype/dinac_ae_d2"': repr(str(tmp_path / "model")),
+        },
+    )
     latents, recon, image = namespace["latents"], namespace["recon"], namespace["image"]
     assert latents.shape == (1, TINY_CONFIG.latent_channels, 4, 6)
     assert latents.dtype == torch.float32
@@ -61,19 +57,3 @@ def test_card_usage_with_a_local_directory(tmp_path: Path) -> None:
     assert recon.shape == image.shape and recon.dtype == torch.float32
     assert recon.isfinite().all()
     assert namespace["model"].ordinary_weight_storage_dtype == torch.bfloat16
-
-
-def test_card_usage_with_the_hub_id_from_an_offline_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The hub id itself resolves from a Hugging Face cache in offline mode (no network)."""
-    save_tiny(tmp_path / "model")
-    files = {name: tmp_path / "model" / name for name in ("config.json", "model.safetensors")}
-    add_to_hub_cache(tmp_path / "hub", "data-archetype/dinac_ae_d2", files)
-    # In-process equivalent of HF_HUB_CACHE=... HF_HUB_OFFLINE=1 (read when the hub is imported).
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    namespace: dict = {}
-    exec(card_code('"data-archetype/dinac_ae_d2"'), namespace)
-    assert namespace["recon"].shape == (1, 3, 16, 24)
-    assert namespace["class_token"].shape == (1, TINY_CONFIG.class_head_feature_dim)

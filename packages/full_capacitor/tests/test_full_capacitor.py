@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffae_core.families import installed_families
-from diffae_core.testing import assert_close, randomize_weights, randomize_whitening
+from diffae_core.testing import randomize_weights, randomize_whitening
 from full_capacitor import (
     EncoderPosterior,
     FullCapacitor,
@@ -19,7 +19,6 @@ from full_capacitor import (
 from full_capacitor.family import FAMILY, TINY_CONFIG
 from full_capacitor.model import normalized_mean_is_possible
 
-FLOAT32_ROUNDING = 1e-6
 BF16_RELATIVE = 0.05
 LAYOUTS = {
     "full_capacitor": {},
@@ -130,21 +129,18 @@ def test_api_shapes_dtypes_and_latent_maths(name: str) -> None:
     posterior = model.encode_posterior(images)
     assert isinstance(posterior, EncoderPosterior) and posterior.mean.shape == latents.shape
     assert torch.equal(latents, model.whiten(posterior.mode()))
-    assert_close(model.whiten(model.dewhiten(latents)), latents, atol=FLOAT32_ROUNDING)
+    torch.testing.assert_close(model.whiten(model.dewhiten(latents)), latents)
     recon = model.decode(latents, *images.shape[-2:], inference_config=seeded())
     assert recon.shape == images.shape and recon.dtype == torch.float32
     assert torch.equal(model.reconstruct(images, inference_config=seeded()), recon)
 
 
-def test_determinism_pdg_and_strength(name: str) -> None:
+def test_strength_one_is_the_full_schedule(name: str) -> None:
+    """Seeded determinism and PDG at strength 1 are the contract suite's (every family)."""
     model = tiny_model(name)
     images = images_for(TINY[name])
     latents, size = model.encode(images), images.shape[-2:]
     first = model.decode(latents, *size, inference_config=seeded(42))
-    assert torch.equal(first, model.decode(latents, *size, inference_config=seeded(42)))
-    assert not torch.equal(first, model.decode(latents, *size, inference_config=seeded(43)))
-    guided = model.decode(latents, *size, inference_config=seeded(42, pdg=True, pdg_strength=1.0))
-    assert_close(guided, first, atol=FLOAT32_ROUNDING)
     assert torch.equal(
         first, model.decode(latents, *size, inference_config=seeded(42, strength=1.0))
     )

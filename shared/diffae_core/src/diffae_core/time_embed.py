@@ -9,12 +9,20 @@ from torch import Tensor, nn
 
 
 def sinusoidal_frequencies(freq_dim: int = 256, max_period: float = 10000.0) -> Tensor:
-    """freqs[i] = max_period ** (-i / (half - 1)), i < half = freq_dim // 2; float32 [half]."""
+    """freqs[i] = exp(-ln(max_period) * i / max(half - 1, 1)), i < half = freq_dim // 2.
+
+    float32 [half], each entry the float64 value rounded once (so the same bits on every CPU:
+    a vectorised float32 `exp` differs by an ulp between instruction sets, and one ulp of one
+    entry moves a random-weight model's output by ~1e-4). The spec fixes the formula, not a
+    float32 evaluation. A float32 evaluation (as the published code's, whose values the
+    checkpoints store and we load) rounds the exponent first: it differs by < 1e-6 relative.
+    """
     half = freq_dim // 2
-    # Computed on the CPU even inside `with torch.device("meta")`: meta kernels for exp would
-    # import torch's compiler stack (seconds) for 128 numbers.
-    index = torch.arange(half, dtype=torch.float32, device="cpu")
-    return torch.exp(-math.log(max_period) * index / max(half - 1, 1))
+    # Python floats, built on the CPU even inside `with torch.device("meta")`: meta kernels
+    # for exp would import torch's compiler stack (seconds) for 128 numbers.
+    divisor = max(half - 1, 1)
+    values = [math.exp(-math.log(max_period) * i / divisor) for i in range(half)]
+    return torch.tensor(values, dtype=torch.float64, device="cpu").float()
 
 
 def sinusoidal_embedding(t: Tensor, freqs: Tensor, time_scale: float = 1000.0) -> Tensor:

@@ -30,7 +30,8 @@ READING_A, READING_B = "A", "B"
 FREQS_KEY = "decoder.time_embed.freqs"
 ENCODER_BLOCK_0 = "encoder.blocks.0."
 FREQS_TOLERANCE = 1e-6
-"""Stored `freqs` vs the formula: both are float32 exp() of the same numbers."""
+"""Stored `freqs` vs the formula: the file's float32 exp() against ours (float64, rounded once)
+differ by < 1e-7 absolute; a wrong table is off by far more."""
 BY_PSNR = "not in the header: decide by reconstruction PSNR of the switch grid (spec §13 step 3)"
 NOT_FROM_FILES = (
     "not in the header nor settled by outputs; only PDG results depend on it (§13 step 4)"
