@@ -1,4 +1,4 @@
-"""Smoke runs of benchmarks/speed.py and quality.py on tiny models (nothing is timed here)."""
+"""Smoke runs of the benchmark scripts (speed, quality, pipeline_vae) on tiny models (untimed)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the benchmarks are scripts beside the packages, not installed
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import quality, speed  # noqa: E402
+from benchmarks import pipeline_vae, quality, speed  # noqa: E402
 from benchmarks.flux2 import FLUX2_NAME, build_flux2_vae  # noqa: E402
 
 pytest.importorskip("diffusers")
@@ -113,3 +113,13 @@ def test_speed_stops_at_a_failing_model_and_names_it(
     with pytest.raises(RuntimeError, match=r"fcdm_diffae/tiny.*broken on purpose"):
         speed.main([*options.split(), "--out-dir", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_pipeline_vae_times_both_decoders(tmp_path: Path) -> None:
+    options = f"--tiny --resolutions {TINY_SIDE} --repeats 1 --warmup 1 --machine smoke"
+    data = pipeline_vae.main([*options.split(), "--out-dir", str(tmp_path)])
+    assert (tmp_path / "pipeline-vae-smoke.md").is_file()
+    rows = {row["model"]: row for row in data["results"]}
+    assert set(rows) == {FLUX2_NAME, pipeline_vae.CAPACITOR_NAME}
+    assert rows[FLUX2_NAME]["speedup_vs_flux2"] == 1.0
+    assert all(row["ms"] > 0 and row["decoder_parameters"] > 0 for row in rows.values())
