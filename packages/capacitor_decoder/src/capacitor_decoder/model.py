@@ -126,10 +126,12 @@ class CapacitorDecoder(WhitenedVPDecoder):
         try:
             from .diffusers_vae import CapacitorFlux2VAE
         except ModuleNotFoundError as error:
-            if error.name != "diffusers":
+            # diffusers missing, or a code bundle, which leaves the adapter module out
+            if error.name not in ("diffusers", f"{__package__}.diffusers_vae"):
                 raise
             raise ImportError(
-                'as_flux2_vae needs diffusers: pip install "capacitor-decoder[diffusers]"'
+                "as_flux2_vae needs diffusers and the installed package: "
+                'pip install "capacitor-decoder[diffusers]"'
             ) from error
         return CapacitorFlux2VAE(
             flux2_vae, self, inference_config=inference_config, check_statistics=check_statistics
