@@ -1,4 +1,4 @@
-"""Smoke runs of benchmarks/speed.py and quality.py on tiny models (nothing is timed here)."""
+"""Smoke runs of the benchmark scripts (speed, quality, pipeline_vae) on tiny models (untimed)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the benchmarks are scripts beside the packages, not installed
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import encode_dataset, quality, speed  # noqa: E402
+from benchmarks import encode_dataset, pipeline_vae, quality, speed  # noqa: E402
 from benchmarks.flux2 import FLUX2_NAME, build_flux2_vae  # noqa: E402
 
 pytest.importorskip("diffusers")
@@ -121,3 +121,13 @@ def test_encode_dataset_benchmark_on_a_tiny_model(tmp_path: Path) -> None:
     assert (tmp_path / "encode-dataset-smoke.md").is_file()
     assert data["results"][0]["candidate"] == "bare model.encode loop"
     assert all(row["images_per_s"] > 0 for row in data["results"])
+
+
+def test_pipeline_vae_times_both_decoders(tmp_path: Path) -> None:
+    options = f"--tiny --resolutions {TINY_SIDE} --repeats 1 --warmup 1 --machine smoke"
+    data = pipeline_vae.main([*options.split(), "--out-dir", str(tmp_path)])
+    assert (tmp_path / "pipeline-vae-smoke.md").is_file()
+    rows = {row["model"]: row for row in data["results"]}
+    assert set(rows) == {FLUX2_NAME, pipeline_vae.CAPACITOR_NAME}
+    assert rows[FLUX2_NAME]["speedup_vs_flux2"] == 1.0
+    assert all(row["ms"] > 0 and row["decoder_parameters"] > 0 for row in rows.values())

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 import sys
+from importlib.metadata import requires
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,11 @@ import pytest
 from diffae_core.families import installed_families
 
 RUNTIME_THIRD_PARTY = {"torch", "safetensors", "huggingface_hub", "numpy"}
+OPTIONAL_EXTRAS = {
+    "capacitor_decoder": {"diffusers_vae.py": {"diffusers"}},
+}
+"""package -> module -> what it may import beyond the runtime set: an optional extra declared in
+the package's `[project.optional-dependencies]`, that module imported only lazily."""
 FAMILY_PACKAGES = sorted(
     {family.model_class.__module__.split(".")[0] for family in installed_families().values()}
 )
@@ -42,10 +49,11 @@ def test_runtime_package_imports_only_its_dependencies(package: str) -> None:
     allowed = set(sys.stdlib_module_names) | RUNTIME_THIRD_PARTY | {package}
     if package != "diffae_core":
         allowed.add("diffae_core")
+    extras = OPTIONAL_EXTRAS.get(package, {})
     outside = {
         f"{path.name}: {name}"
         for path in source_files(package)
-        for name in imported_top_names(path) - allowed
+        for name in imported_top_names(path) - allowed - extras.get(path.name, set())
     }
     assert not outside, f"{package} imports what it does not declare: {sorted(outside)}"
 
@@ -53,3 +61,25 @@ def test_runtime_package_imports_only_its_dependencies(package: str) -> None:
 def test_diffae_core_holds_no_command_line() -> None:
     assert importlib.util.find_spec("diffae_core.cli") is None
     assert not any("argparse" in imported_top_names(p) for p in source_files("diffae_core"))
+
+
+@pytest.mark.parametrize("package", sorted(OPTIONAL_EXTRAS))
+def test_optional_extras_are_declared_and_imported_lazily(package: str) -> None:
+    """Each extra is an optional dependency of its package, and no module imports the extra's
+    module at its top level (only inside a function)."""
+    declared = {
+        re.match(r"[A-Za-z0-9_.-]+", requirement).group()  # "diffusers>=0.36 ; extra == ..."
+        for requirement in requires(package.replace("_", "-")) or []
+        if "extra ==" in requirement
+    }
+    files = {path.name: path for path in source_files(package)}
+    for module_file, names in OPTIONAL_EXTRAS[package].items():
+        assert names <= declared, f"{package}: {sorted(names - declared)} not declared as extras"
+        module = f"{package}.{module_file.removesuffix('.py')}"
+        for path in files.values():
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in tree.body:  # top-level statements only: function bodies are lazy
+                if isinstance(node, ast.ImportFrom) and path.name != module_file:
+                    target = node.module or ""
+                    absolute = f"{package}.{target}" if node.level else target
+                    assert absolute != module, f"{path.name} imports {module} eagerly"

@@ -108,6 +108,35 @@ class CapacitorDecoder(WhitenedVPDecoder):
                 + "; ".join(problems)
             )
 
+    def as_flux2_vae(
+        self,
+        flux2_vae: object,
+        *,
+        inference_config: CapacitorDecoderInferenceConfig | None = None,
+        check_statistics: bool = True,
+    ) -> torch.nn.Module:
+        """This decoder behind a diffusers `AutoencoderKLFlux2`'s encoder: a `pipe.vae` for
+        diffusers' FLUX.2 pipelines (`pipe.vae = decoder.as_flux2_vae(pipe.vae)`).
+
+        See `capacitor_decoder.diffusers_vae.CapacitorFlux2VAE`. Needs diffusers
+        (`pip install "capacitor-decoder[diffusers]"`). Raises ValueError when the VAE's `bn`
+        statistics are not the stored ones (up to the VAE's buffer dtype), unless
+        `check_statistics=False`.
+        """
+        try:
+            from .diffusers_vae import CapacitorFlux2VAE
+        except ModuleNotFoundError as error:
+            # diffusers missing, or a code bundle, which leaves the adapter module out
+            if error.name not in ("diffusers", f"{__package__}.diffusers_vae"):
+                raise
+            raise ImportError(
+                "as_flux2_vae needs diffusers and the installed package: "
+                'pip install "capacitor-decoder[diffusers]"'
+            ) from error
+        return CapacitorFlux2VAE(
+            flux2_vae, self, inference_config=inference_config, check_statistics=check_statistics
+        )
+
 
 def check_flux2_latents(latents: object, height: int, width: int, *, whitened: bool) -> Tensor:
     """latents: [N, 128, height/16, width/16], FLUX.2-patchified (whitened or raw)."""

@@ -14,6 +14,7 @@ installed, and the folder adds exactly one top-level name.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -90,16 +91,34 @@ def package_root(package: str) -> Path:
 
 
 def package_modules(package: str) -> list[SourceModule]:
-    """Every module of an installed package, sorted, without caches or test folders."""
-    root = package_root(package)
+    """Every module of an installed package, sorted, without caches or test folders, and
+    without the modules that import one of its optional extras (e.g. capacitor_decoder's
+    diffusers adapter): a bundle runs on the runtime dependencies alone."""
+    root, extras = package_root(package), optional_extras(package)
     modules = []
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root).with_suffix("")
         if {"__pycache__", "tests"} & set(relative.parts[:-1]):
             continue
         parts = relative.parts[:-1] if relative.name == "__init__" else relative.parts
-        modules.append(SourceModule(".".join((package, *parts)), path))
+        module = SourceModule(".".join((package, *parts)), path)
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+        if not extras & {name.partition(".")[0] for name in imported_names(module, tree)}:
+            modules.append(module)
     return modules
+
+
+def optional_extras(package: str) -> set[str]:
+    """Top-level names of an installed package's optional dependencies (its extras)."""
+    try:
+        requirements = importlib.metadata.requires(package.replace("_", "-")) or []
+    except importlib.metadata.PackageNotFoundError:
+        return set()
+    return {
+        re.match(r"[A-Za-z0-9_.-]+", requirement).group().replace("-", "_")
+        for requirement in requirements
+        if "extra ==" in requirement
+    }
 
 
 def import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
