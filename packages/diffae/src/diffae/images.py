@@ -58,24 +58,32 @@ def sample_photos() -> list[Path]:
     return sorted(folder.glob("*.png"))
 
 
-def find_images(arguments: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files named and the images in folders named (sorted), and the arguments that are neither."""
+def find_files(
+    arguments: list[str], suffixes: tuple[str, ...]
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files named, and the files with one of `suffixes` in folders named (sorted, not
+    recursive); and (argument, reason) for the arguments that are neither."""
     files: list[Path] = []
     problems: list[tuple[str, str]] = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
             found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes
             )
             if not found:
-                problems.append((argument, f"folder has no {'/'.join(IMAGE_SUFFIXES)} files"))
+                problems.append((argument, f"folder has no {'/'.join(suffixes)} files"))
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
             problems.append((argument, "no such file or folder"))
     return files, problems
+
+
+def find_images(arguments: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Images named and the images in folders named (sorted), and the arguments that are neither."""
+    return find_files(arguments, IMAGE_SUFFIXES)
 
 
 def find_image_tree(folder: Path) -> list[Path]:

@@ -21,6 +21,8 @@ from torch import Tensor
 
 from diffae_core.io import atomic_write
 
+from .images import find_files
+
 METADATA_KEY = "diffae"
 
 
@@ -108,17 +110,4 @@ def _undescribed_items(path: Path, tensors: dict[str, Tensor]):
 
 def find_latent_files(arguments: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """.safetensors files named or inside folders named, and the arguments that are neither."""
-    files: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            found = sorted(path.glob("*.safetensors"))
-            if not found:
-                problems.append((argument, "folder has no .safetensors files"))
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            problems.append((argument, "no such file or folder"))
-    return files, problems
+    return find_files(arguments, (".safetensors",))
