@@ -19,6 +19,7 @@ from .bundling import bundle
 from .coding import decode, encode
 from .inspection import inspect
 from .reconstruction import reconstruct
+from .training import train_command
 from .verification import verify
 
 COMMANDS = {
@@ -28,6 +29,7 @@ COMMANDS = {
     "inspect": inspect,
     "verify": verify,
     "bundle": bundle,
+    "train": train_command,
 }
 USER_ERRORS = (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported

@@ -23,6 +23,7 @@ Run the diffae diffusion autoencoders over image files.
   diffae inspect MODEL_OR_FILE
   diffae verify MODEL [IMAGES ...]
   diffae bundle MODEL --out bundle/    # a folder to `hf upload`, with the code that runs it
+  diffae train images/ --config config.json --out run/    # or --init MODEL; torchrun works
 """
 
 
@@ -209,4 +210,7 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         "--repo-id",
         help="the Hub repo it will be uploaded to, for the card's usage (default: <user>/<repo>)",
     )
+    from .training import add_train_parser  # here: the training module imports torch's data
+
+    add_train_parser(commands, common)
     return parser
