@@ -19,8 +19,9 @@ from safetensors.torch import load_file
 
 from diffae.cli import main
 from diffae.console import Console
-from diffae.training import TrainingSettings, learning_rate_at, train
+from diffae.training import TrainingSettings, latent_kl, learning_rate_at, train
 from diffae_core.families import installed_families
+from diffae_core.posterior import EncoderPosterior
 
 FAMILIES = installed_families()
 TRAINABLE = ("fcdm_diffae", "full_capacitor")
@@ -181,3 +182,17 @@ def load_initial(config: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     model = FAMILIES["fcdm_diffae"].model_class(FAMILIES["fcdm_diffae"].config_class.load(config))
     return {name: t.detach() for name, t in model.checkpoint_state().items()}
+
+
+def test_posterior_sample_with_given_noise_and_its_kl():
+    mean, logsnr = torch.randn(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    posterior = EncoderPosterior(mean=mean, logsnr=logsnr)
+    noise = torch.randn(2, 3, 4, 4)
+    half = torch.sqrt(torch.tensor(0.5))
+    torch.testing.assert_close(posterior.sample(noise=noise), half * mean + half * noise)
+    with pytest.raises(ValueError, match="noise"):
+        posterior.sample(noise=noise[:1])
+    # KL(N(0, 1/2) || N(0, 1)) = (1/2 - 1 - ln 1/2) / 2 per element.
+    centred = EncoderPosterior(mean=torch.zeros(2, 3, 4, 4), logsnr=logsnr)
+    expected = 0.5 * (0.5 - 1.0 - torch.log(torch.tensor(0.5)))
+    torch.testing.assert_close(latent_kl(centred), expected)

@@ -17,6 +17,7 @@ from ..console import CliError, Console
 from .arguments import build_parser
 from .bundling import bundle
 from .coding import decode, encode
+from .demo import demo
 from .inspection import inspect
 from .reconstruction import reconstruct
 from .training import train_command
@@ -30,6 +31,7 @@ COMMANDS = {
     "verify": verify,
     "bundle": bundle,
     "train": train_command,
+    "demo": demo,
 }
 USER_ERRORS = (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
