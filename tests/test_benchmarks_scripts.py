@@ -113,3 +113,13 @@ def test_speed_stops_at_a_failing_model_and_names_it(
     with pytest.raises(RuntimeError, match=r"fcdm_diffae/tiny.*broken on purpose"):
         speed.main([*options.split(), "--out-dir", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_baseline_script_compares_the_embedded_model_with_bicubic(tmp_path: Path) -> None:
+    from benchmarks import baseline
+
+    chelsea = next(path for path in baseline.sample_photos() if path.name == "chelsea.png")
+    arguments = [str(chelsea), "--crop", "256", "--machine", "smoke"]
+    data = baseline.main([*arguments, "--out-dir", str(tmp_path)])
+    assert data["ratio"] == 8 and data["images"][0]["size"] == "256x256"
+    assert (tmp_path / "baseline-embedded-smoke.md").is_file()
