@@ -117,6 +117,19 @@ def test_resume_continues_exactly(data_dir, tmp_path):
         assert torch.equal(expected[name], resumed[name]), name
     state = torch.load(split / "training_state.pt", weights_only=True)
     assert state["step"] == 4
+    steps = [json.loads(line)["step"] for line in (split / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+
+
+def test_resume_drops_log_records_after_the_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "run"
+    quiet = Console(quiet=True)
+    train(tiny_model("fcdm_diffae"), data_dir, out, settings(steps=2), console=quiet)
+    with (out / "log.jsonl").open("a") as log:  # a run killed after logging step 3
+        log.write(json.dumps({"step": 3, "loss": 1.0}) + "\n")
+    train(tiny_model("fcdm_diffae"), data_dir, out, settings(steps=4), console=quiet, resume=True)
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
 
 
 def test_decoder_only_keeps_the_encoder(data_dir, tmp_path):

@@ -443,6 +443,8 @@ def train(
     )
     if processes.main:
         out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            truncate_log(out / LOG_NAME, start_step)
         console.note(
             f"training {settings.train} of a {type(model).__name__} "
             f"({model.num_parameters():,} parameters) on {len(files)} images from {data}, "
@@ -524,6 +526,15 @@ def usable_images(
     if not kept:
         raise CliError(f"no training image is at least {crop_size}x{crop_size}")
     return kept
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the records after `step` (logged by a run stopped after its last checkpoint)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept)))
 
 
 def append_log(path: Path, record: dict[str, Any]) -> None:
