@@ -453,6 +453,7 @@ def train(
         )
     bar = console.progress(settings.steps - start_step, "train")
     bar.unit = "step"
+    bar.disable = bar.disable or not processes.main  # one bar under torchrun
     started, window_start, window_images = time.perf_counter(), time.perf_counter(), 0
     step = start_step
     for batch in loader:
