@@ -131,3 +131,13 @@ def test_pipeline_vae_times_both_decoders(tmp_path: Path) -> None:
     assert set(rows) == {FLUX2_NAME, pipeline_vae.CAPACITOR_NAME}
     assert rows[FLUX2_NAME]["speedup_vs_flux2"] == 1.0
     assert all(row["ms"] > 0 and row["decoder_parameters"] > 0 for row in rows.values())
+
+
+def test_baseline_script_compares_the_embedded_model_with_bicubic(tmp_path: Path) -> None:
+    from benchmarks import baseline
+
+    chelsea = next(path for path in baseline.sample_photos() if path.name == "chelsea.png")
+    arguments = [str(chelsea), "--crop", "256", "--machine", "smoke"]
+    data = baseline.main([*arguments, "--out-dir", str(tmp_path)])
+    assert data["ratio"] == 8 and data["images"][0]["size"] == "256x256"
+    assert (tmp_path / "baseline-embedded-smoke.md").is_file()

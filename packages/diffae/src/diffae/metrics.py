@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from diffae_core.io import atomic_write_text
@@ -95,3 +96,19 @@ def write_metrics(
     }
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     return csv_path, json_path
+
+
+def bicubic_baseline(image: Tensor, ratio: float) -> Tensor:
+    """[3, H, W] in [-1, 1] -> the same size after bicubic down- and up-sampling, float32.
+
+    The small image keeps 1/ratio of the values (each side divided by sqrt(ratio), rounded),
+    as many as the latents of a model with that compression ratio: the resampling baseline an
+    autoencoder must beat. Down-sampling is antialiased.
+    """
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    scale = math.sqrt(ratio)
+    small = (max(1, round(height / scale)), max(1, round(width / scale)))
+    batch = image.float().unsqueeze(0)
+    down = F.interpolate(batch, size=small, mode="bicubic", antialias=True, align_corners=False)
+    up = F.interpolate(down, size=(height, width), mode="bicubic", align_corners=False)
+    return up[0]

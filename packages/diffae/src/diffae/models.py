@@ -36,6 +36,11 @@ INFERENCE_FLAGS = {
     "seed": "seed",
 }
 """Command-line option -> inference config field (--pdg-strength sets pdg and pdg_strength)."""
+EMBEDDED_MODEL = Path(__file__).resolve().parent / "data" / "model"
+"""Our own small fcdm_diffae model, shipped in this package (see data/model/README.md): what
+`reconstruct`, `encode`, `decode` and `demo` use when no --model is given. No download."""
+EMBEDDED_FAMILY = "fcdm_diffae"
+EMBEDDED_NAME = "the embedded diffae model"
 
 
 def available_families() -> dict[str, Family]:
@@ -175,9 +180,16 @@ def resolve_model(model: str) -> Path:
     return resolve_model_dir(model, alternatives=alternatives)
 
 
-def choose_model(model: str, forced_family: str | None) -> ModelChoice:
-    """The family from --family, a published repo id, or the model's config.json."""
+def choose_model(model: str | None, forced_family: str | None) -> ModelChoice:
+    """The family from --family, a published repo id, or the model's config.json; without a
+    model (None), the embedded model."""
     families = available_families()
+    if model is None:
+        if EMBEDDED_FAMILY not in families:
+            raise CliError(f"the embedded model needs the {EMBEDDED_FAMILY} family; pass --model")
+        if forced_family not in (None, EMBEDDED_FAMILY):
+            raise CliError(f"--family {forced_family}: the embedded model is {EMBEDDED_FAMILY}")
+        return ModelChoice(families[EMBEDDED_FAMILY], "no --model given", EMBEDDED_MODEL)
     if any(model in family.repo_ids for family in families.values()):
         family, reason = choose_family(model, None, forced_family)
         if model in family.repo_ids:
@@ -204,11 +216,13 @@ def load_model(
     """Load the chosen model on `device` in --dtype (eval mode)."""
     dtype = choose_dtype(args.dtype, device)
     model = choice.family.model_class.from_pretrained(choice.location, device=device, dtype=dtype)
+    name = EMBEDDED_NAME if args.model is None else args.model
     console.note(
-        f"model: {args.model} (family {choice.family.name}, from {choice.reason}) on {device}, "
+        f"model: {name} (family {choice.family.name}, from {choice.reason}) on {device}, "
         f"{str(dtype).removeprefix('torch.')}"
     )
-    return LoadedModel(choice.family, model, device, patch_multiple(model.config), args.model)
+    source = "embedded" if args.model is None else args.model
+    return LoadedModel(choice.family, model, device, patch_multiple(model.config), source)
 
 
 def decode_accepts(family: Family, keyword: str) -> bool:

@@ -139,6 +139,23 @@ class WhitenedVPDecoder(VPDiffusionDecoderModel):
     def _decoder_input(self, latents: Tensor) -> Tensor:
         return self._decoder_latents(self.dewhiten(latents))
 
+    def predict_x0(
+        self, x_t: Tensor, t: Tensor, raw_latents: Tensor, *, drop_middle_blocks: bool = False
+    ) -> Tensor:
+        """One decoder evaluation, as trained: x0_hat [N, 3, H, W] in the weights' dtype.
+
+        x_t [N, 3, H, W] (the forward process `vp.diffuse` of x0), t [N] in [0, 1], raw
+        (unwhitened) latents [N, C, h, w] in the latent layout (a posterior sample or mode).
+        Builds a graph: the training objective's prediction (diffae_core spec §8).
+        """
+        dtype = compute_dtype(self)
+        return self.decoder(
+            x_t.to(dtype),
+            t,
+            self._decoder_latents(raw_latents).to(dtype),
+            drop_middle_blocks=drop_middle_blocks,
+        )
+
     # -- latent maths ------------------------------------------------------------------------
     def whiten(self, latents: Tensor) -> Tensor:
         """Raw latents [N, C, h, w] -> whitened, float32 (per-channel running statistics)."""

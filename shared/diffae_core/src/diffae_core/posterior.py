@@ -42,11 +42,24 @@ class EncoderPosterior:
         """alpha * mean, computed in float32 (output dtype: see `float32_moments`)."""
         return self._out(self.alpha * self.mean.float())
 
-    def sample(self, *, generator: torch.Generator | None = None) -> Tensor:
-        """alpha * mean + sigma * eps, eps ~ N(0, 1) drawn in float32 on the mean's device."""
-        eps = torch.randn(
-            self.mean.shape, generator=generator, dtype=torch.float32, device=self.mean.device
-        )
+    def sample(
+        self, *, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> Tensor:
+        """alpha * mean + sigma * eps, eps ~ N(0, 1) drawn in float32 on the mean's device.
+
+        `noise` (standard normal, the mean's shape) replaces the draw, e.g. so that training
+        draws it per sample, independently of how a batch is split across processes.
+        """
+        if noise is None:
+            eps = torch.randn(
+                self.mean.shape, generator=generator, dtype=torch.float32, device=self.mean.device
+            )
+        elif tuple(noise.shape) != tuple(self.mean.shape):
+            raise ValueError(
+                f"noise: expected shape {tuple(self.mean.shape)}, got {tuple(noise.shape)}"
+            )
+        else:
+            eps = noise.to(device=self.mean.device, dtype=torch.float32)
         alpha, sigma = alpha_sigma(self.logsnr)
         return self._out(alpha * self.mean.float() + sigma * eps)
 

@@ -49,6 +49,15 @@ def get_schedule(kind: str, num_steps: int) -> Tensor:
     return ascending.flip(0)
 
 
+def diffuse(x0: Tensor, noise: Tensor, logsnr: Tensor) -> Tensor:
+    """The forward process x_t = alpha * x0 + sigma * noise (spec §8), float32.
+
+    x0 and noise [N, ...]; logsnr [N] per sample. `noise` carries its std (`pixel_noise_std`).
+    """
+    alpha, sigma = alpha_sigma(logsnr)
+    return broadcast_like(alpha, x0) * x0.float() + broadcast_like(sigma, x0) * noise.float()
+
+
 def broadcast_like(coefficient: Tensor, x: Tensor) -> Tensor:
     """Per-sample coefficients [N] -> [N, 1, 1, ...] matching x's rank."""
     return coefficient.view(-1, *([1] * (x.ndim - 1)))

@@ -18,8 +18,10 @@ from .arguments import build_parser
 from .bundling import bundle
 from .coding import decode, encode
 from .dataset_encoding import encode_dataset
+from .demo import demo
 from .inspection import inspect
 from .reconstruction import reconstruct
+from .training import train_command
 from .verification import verify
 
 COMMANDS = {
@@ -30,6 +32,8 @@ COMMANDS = {
     "verify": verify,
     "bundle": bundle,
     "encode-dataset": encode_dataset,
+    "train": train_command,
+    "demo": demo,
 }
 USER_ERRORS = (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported

@@ -17,6 +17,7 @@ DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 DESCRIPTION = """\
 Run the diffae diffusion autoencoders over image files.
 
+  diffae demo                          # the embedded model on the bundled photos, offline
   diffae reconstruct photos/ --model data-archetype/semdisdiffae_p32_v2 --out recon/ --grid
   diffae encode photos/ --model MODEL --out latents/
   diffae decode latents/ --model MODEL --out decoded/
@@ -24,6 +25,7 @@ Run the diffae diffusion autoencoders over image files.
   diffae verify MODEL [IMAGES ...]
   diffae bundle MODEL --out bundle/    # a folder to `hf upload`, with the code that runs it
   torchrun --nproc-per-node 8 -m diffae encode-dataset photos/ --model MODEL --out dataset/
+  diffae train images/ --config config.json --out run/    # or --init MODEL; torchrun works
 """
 
 
@@ -56,7 +58,11 @@ def _common_options() -> argparse.ArgumentParser:
 def _model_options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("model")
-    group.add_argument("--model", required=True, help="Hugging Face repo id or a local directory")
+    group.add_argument(
+        "--model",
+        help="Hugging Face repo id or a local directory (default: the small model embedded in "
+        "this package, no download)",
+    )
     group.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     group.add_argument(
         "--dtype",
@@ -241,4 +247,9 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         "--repo-id",
         help="the Hub repo it will be uploaded to, for the card's usage (default: <user>/<repo>)",
     )
+    from .demo import add_demo_parser
+    from .training import add_train_parser  # here: the training module imports torch's data
+
+    add_train_parser(commands, common)
+    add_demo_parser(commands, common)
     return parser

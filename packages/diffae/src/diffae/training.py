@@ -1,0 +1,590 @@
+"""Train or fine-tune an FCDM-family autoencoder (fcdm_diffae, full_capacitor) on image files.
+
+Objective (diffae_core spec §8): x0 a random crop in [-1, 1], t ~ U(0, 1), logsnr = the
+cosine-interpolated schedule at t, x_t = alpha x0 + sigma eps with eps ~ N(0, pixel_noise_std^2);
+the decoder predicts x0 from x_t, t and the encoder's latents; loss = MSE(x0_hat, x0). The
+latents are a sample of the encoder's VP posterior (spec §11) while training and its mode when
+evaluating. Latent regulariser: `latent_kl_weight` x the mean per-element KL of the posterior
+N(alpha mean, sigma^2) to N(0, 1); with the RMS-normalised mean it mostly pulls logsnr down,
+i.e. keeps a little posterior noise so the decoder learns latents robust to small perturbations.
+
+Every random draw of a training sample (image, crop, flip, t, pixel noise, posterior noise) is a
+function of (seed, global sample index) only, so a run split over processes (torchrun, DDP)
+sees the same samples as one process with the same global batch, and `resume` continues exactly.
+Rank 0 writes the checkpoints: `model/` (the EMA weights, `from_pretrained` layout) and
+`training_state.safetensors` (weights, EMA, optimizer, step, RNG states; no pickle), both
+atomically, and `log.jsonl`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from diffae_core.checkpoint import load_tensors
+from diffae_core.io import atomic_write
+from diffae_core.vp import cosine_interpolated_logsnr, diffuse
+
+from .console import CliError, Console
+from .images import IMAGE_SUFFIXES, read_image, require_pillow
+from .metrics import psnr_8bit
+
+TRAIN_PARTS = ("all", "decoder")
+"""What is trained: the whole autoencoder, or the decoder with the encoder frozen."""
+STATE_NAME = "training_state.safetensors"
+MODEL_FOLDER = "model"
+LOG_NAME = "log.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The hyper-parameters of one run (written into the training state and the log)."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    """Global batch: split evenly over the processes of a torchrun."""
+    crop_size: int = 128
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    min_learning_rate_fraction: float = 0.1
+    """Cosine decay from `learning_rate` after warmup down to this fraction at `steps`."""
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    latent_kl_weight: float = 1e-5
+    one_step_fraction: float = 0.0
+    """Fraction of samples trained at t = 1 instead of t ~ U(0, 1): the time of the default
+    one-step decode, where the prediction rests on the latents alone (0: the spec's objective)."""
+    path_drop_probability: float = 0.0
+    """Fraction of steps that train the PDG weak path (middle blocks replaced by the mask)."""
+    stats_momentum: float = 0.01
+    """Momentum of the whitening running statistics (mean, var of the posterior mode)."""
+    train: str = "all"
+    seed: int = 0
+    workers: int = 2
+    log_every: int = 10
+    save_every: int = 500
+
+    def __post_init__(self) -> None:
+        if self.train not in TRAIN_PARTS:
+            raise ValueError(f"train: expected one of {TRAIN_PARTS}, got {self.train!r}")
+        for name in ("steps", "batch_size", "crop_size", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: expected in [0, 1), got {self.ema_decay}")
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def find_training_images(folder: Path) -> list[Path]:
+    """Every PNG/JPEG/WebP file under `folder` (recursive), sorted."""
+    if not folder.is_dir():
+        raise CliError(f"{folder}: not a folder")
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise CliError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} files (searched recursively)")
+    return files
+
+
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of one sample: a function of (seed, index) only."""
+    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + index) % (2**63))
+
+
+class CropDataset(Dataset):
+    """Sample index -> dict of one training sample, all draws from `sample_generator(seed, i)`.
+
+    image [3, S, S] float32 in [-1, 1] (a random crop of a random file, flipped left-right half
+    the time), t [] in [0, 1], pixel_noise [3, S, S] of std `noise_std`, latent_noise [C, h, w]
+    standard normal. Files are visited in a fresh permutation per pass. Decoded files are kept
+    in memory (uint8) in each worker.
+    """
+
+    def __init__(
+        self,
+        files: list[Path],
+        crop_size: int,
+        latent_shape: tuple[int, int, int],
+        noise_std: float,
+        seed: int,
+        one_step_fraction: float = 0.0,
+    ) -> None:
+        self.files, self.crop_size, self.seed = files, crop_size, seed
+        self.one_step_fraction = one_step_fraction
+        self.latent_shape, self.noise_std = latent_shape, noise_std
+        self.cache: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return 2**62  # indexed by global sample number, never exhausted
+
+    def pixels(self, file_index: int) -> Tensor:
+        """The file as uint8 [3, H, W] (cached)."""
+        if file_index not in self.cache:
+            image, _ = read_image(self.files[file_index])
+            self.cache[file_index] = ((image[0] + 1.0) * 127.5).round().to(torch.uint8)
+        return self.cache[file_index]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        count = len(self.files)
+        order = torch.randperm(count, generator=sample_generator(self.seed, -1 - index // count))
+        pixels = self.pixels(int(order[index % count]))
+        generator = sample_generator(self.seed, index)
+        size = self.crop_size
+        height, width = pixels.shape[-2:]
+        top = int(torch.randint(0, height - size + 1, (), generator=generator))
+        left = int(torch.randint(0, width - size + 1, (), generator=generator))
+        crop = pixels[:, top : top + size, left : left + size].float() / 127.5 - 1.0
+        if bool(torch.rand((), generator=generator) < 0.5):
+            crop = crop.flip(-1)
+        t = torch.rand((), generator=generator)
+        if bool(torch.rand((), generator=generator) < self.one_step_fraction):
+            t = torch.ones(())
+        return {
+            "images": crop,
+            "t": t,
+            "pixel_noise": torch.randn(crop.shape, generator=generator) * self.noise_std,
+            "latent_noise": torch.randn(self.latent_shape, generator=generator),
+        }
+
+
+class StepSampler(Sampler[int]):
+    """Global sample indices of one process: step s, rank r -> s*B + r*b ... s*B + r*b + b - 1."""
+
+    def __init__(self, start_step: int, steps: int, batch_size: int, rank: int, world: int):
+        self.start_step, self.steps = start_step, steps
+        self.batch_size, self.local = batch_size, batch_size // world
+        self.offset = rank * self.local
+
+    def __iter__(self) -> Iterator[int]:
+        for step in range(self.start_step, self.steps):
+            first = step * self.batch_size + self.offset
+            yield from range(first, first + self.local)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.local
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in a torchrun (rank 0 of 1 without one)."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_processes(device_name: str | None) -> Processes:
+    """Join the torchrun process group when WORLD_SIZE > 1: nccl on CUDA, gloo on the CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() if device_name is None else device_name.startswith("cuda")
+    if world == 1:
+        return Processes(0, 1, torch.device(device_name or ("cuda" if cuda else "cpu")))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Processes(dist.get_rank(), dist.get_world_size(), device)
+
+
+def all_mean(value: Tensor, processes: Processes) -> Tensor:
+    """The mean of `value` over the processes (itself in one process)."""
+    if processes.world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= processes.world
+    return value
+
+
+# -- model -----------------------------------------------------------------------------------
+
+
+def latent_kl(posterior: Any) -> Tensor:
+    """Mean per-element KL(N(alpha mean, sigma^2) || N(0, 1)), float32 scalar.
+
+    KL = (alpha^2 mean^2 + sigma^2 - 1 - log sigma^2) / 2 with log sigma^2 = logsigmoid(-logsnr).
+    """
+    alpha, sigma = posterior.alpha, posterior.sigma
+    mean = posterior.mean.float()
+    log_variance = F.logsigmoid(-posterior.logsnr.float())
+    return 0.5 * (alpha.square() * mean.square() + sigma.square() - 1.0 - log_variance).mean()
+
+
+def learning_rate_at(step: int, settings: TrainingSettings) -> float:
+    """Linear warmup, then cosine decay to `min_learning_rate_fraction` at `settings.steps`."""
+    peak = settings.learning_rate
+    if step < settings.warmup_steps:
+        return peak * (step + 1) / settings.warmup_steps
+    span = max(1, settings.steps - settings.warmup_steps)
+    progress = min(1.0, (step - settings.warmup_steps) / span)
+    floor = settings.min_learning_rate_fraction
+    return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers copied."""
+    for ema_parameter, parameter in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_parameter.lerp_(parameter.detach(), 1.0 - decay)
+    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_buffer.copy_(buffer)
+
+
+@torch.no_grad()
+def update_running_stats(model: Any, latents: Tensor, momentum: float, processes: Processes):
+    """Move the whitening statistics towards this batch's per-channel mean and variance."""
+    flat = latents.detach().float().transpose(0, 1).flatten(1)  # [N, C, h, w] -> [C, N*h*w]
+    moments = all_mean(torch.stack([flat.mean(1), flat.square().mean(1)]), processes)
+    variance = (moments[1] - moments[0].square()).clamp_min(0.0)
+    model.latent_norm_running_mean.lerp_(moments[0], momentum)
+    model.latent_norm_running_var.lerp_(variance, momentum)
+
+
+class TrainingObjective(nn.Module):
+    """forward(batch) -> (loss, parts): the objective of one batch (module docstring).
+
+    A module so that DistributedDataParallel wraps the whole loss computation (its gradient
+    hooks are armed in forward). Updates the model's whitening statistics when the encoder
+    trains.
+    """
+
+    def __init__(self, model: Any, settings: TrainingSettings, processes: Processes) -> None:
+        super().__init__()
+        self.model, self.settings, self.processes = model, settings, processes
+
+    def forward(
+        self, batch: dict[str, Tensor], *, drop_middle_blocks: bool = False
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        model, settings = self.model, self.settings
+        config = model.config
+        images = batch["images"]
+        with torch.no_grad() if settings.train == "decoder" else contextlib.nullcontext():
+            posterior = model.encode_posterior(images)
+        if settings.train == "all" and model.training:
+            update_running_stats(model, posterior.mode(), settings.stats_momentum, self.processes)
+        latents = posterior.sample(noise=batch["latent_noise"])
+        logsnr = cosine_interpolated_logsnr(batch["t"], config.logsnr_min, config.logsnr_max)
+        x_t = diffuse(images, batch["pixel_noise"], logsnr)
+        x0_hat = model.predict_x0(x_t, batch["t"], latents, drop_middle_blocks=drop_middle_blocks)
+        mse = F.mse_loss(x0_hat.float(), images.float())
+        loss, parts = mse, {"mse": mse.detach()}
+        if settings.train == "all" and settings.latent_kl_weight > 0:
+            kl = latent_kl(posterior)
+            loss = loss + settings.latent_kl_weight * kl
+            parts["latent_kl"] = kl.detach()
+        return loss, parts
+
+
+def drops_middle_blocks(seed: int, step: int, probability: float) -> bool:
+    """Whether step `step` trains the PDG weak path (same answer in every process)."""
+    if probability <= 0.0:
+        return False
+    return bool(torch.rand((), generator=sample_generator(seed, -(2**40) - step)) < probability)
+
+
+@torch.no_grad()
+def evaluate_psnr(model: Any, files: list[Path], patch: int) -> float:
+    """Mean 8-bit PSNR of the reconstructions (posterior mode, the default decoding)."""
+    values = []
+    for path in files:
+        image, _ = read_image(path)
+        height, width = image.shape[-2] // patch * patch, image.shape[-1] // patch * patch
+        image = image[..., :height, :width]
+        device = model.latent_norm_running_mean.device
+        reconstruction = model.reconstruct(image.to(device))
+        values.append(psnr_8bit(image[0], reconstruction[0].cpu()))
+    return sum(values) / len(values)
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def save_checkpoint(out: Path, step: int, model, ema, optimizer, settings, family) -> None:
+    """`model/` (EMA weights, published layout) and the resumable state, each atomically."""
+    ema.save_pretrained(out / MODEL_FOLDER)
+    state = {
+        "step": step,
+        "family": family,
+        "settings": asdict(settings),
+        "config": model.config.to_dict(),
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_states(),
+    }
+    tensors: dict[str, Tensor] = {}
+    layout = json.dumps(flatten_state(state, tensors))
+    atomic_write(
+        out / STATE_NAME,
+        lambda tmp: save_file(tensors, os.fspath(tmp), metadata={STATE_LAYOUT_KEY: layout}),
+    )
+
+
+STATE_LAYOUT_KEY = "diffae_training_state"
+"""safetensors metadata key of the state's JSON layout (see `flatten_state`)."""
+
+
+def flatten_state(value: Any, tensors: dict[str, Tensor]) -> Any:
+    """A nested state (dicts, lists, tensors, numbers, strings) -> JSON layout; each tensor goes
+    into `tensors` under a new key and is referenced as {"tensor": key}. Dicts are written as
+    [key, value] pairs, so the optimizer's int keys survive."""
+    if isinstance(value, Tensor):
+        key = str(len(tensors))
+        tensors[key] = value.detach().cpu().contiguous().clone()  # no shared storage in files
+        return {"tensor": key}
+    if isinstance(value, dict):
+        return {"dict": [[key, flatten_state(item, tensors)] for key, item in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"list": [flatten_state(item, tensors) for item in value]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    raise TypeError(f"training state: cannot store a {type(value).__name__}")
+
+
+def unflatten_state(layout: Any, tensors: dict[str, Tensor]) -> Any:
+    """The inverse of `flatten_state`."""
+    if "tensor" in layout:
+        return tensors[layout["tensor"]]
+    if "dict" in layout:
+        return {key: unflatten_state(item, tensors) for key, item in layout["dict"]}
+    if "list" in layout:
+        return [unflatten_state(item, tensors) for item in layout["list"]]
+    return layout["value"]
+
+
+def load_state(out: Path) -> dict[str, Any]:
+    """The resumable state written by `save_checkpoint` (safetensors only: no pickle)."""
+    path = out / STATE_NAME
+    if not path.is_file():
+        raise CliError(f"--resume: {path} does not exist")
+    tensors = load_tensors(path)
+    with safe_open(os.fspath(path), framework="pt") as handle:
+        layout = (handle.metadata() or {}).get(STATE_LAYOUT_KEY)
+    if layout is None:
+        raise CliError(f"--resume: {path} is not a diffae training state")
+    return unflatten_state(json.loads(layout), tensors)
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+def train(
+    model: Any,
+    data: Path,
+    out: Path,
+    settings: TrainingSettings,
+    *,
+    console: Console,
+    resume: bool = False,
+    device_name: str | None = None,
+    eval_images: list[Path] = (),  # type: ignore[assignment]
+    family: str | None = None,
+) -> Any:
+    """Train `model` (an FCDM-family autoencoder, float32) and return its EMA copy.
+
+    Under torchrun each process runs this with the same arguments; `settings.batch_size` is the
+    global batch. Writes `out/model/`, `out/training_state.safetensors` (with `family`, the
+    name a resume rebuilds the model from) and `out/log.jsonl` (rank 0).
+    """
+    processes = start_processes(device_name)
+    if settings.batch_size % processes.world:
+        raise CliError(
+            f"--batch-size {settings.batch_size}: not divisible by {processes.world} processes"
+        )
+    config = model.config
+    patch = config.effective_patch_size
+    if settings.crop_size % patch:
+        raise CliError(f"--crop-size {settings.crop_size}: not a multiple of the patch {patch}")
+    files = usable_images(find_training_images(data), settings.crop_size, console, processes)
+    model = model.to(processes.device).float().train()
+    if settings.train == "decoder":
+        model.encoder.requires_grad_(False)
+        model.encoder.eval()
+    if settings.path_drop_probability == 0:
+        # Untrained without path drop; frozen so that every trained parameter gets a gradient.
+        model.decoder.path_drop_mask_feature.requires_grad_(False)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
+    )
+    start_step = 0
+    if resume:
+        state = load_state(out)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        start_step = int(state["step"])
+    objective: nn.Module = TrainingObjective(model, settings, processes)
+    if processes.world > 1:
+        objective = nn.parallel.DistributedDataParallel(
+            objective,
+            device_ids=[processes.device.index] if processes.device.type == "cuda" else None,
+            broadcast_buffers=False,  # the whitening statistics are all-reduced in forward
+            find_unused_parameters=settings.path_drop_probability > 0,
+        )
+    size = settings.crop_size
+    dataset = CropDataset(
+        files,
+        size,
+        (config.latent_channels, size // patch, size // patch),
+        config.pixel_noise_std,
+        settings.seed,
+        settings.one_step_fraction,
+    )
+    local_batch = settings.batch_size // processes.world
+    loader = DataLoader(
+        dataset,
+        batch_size=local_batch,
+        sampler=StepSampler(
+            start_step, settings.steps, settings.batch_size, processes.rank, processes.world
+        ),
+        num_workers=settings.workers,
+        persistent_workers=False,
+        pin_memory=processes.device.type == "cuda",
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if processes.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    if processes.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            truncate_log(out / LOG_NAME, start_step)
+        console.note(
+            f"training {settings.train} of a {type(model).__name__} "
+            f"({model.num_parameters():,} parameters) on {len(files)} images from {data}, "
+            f"steps {start_step}..{settings.steps}, {processes.world} process(es) on "
+            f"{processes.device}"
+        )
+    bar = console.progress(settings.steps - start_step, "train")
+    bar.unit = "step"
+    bar.disable = bar.disable or not processes.main  # one bar under torchrun
+    started, window_start, window_images = time.perf_counter(), time.perf_counter(), 0
+    step = start_step
+    for batch in loader:
+        batch = {k: v.to(processes.device, non_blocking=True) for k, v in batch.items()}
+        learning_rate = learning_rate_at(step, settings)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        drop = drops_middle_blocks(settings.seed, step, settings.path_drop_probability)
+        with autocast:
+            loss, parts = objective(batch, drop_middle_blocks=drop)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # under DDP: gradients averaged over the processes
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
+        optimizer.step()
+        step += 1
+        update_ema(ema, model, min(settings.ema_decay, (1.0 + step) / (10.0 + step)))
+        window_images += settings.batch_size
+        bar.update(1)
+        if step % settings.log_every == 0 or step == settings.steps:
+            now = time.perf_counter()
+            images_per_second = window_images / max(now - window_start, 1e-9)
+            window_start, window_images = now, 0
+            record = {
+                "step": step,
+                "loss": float(all_mean(loss.detach().float(), processes)),
+                **{name: float(all_mean(value, processes)) for name, value in parts.items()},
+                "grad_norm": float(grad_norm),
+                "lr": learning_rate,
+                "images_per_s": round(images_per_second, 2),
+                "elapsed_s": round(now - started, 1),
+            }
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
+            if step % settings.save_every == 0 or step == settings.steps:
+                if processes.main:
+                    save_checkpoint(out, step, model, ema, optimizer, settings, family)
+                    if eval_images:
+                        record["eval_psnr_db"] = round(evaluate_psnr(ema, eval_images, patch), 3)
+                if processes.world > 1:
+                    dist.barrier()
+            if processes.main:
+                append_log(out / LOG_NAME, record)
+                console.note(json.dumps(record))
+        elif step % settings.save_every == 0:
+            if processes.main:
+                save_checkpoint(out, step, model, ema, optimizer, settings, family)
+            if processes.world > 1:
+                dist.barrier()
+    bar.close()
+    return ema
+
+
+def usable_images(
+    files: list[Path], crop_size: int, console: Console, processes: Processes
+) -> list[Path]:
+    """The files at least `crop_size` on each side; the others are reported and skipped."""
+    Image = require_pillow()
+    kept = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, ValueError) as error:
+            if processes.main:
+                console.problem(f"skipped {path}: unreadable ({error})")
+            continue
+        if min(width, height) < crop_size:
+            if processes.main:
+                console.problem(f"skipped {path}: {width}x{height} is smaller than the crop")
+            continue
+        kept.append(path)
+    if not kept:
+        raise CliError(f"no training image is at least {crop_size}x{crop_size}")
+    return kept
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the records after `step` (logged by a run stopped after its last checkpoint)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept)))
+
+
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
