@@ -23,6 +23,7 @@ from .posterior import EncoderPosterior
 from .precision import compute_dtype
 from .pretrained import PretrainedModel
 from .samplers import GuidedPredictor, sample_images
+from .tiling import DEFAULT_TILE_TOKENS, RowTiled, check_tile_tokens
 from .validation import check_images, check_latents
 from .whitening import dewhiten, whiten
 
@@ -68,6 +69,36 @@ class VPDiffusionDecoderModel(PretrainedModel):
             return self.decoder(x_t.to(dtype), t, latents_in, drop_middle_blocks=weak)
 
         return predict
+
+    # -- tiling (exact, bounded memory) -------------------------------------------------------
+    def enable_tiling(self, tile_tokens: int = DEFAULT_TILE_TOKENS) -> None:
+        """Run the encoder and decoder over row chunks of <= tile_tokens latent positions.
+
+        Exact: outputs equal the untiled ones up to float rounding (no seams, no blending;
+        `diffae_core.tiling`). Peak memory falls from several full-size 4x-wide MLP tensors to
+        a few model-width ones, at the cost of one extra 1x1 conv per block (GRN's two passes).
+        A transformer encoder chunks its query rows instead (see its family's docs). The
+        diffusers convention: `disable_tiling()` switches back.
+        """
+        tile_tokens = check_tile_tokens(tile_tokens)
+        for module in self.modules():
+            if isinstance(module, RowTiled):
+                module.tile_tokens = tile_tokens
+
+    def disable_tiling(self) -> None:
+        """Back to the plain (untiled) forward passes."""
+        for module in self.modules():
+            if isinstance(module, RowTiled):
+                module.tile_tokens = None
+
+    @property
+    def tiling_enabled(self) -> bool:
+        """Whether `enable_tiling` is in effect."""
+        return any(
+            module.tile_tokens is not None
+            for module in self.modules()
+            if isinstance(module, RowTiled)
+        )
 
     # -- public API --------------------------------------------------------------------------
     @torch.no_grad()
