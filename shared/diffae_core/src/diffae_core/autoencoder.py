@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .compiling import compile_for_inference, uncompile
 from .fcdm_decoder import FCDMDecoder
 from .inference import InferenceConfigBase, VPInferenceConfig
 from .posterior import EncoderPosterior
@@ -99,6 +100,34 @@ class VPDiffusionDecoderModel(PretrainedModel):
             for module in self.modules()
             if isinstance(module, RowTiled)
         )
+
+    # -- torch.compile -----------------------------------------------------------------------
+    def compile(  # type: ignore[override]
+        self,
+        *,
+        freezing: bool = True,
+        channels_last: bool | None = None,
+        dynamic_batch: bool = False,
+        **options: Any,
+    ) -> VPDiffusionDecoderModel:
+        """Compile `encode` and `decode` in place with the recipe that measured best.
+
+        Inductor weight freezing (inference only), channels_last on a CPU, optional dynamic
+        batch; `options` go to `torch.compile`. The inductor options are patched in around each
+        call, never set globally (`diffae_core.compiling`). Pass `noise=` to `decode` to keep
+        the RNG out of the graph. Returns the model; `uncompile()` undoes it.
+        """
+        return compile_for_inference(
+            self,
+            freezing=freezing,
+            channels_last=channels_last,
+            dynamic_batch=dynamic_batch,
+            **options,
+        )
+
+    def uncompile(self) -> VPDiffusionDecoderModel:
+        """Undo `compile`: eager `encode` / `decode` and NCHW weights."""
+        return uncompile(self)
 
     # -- public API --------------------------------------------------------------------------
     @torch.no_grad()

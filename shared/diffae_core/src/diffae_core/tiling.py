@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-DEFAULT_TILE_TOKENS = 4096
-"""Latent-grid positions per chunk: a [4096, 4 * 896] float32 MLP activation is 59 MiB."""
+DEFAULT_TILE_TOKENS = 2048
+"""Latent-grid positions per chunk: a [2048, 4 * 896] float32 MLP activation is 28 MiB."""
 
 
 class RowTiled:
