@@ -68,11 +68,27 @@ def test_tiled_encode_equals_untiled(name: str) -> None:
     assert_close(tiled, plain, atol=_tolerance(plain))
 
 
-def test_enable_tiling_rejects_a_bad_size() -> None:
+def test_tiling_that_keeps_hidden_activations_equals_untiled() -> None:
+    config = FAMILIES["capacitor_decoder"].tiny_config
+    model = _model("capacitor_decoder")
+    p = config.effective_patch_size
+    latents = torch.randn(
+        1, config.latent_channels, 4, 3, generator=torch.Generator().manual_seed(2)
+    )
+    noise = torch.randn(1, 3, 4 * p, 3 * p, generator=torch.Generator().manual_seed(3))
+    plain = model.decode(latents, 4 * p, 3 * p, noise=noise)
+    model.enable_tiling(tile_tokens=3, recompute=False)
+    tiled = model.decode(latents, 4 * p, 3 * p, noise=noise)
+    assert_close(tiled, plain, atol=_tolerance(plain))
+
+
+def test_enable_tiling_rejects_bad_arguments() -> None:
     model = _model("capacitor_decoder")
     for bad in (0, -1, 1.5, True, None):
         with pytest.raises(ValueError, match="tile_tokens"):
             model.enable_tiling(tile_tokens=bad)
+    with pytest.raises(ValueError, match="recompute"):
+        model.enable_tiling(recompute="no")
 
 
 def test_row_spans_cover_the_grid_once() -> None:

@@ -72,19 +72,26 @@ class VPDiffusionDecoderModel(PretrainedModel):
         return predict
 
     # -- tiling (exact, bounded memory) -------------------------------------------------------
-    def enable_tiling(self, tile_tokens: int = DEFAULT_TILE_TOKENS) -> None:
+    def enable_tiling(
+        self, tile_tokens: int = DEFAULT_TILE_TOKENS, *, recompute: bool = True
+    ) -> None:
         """Run the encoder and decoder over row chunks of <= tile_tokens latent positions.
 
         Exact: outputs equal the untiled ones up to float rounding (no seams, no blending;
         `diffae_core.tiling`). Peak memory falls from several full-size 4x-wide MLP tensors to
-        a few model-width ones, at the cost of one extra 1x1 conv per block (GRN's two passes).
-        A transformer encoder chunks its query rows instead (see its family's docs). The
-        diffusers convention: `disable_tiling()` switches back.
+        a few model-width ones. recompute: True recomputes each FCDM block's hidden
+        activations in GRN's second pass (lowest memory, one more 1x1 conv per block); False
+        keeps them (about the untiled time, one full-size 4x-wide tensor more). A transformer
+        encoder chunks its queries instead (`DitBlock.forward_tiled`). The diffusers
+        convention: `disable_tiling()` switches back.
         """
         tile_tokens = check_tile_tokens(tile_tokens)
+        if not isinstance(recompute, bool):
+            raise ValueError(f"recompute: expected True or False, got {recompute!r}")
         for module in self.modules():
             if isinstance(module, RowTiled):
                 module.tile_tokens = tile_tokens
+                module.tile_recompute = recompute
 
     def disable_tiling(self) -> None:
         """Back to the plain (untiled) forward passes."""

@@ -68,14 +68,22 @@ class FCDMBlock(nn.Module):
         return None, self.layer_scale.view(1, -1, 1, 1).to(x.dtype)
 
     def forward_tiled(
-        self, x: Tensor, *, adaln_m: Tensor | None = None, tile_tokens: int
+        self,
+        x: Tensor,
+        *,
+        adaln_m: Tensor | None = None,
+        tile_tokens: int,
+        recompute: bool = True,
     ) -> Tensor:
         """`forward` over row chunks of <= tile_tokens positions; equal up to float rounding.
 
         Pass 1 accumulates GRN's per-channel sums of squares over the chunks (float32); pass 2
-        recomputes each chunk's hidden activations and applies GRN with the whole image's
-        statistics. The depthwise conv reads a halo of k // 2 rows. Costs one more `pwconv1`
-        per chunk; saves every full-size [N, 4C, h, w] tensor.
+        applies GRN with the whole image's statistics, then `pwconv2` and the gated residual.
+        The depthwise conv reads a halo of k // 2 rows. `recompute=True` recomputes each
+        chunk's hidden activations in pass 2 (one more `pwconv1` per block, no full-size
+        [N, 4C, h, w] tensor); `recompute=False` keeps them from pass 1 (about the untiled
+        time, one full-size 4C-wide tensor in memory). Pass 2 runs bottom-up, so the last
+        chunk's activations are reused either way.
         """
         spans = row_spans(x.shape[2], x.shape[3], tile_tokens)
         if len(spans) == 1:  # one chunk: the plain pass, without recomputing anything
@@ -88,19 +96,26 @@ class FCDMBlock(nn.Module):
                 h = h * (1 + scale)
             return F.gelu(self.pwconv1(h))
 
+        kept: dict[int, Tensor] = {}
         sum_of_squares = None
-        for start, stop in spans:
+        for index, (start, stop) in enumerate(spans):
             chunk = hidden(start, stop)
             squares = torch.linalg.vector_norm(
                 chunk, dim=(2, 3), keepdim=True, dtype=torch.float32
             ).square()
             sum_of_squares = squares if sum_of_squares is None else sum_of_squares + squares
+            if not recompute or index == len(spans) - 1:
+                kept[index] = chunk
+            del chunk
         assert sum_of_squares is not None
         grn = self.grn
         factor = grn_scale(sum_of_squares.sqrt(), grn.gamma, grn.eps, x.dtype)
         beta = grn.beta.to(x.dtype)
         out = torch.empty_like(x)
-        for start, stop in spans:
-            h = self.pwconv2(torch.addcmul(beta, hidden(start, stop), factor))
+        for index in reversed(range(len(spans))):
+            start, stop = spans[index]
+            chunk = kept.pop(index) if index in kept else hidden(start, stop)
+            h = self.pwconv2(torch.addcmul(beta, chunk, factor))
+            del chunk
             out[:, :, start:stop] = torch.addcmul(x[:, :, start:stop], gate, h)
         return out

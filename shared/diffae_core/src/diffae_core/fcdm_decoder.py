@@ -124,7 +124,12 @@ class FCDMDecoder(RowTiled, nn.Module):
         def run(blocks: nn.ModuleList, x: Tensor, first_index: int) -> Tensor:
             for offset, block in enumerate(blocks):
                 modulation = modulations[first_index + offset]
-                x = block.forward_tiled(x, adaln_m=modulation, tile_tokens=self.tile_tokens)
+                x = block.forward_tiled(
+                    x,
+                    adaln_m=modulation,
+                    tile_tokens=self.tile_tokens,
+                    recompute=self.tile_recompute,
+                )
             return x
 
         skip = run(self.start_blocks, features, 0)

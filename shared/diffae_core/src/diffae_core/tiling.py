@@ -9,7 +9,9 @@ else in the networks (patchify, the 1x1 convolutions, out_proj and PixelShuffle)
 and runs chunk by chunk. Nothing is approximated: there are no seams, and tiles are not blended.
 
 Peak memory is then a few full-size tensors at model width (the residual stream and the skip)
-plus one chunk of the 4x-wide MLP, instead of several 4x-wide full-size tensors.
+plus one chunk of the 4x-wide MLP, instead of several 4x-wide full-size tensors. The price is
+the recomputation (one more 1x1 convolution per FCDM block); `recompute=False` keeps the
+hidden activations instead (one full-size 4x-wide tensor, no extra work).
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ DEFAULT_TILE_TOKENS = 2048
 
 
 class RowTiled:
-    """Mixin of modules with a row-tiled forward; `tile_tokens` None runs the plain forward."""
+    """Mixin of modules with a row-tiled forward; `tile_tokens` None runs the plain forward.
+
+    `tile_recompute`: whether two-pass blocks recompute their hidden activations in the second
+    pass (lowest memory) or keep them from the first (less time, more memory).
+    """
 
     tile_tokens: int | None = None
+    tile_recompute: bool = True
 
 
 def check_tile_tokens(tile_tokens: object) -> int:
