@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     patch = config.effective_patch_size
     tiling: dict[str, Any] = {} if args.tile_tokens is None else {"tile_tokens": args.tile_tokens}
     rows = []
+    reference_images = {}
     for side in args.sides:
         generator = torch.Generator().manual_seed(0)
         latents = torch.randn(
@@ -83,15 +84,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 model.enable_tiling(**tiling, recompute=mode == "tiled")
             print(f"decode {side}x{side} {mode}", flush=True)
             start = time.perf_counter()
+            images = []
             call = functools.partial(model.decode, latents, side, side, noise=noise)
-            growth = peak_growth_bytes(call, device)
+            growth = peak_growth_bytes(
+                lambda call=call, images=images: images.append(call()), device
+            )
             seconds = time.perf_counter() - start
+            if mode == "untiled":
+                reference_images[side] = images[0]
+            reference = reference_images.get(side)
+            difference = None if reference is None else (images[0] - reference).abs().max().item()
+            del images
             rows.append(
                 {
                     "model": f"{args.family}/{'tiny' if args.tiny else preset}",
                     "resolution": side,
                     "mode": mode,
                     "seconds": seconds,
+                    "max_abs_diff_vs_untiled": difference,
                     "peak_growth_mib": None if growth is None else growth / MIB,
                     "weights_mib": tensor_bytes(model) / MIB,
                 }
@@ -115,7 +125,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     table = markdown_table(
-        ["model", "resolution", "mode", "s", "peak growth MiB", "time / untiled", "peak / untiled"],
+        [
+            "model",
+            "resolution",
+            "mode",
+            "s",
+            "peak growth MiB",
+            "time / untiled",
+            "peak / untiled",
+            "max abs diff vs untiled",
+        ],
         [
             [
                 r["model"],
@@ -125,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cell(r["peak_growth_mib"], 0),
                 cell(r["time_vs_untiled"], 2),
                 cell(r["peak_vs_untiled"], 2),
+                "n/a"
+                if r["max_abs_diff_vs_untiled"] is None
+                else f"{r['max_abs_diff_vs_untiled']:.1e}",
             ]
             for r in rows
         ],
