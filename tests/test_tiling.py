@@ -2,7 +2,7 @@
 
 Every installed family on its tiny config, with one-row chunks (every chunk border crosses the
 depthwise conv's halo and GRN / channel-attention statistics span all chunks), odd grids, a
-batch of two, PDG on and two steps so that both decoder paths are exercised.
+batch of two and PDG on, so that both decoder paths (full and weak) are exercised.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_tiled_decode_equals_untiled(name: str) -> None:
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(2, config.latent_channels, height // p, width // p, generator=generator)
     noise = torch.randn(2, 3, height, width, generator=generator) * config.pixel_noise_std
-    settings = family.inference_config_class(num_steps=2, pdg=True, seed=3)
+    settings = family.inference_config_class(num_steps=1, pdg=True, seed=3)
 
     plain = model.decode(latents, height, width, inference_config=settings, noise=noise)
     model.enable_tiling(tile_tokens=1)
