@@ -1,9 +1,9 @@
-"""Floating-point operations of Conv2d and Linear layers counted from shapes; the GEMM peak.
+"""Floating-point operations counted by `torch.utils.flop_counter.FlopCounterMode`; the GEMM peak.
 
-A multiply-add counts 2 FLOPs. Only convolutions and linear layers are counted (the 1x1 and 7x7
-convolutions and linears that do nearly all of an FCDM decoder's work); norms, activations,
-attention's score matmuls and the sampler's elementwise maths are not, so the FLOP rate is a
-lower bound on the work done.
+The counter sees every aten matmul, convolution and attention call (2 FLOPs per multiply-add),
+including `scaled_dot_product_attention`'s score and value products, which the former forward
+hooks on Conv2d/Linear missed. Norms, activations and the sampler's elementwise maths are not
+counted, so the FLOP rate remains a lower bound on the work done.
 """
 
 from __future__ import annotations
@@ -14,47 +14,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-
-from .timing import synchronize, time_call
-
-
-def layer_flops(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> int:
-    """FLOPs of one Conv2d or Linear call: 2 x output elements x inputs feeding each one."""
-    if isinstance(module, nn.Conv2d):
-        kernel_height, kernel_width = module.kernel_size
-        fan_in = module.in_channels // module.groups * kernel_height * kernel_width
-        return 2 * output.numel() * fan_in
-    if isinstance(module, nn.Linear):
-        return 2 * output.numel() * module.in_features
-    return 0
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass
 class FlopCount:
-    """FLOPs seen by the hooks of `count_flops` so far."""
+    """FLOPs counted inside `count_flops`, set when the block exits."""
 
     total: int = 0
 
 
 @contextmanager
-def count_flops(model: nn.Module) -> Iterator[FlopCount]:
-    """Count the Conv2d/Linear FLOPs of every forward call of `model` inside the block."""
+def count_flops() -> Iterator[FlopCount]:
+    """Count the FLOPs of every matmul, convolution and attention run inside the block (eager)."""
     count = FlopCount()
-
-    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        count.total += layer_flops(module, inputs, output)
-
-    handles = [
-        layer.register_forward_hook(hook)
-        for layer in model.modules()
-        if isinstance(layer, (nn.Conv2d, nn.Linear))
-    ]
-    try:
+    counter = FlopCounterMode(display=False)
+    with counter:
         yield count
-    finally:
-        for handle in handles:
-            handle.remove()
+    count.total = int(counter.get_total_flops())
 
 
 def gemm_peak_flops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
@@ -62,7 +40,11 @@ def gemm_peak_flops(device: torch.device, dtype: torch.dtype, size: int, repeats
     generator = torch.Generator().manual_seed(0)
     left = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     right = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-    torch.matmul(left, right)
-    synchronize(device)
-    seconds = [time_call(lambda: torch.matmul(left, right), device) for _ in range(repeats)]
+    timer = Timer(
+        "torch.matmul(left, right)",
+        globals={"torch": torch, "left": left, "right": right},
+        num_threads=torch.get_num_threads(),
+    )
+    timer.timeit(1)  # warm-up
+    seconds = [timer.timeit(1).median for _ in range(repeats)]
     return 2.0 * size**3 / statistics.median(seconds)

@@ -98,13 +98,18 @@ def family_candidate(
     if model is None:
         model = family.model_class(config)
     model = model.to(device=device, dtype=dtype).eval()
-    encode = getattr(model, "encode", None)
+    encode = None
+    if callable(getattr(model, "encode", None)):
+
+        def encode(images: Tensor) -> Any:
+            return model.encode(images)  # late-bound: `model.compile()` replaces the method
+
     return Candidate(
         name=name,
         module=model,
         latent_channels=int(model.config.latent_channels),
         pixels_per_latent=patch_multiple(model.config),
-        encode=encode if callable(encode) else None,
+        encode=encode,
         decode=_decoding(model, family),
     )
 

@@ -43,6 +43,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    info["native_bf16"] = native_bf16(device)
     try:
         import diffusers
 
@@ -50,6 +51,19 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     except ImportError:
         info["diffusers"] = None
     return info
+
+
+def native_bf16(device: torch.device) -> bool | None:
+    """Whether the device computes bf16 natively (CPU: oneDNN's check; None if unknown).
+
+    Without it (e.g. AVX2-only CPUs) bf16 is emulated and far slower than float32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def slug(text: str) -> str:

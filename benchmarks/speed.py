@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ from .timing import median_ms, time_call
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TASKS = ("encode", "decode")
 MODES = ("eager", "compile")
+TILED = "tiled"
+"""The mode of the tiled-decode rows: eager, `model.enable_tiling(tile_tokens)`."""
 GPU_ENCODE_BATCH = {256: 128, 512: 32, 1024: 8, 2048: 2}
 """The cards' encode batches at 256 and 512 (dinac_ae_d2, full_capacitor), scaled beyond."""
 CPU_ENCODE_BATCH = 1
@@ -70,6 +72,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[],
         help="extra resolutions timed for decode only (e.g. 2048 on a GPU)",
     )
+    parser.add_argument(
+        "--tiled-resolutions",
+        nargs="+",
+        type=int,
+        default=[],
+        help="resolutions decoded with model.enable_tiling() (families only, no FLUX.2)",
+    )
+    parser.add_argument(
+        "--tile-tokens",
+        type=int,
+        default=None,
+        help="enable_tiling(tile_tokens) (default: its own)",
+    )
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=["eager", "compile"])
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
@@ -82,8 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--encode-batch",
+        nargs="+",
         type=int,
-        help=f"encode batch at every resolution (default: GPU {GPU_ENCODE_BATCH}, CPU "
+        help=f"encode batches timed at every resolution (default: GPU {GPU_ENCODE_BATCH}, CPU "
         f"{CPU_ENCODE_BATCH})",
     )
     parser.add_argument("--no-flux2", action="store_true", help="skip the FLUX.2 VAE")
@@ -151,11 +167,34 @@ def runs(candidate: Candidate, case: Case) -> bool:
 
 
 def compiled(candidate: Candidate, task: str, cache: dict[tuple[str, str], Callable]) -> Candidate:
-    """The candidate with its `task` call wrapped by torch.compile once (kept in `cache`)."""
+    """The candidate with its `task` call wrapped by torch.compile once (kept in `cache`).
+
+    A family model is compiled by its own recipe (`model.compile()`: inductor freezing,
+    channels_last on a CPU) inside `prepared`; the FLUX.2 VAE by a plain `torch.compile`.
+    """
+    if hasattr(candidate.module, "uncompile"):
+        return candidate
     key = (candidate.name, task)
     if key not in cache:
         cache[key] = torch.compile(getattr(candidate, task))
     return Candidate(**{**candidate.__dict__, task: cache[key]})
+
+
+@contextmanager
+def prepared(candidates: list[Candidate], case: Case, tile_tokens: int | None) -> Iterator[None]:
+    """Put the family models in the case's mode (compiled or tiled) and back afterwards."""
+    families = [c.module for c in candidates if hasattr(c.module, "uncompile")]
+    try:
+        for model in families:
+            if case.mode == "compile":
+                model.compile()
+            elif case.mode == TILED:
+                model.enable_tiling(*(() if tile_tokens is None else (tile_tokens,)))
+        yield
+    finally:
+        for model in families:
+            model.uncompile()
+            model.disable_tiling()
 
 
 def warm_up(
@@ -169,11 +208,6 @@ def warm_up(
     """The call to time for one model and its row: FLOPs, first-call time and peak memory."""
     dtype = DTYPES[case.dtype]
     flop_key = (candidate.name, Case(case.task, case.resolution, case.batch, "", ""))
-    if case.mode == "compile" and flop_key not in flop_counts:
-        # Hooks do not fire inside a compiled graph: count on one untimed eager call.
-        with torch.inference_mode(), count_flops(candidate.module) as flops:
-            case_input(candidate, case, device, dtype)()
-        flop_counts[flop_key] = flops.total
     timed = compiled(candidate, case.task, compile_cache) if case.mode == "compile" else candidate
     call = case_input(timed, case, device, dtype)
     first_call_s, growth = None, None
@@ -182,7 +216,7 @@ def warm_up(
             # The first call counts FLOPs (eager) and the last one measures memory, so a
             # slow model on a CPU can run with a single warm-up call.
             counting = index == 0 and flop_key not in flop_counts
-            with count_flops(candidate.module) if counting else nullcontext() as flops:
+            with count_flops() if counting else nullcontext() as flops:
                 if index == args.warmup - 1:
                     start = time.perf_counter()
                     growth = peak_growth_bytes(call, device)
@@ -217,18 +251,29 @@ def measure_case(
 ) -> list[dict[str, Any]]:
     """Warm up each model, measure its peak memory and FLOPs, then time the models round-robin."""
     chosen = [c for c in candidates if runs(c, case)]
-    calls, rows = [], []
+    if case.mode == TILED or case.resolution in args.decode_only_resolutions:
+        chosen = [c for c in chosen if c.name != FLUX2_NAME]  # minutes per call on a CPU
     for candidate in chosen:
-        try:
-            call, row = warm_up(candidate, case, args, device, flop_counts, compile_cache)
-        except Exception as error:  # a failing case stops the run, naming the model
-            raise RuntimeError(f"{candidate.name}, {case}: {error}") from error
-        calls.append(call)
-        rows.append(row)
-    with torch.inference_mode():
-        for _ in range(args.repeats):
-            for call, row in zip(calls, rows, strict=True):
-                row["seconds"].append(time_call(call, device))
+        flop_key = (candidate.name, Case(case.task, case.resolution, case.batch, "", ""))
+        if case.mode != "eager" and flop_key not in flop_counts:
+            # Count on one untimed eager, untiled call: the counter does not see inside a
+            # compiled graph, and tiling's recomputation is overhead, not work.
+            with torch.inference_mode(), count_flops() as flops:
+                case_input(candidate, case, device, DTYPES[case.dtype])()
+            flop_counts[flop_key] = flops.total
+    calls, rows = [], []
+    with prepared(chosen, case, args.tile_tokens):
+        for candidate in chosen:
+            try:
+                call, row = warm_up(candidate, case, args, device, flop_counts, compile_cache)
+            except Exception as error:  # a failing case stops the run, naming the model
+                raise RuntimeError(f"{candidate.name}, {case}: {error}") from error
+            calls.append(call)
+            rows.append(row)
+        with torch.inference_mode():
+            for _ in range(args.repeats):
+                for call, row in zip(calls, rows, strict=True):
+                    row["seconds"].append(time_call(call, device))
     for row in rows:
         row["ms_batch"] = median_ms(row["seconds"])
         row["ms_image"] = row["ms_batch"] / case.batch
@@ -255,6 +300,25 @@ def add_flux2_ratios(rows: list[dict[str, Any]], gemm_flops: dict[str, float]) -
         row["flux2_peak_mib"] = None if reference is None else reference["peak_mib"]
 
 
+def add_mode_ratios(rows: list[dict[str, Any]]) -> None:
+    """Time and peak memory of compiled / tiled rows over the eager row of the same case."""
+    case_fields = ("model", "task", "resolution", "batch", "dtype")
+    eager = {tuple(r[f] for f in case_fields): r for r in rows if r["mode"] == "eager"}
+    for row in rows:
+        reference = (
+            None if row["mode"] == "eager" else eager.get(tuple(row[f] for f in case_fields))
+        )
+        row["time_vs_eager"] = (
+            None if reference is None else row["ms_batch"] / reference["ms_batch"]
+        )
+        has_memory = (
+            reference is not None and row["peak_growth_mib"] and reference["peak_growth_mib"]
+        )
+        row["peak_growth_vs_eager"] = (
+            row["peak_growth_mib"] / reference["peak_growth_mib"] if has_memory else None
+        )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the Markdown, write the results files; returns the JSON data."""
     args = parse_args(argv)
@@ -264,9 +328,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     if device.type == "cpu":
         return_freed_memory_to_os()
-    encode_batch = {
+    encode_batches = {
         side: args.encode_batch
-        or (GPU_ENCODE_BATCH.get(side, 1) if device.type == "cuda" else CPU_ENCODE_BATCH)
+        or [GPU_ENCODE_BATCH.get(side, 1) if device.type == "cuda" else CPU_ENCODE_BATCH]
         for side in args.resolutions
     }
     gemm_size = args.gemm_size or (8192 if device.type == "cuda" else 2048)
@@ -276,26 +340,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = {
         "repeats (median of)": args.repeats,
         "warm-up calls": args.warmup,
-        "encode batch by resolution": encode_batch,
+        "encode batches by resolution": encode_batches,
         "decode": f"batch {DECODE_BATCH}, 1 step, PDG off, random latents",
         "weights": "random (PyTorch default init); FLUX.2 VAE = AutoencoderKLFlux2() defaults",
         "configs": "tiny test configs (smoke run)" if args.tiny else "published presets, full size",
         "gemm_size": gemm_size,
         "gemm_tflops": {name: flops / 1e12 for name, flops in gemm_flops.items()},
     }
-    cases = [
-        Case(task, side, encode_batch[side] if task == "encode" else DECODE_BATCH, dtype, mode)
-        for side in args.resolutions
-        for task in args.tasks
-        for dtype in args.dtypes
-        for mode in args.modes
-    ] + [
-        Case("decode", side, DECODE_BATCH, dtype, mode)
-        for side in args.decode_only_resolutions
-        for dtype in args.dtypes
-        for mode in args.modes
-        if "decode" in args.tasks
-    ]
+    cases = (
+        [
+            Case(task, side, batch, dtype, mode)
+            for side in args.resolutions
+            for task in args.tasks
+            for batch in (encode_batches[side] if task == "encode" else [DECODE_BATCH])
+            for dtype in args.dtypes
+            for mode in args.modes
+        ]
+        + [
+            Case("decode", side, DECODE_BATCH, dtype, mode)
+            for side in args.decode_only_resolutions
+            for dtype in args.dtypes
+            for mode in args.modes
+            if "decode" in args.tasks
+        ]
+        + [
+            Case("decode", side, DECODE_BATCH, dtype, TILED)
+            for side in args.tiled_resolutions
+            for dtype in args.dtypes
+            if "decode" in args.tasks
+        ]
+    )
     rows: list[dict[str, Any]] = []
     flop_counts: dict[tuple[str, Case], int] = {}
     for dtype in args.dtypes:
@@ -306,6 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows += measure_case(candidates, case, args, device, flop_counts, compile_cache)
         del candidates, compile_cache
     add_flux2_ratios(rows, gemm_flops)
+    add_mode_ratios(rows)
     markdown = render_speed_page(machine, info, settings, rows)
     data = {"machine": machine, "info": info, "settings": settings, "results": rows}
     print(markdown)

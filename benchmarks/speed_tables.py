@@ -31,11 +31,19 @@ def _side(row: Row) -> str:
     return f"{row['resolution']}x{row['resolution']}"
 
 
+def _dtype(row: Row) -> str:
+    """'bf16 (native)' / 'bf16 (emulated)' where the run knew; other dtypes as they are."""
+    native = row.get("native_bf16")
+    if row["dtype"] != "bf16" or native is None:
+        return str(row["dtype"])
+    return "bf16 (native)" if native else "bf16 (emulated)"
+
+
 CASE_COLUMNS: list[Column] = [
     ("model", _text("model")),
     ("resolution", _side),
     ("batch", _text("batch")),
-    ("dtype", _text("dtype")),
+    ("dtype", _dtype),
     ("mode", _text("mode")),
 ]
 TIMING_COLUMNS: list[Column] = [
@@ -46,7 +54,7 @@ TIMING_COLUMNS: list[Column] = [
     ("peak MiB", _fixed("peak_mib", 1)),
 ]
 FLOP_COLUMNS: list[Column] = [
-    ("GFLOP (conv+linear)", _fixed("flops", 1, 1e-9)),
+    ("GFLOP", _fixed("flops", 1, 1e-9)),
     ("TFLOP/s", _fixed("tflops", 3)),
     ("% of GEMM peak", _fixed("gemm_fraction", 1, 100.0, "%")),
 ]
@@ -58,7 +66,7 @@ CARD_COLUMNS: list[Column] = [
     ("model", _text("model")),
     ("task", _text("task")),
     ("resolution", _side),
-    ("dtype", _text("dtype")),
+    ("dtype", _dtype),
     ("mode", _text("mode")),
     *RATIO_COLUMNS,
     ("model ms/image", _fixed("ms_image", 2)),
@@ -84,14 +92,26 @@ def render_speed_page(
     lines += [f"- {key}: `{value}`" for key, value in settings.items() if key != "gemm_tflops"]
     lines += [f"- peak MiB: the model's weights and buffers + the call's {memory}"]
     lines += ["", markdown_table(["dtype", "GEMM peak (TFLOP/s)"], gemm)]
+    for row in rows:
+        row.setdefault("native_bf16", info.get("native_bf16"))
     encode_rows = [r for r in rows if r["task"] == "encode"]
     decode_rows = [r for r in rows if r["task"] == "decode"]
     if encode_rows:
-        columns = CASE_COLUMNS + TIMING_COLUMNS + RATIO_COLUMNS
+        columns = CASE_COLUMNS + TIMING_COLUMNS + FLOP_COLUMNS + RATIO_COLUMNS
         lines += ["", "## Encode throughput", "", table(columns, encode_rows)]
     if decode_rows:
         columns = CASE_COLUMNS + TIMING_COLUMNS + FLOP_COLUMNS + RATIO_COLUMNS
         lines += ["", "## Decode latency (1 step, PDG off)", "", table(columns, decode_rows)]
+    moded = [r for r in rows if r.get("time_vs_eager") is not None]
+    if moded:
+        columns = [
+            *CASE_COLUMNS,
+            ("ms/batch", _fixed("ms_batch", 1)),
+            ("time / eager", _fixed("time_vs_eager", 2)),
+            ("peak growth MiB", _fixed("peak_growth_mib", 1)),
+            ("peak growth / eager", _fixed("peak_growth_vs_eager", 2)),
+        ]
+        lines += ["", "## Compiled and tiled against eager", "", table(columns, moded)]
     compared = [r for r in rows if r["model"] != FLUX2_NAME and r["speedup_vs_flux2"] is not None]
     if compared:
         lines += ["", "## Speedup vs FLUX.2 (as on the cards)", "", table(CARD_COLUMNS, compared)]

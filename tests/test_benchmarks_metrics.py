@@ -61,9 +61,16 @@ def test_flops_of_convolutions_and_linears() -> None:
         nn.Flatten(),
         nn.Linear(6 * 5 * 5, 3),
     )
-    with count_flops(model) as flops:
+    with torch.inference_mode(), count_flops() as flops:
         model(torch.zeros(2, 4, 5, 5))
     expected = 2 * (2 * 8 * 25) * (1 * 49) + 2 * (2 * 6 * 25) * 8 + 2 * (2 * 3) * 150
     assert flops.total == expected
     model(torch.zeros(2, 4, 5, 5))
-    assert flops.total == expected  # hooks removed on exit
+    assert flops.total == expected  # nothing counted after the block
+
+
+def test_flops_include_attention() -> None:
+    queries = torch.zeros(2, 3, 16, 8)  # [N, heads, L, D]
+    with torch.inference_mode(), count_flops() as flops:
+        nn.functional.scaled_dot_product_attention(queries, queries, queries)
+    assert flops.total == 2 * 2 * (2 * 3 * 16 * 16 * 8)  # two products, 2 FLOPs per MAC

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the benchmarks are scripts beside the packages, not installed
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import encode_dataset, pipeline_vae, quality, speed  # noqa: E402
+from benchmarks import encode_dataset, pipeline_vae, quality, speed, tiling  # noqa: E402
 from benchmarks.flux2 import FLUX2_NAME, build_flux2_vae  # noqa: E402
 
 pytest.importorskip("diffusers")
@@ -27,11 +27,16 @@ TINY_SIDE = 32
 
 def test_speed_runs_every_family_and_flux2_on_tiny_configs(tmp_path: Path) -> None:
     options = f"--tiny --resolutions {TINY_SIDE} --dtypes fp32 --modes eager --repeats 1"
-    options += " --warmup 1 --machine smoke"
+    options += f" --warmup 1 --machine smoke --encode-batch 1 2 --tiled-resolutions {TINY_SIDE}"
     data = speed.main([*options.split(), "--out-dir", str(tmp_path)])
     assert (tmp_path / "speed-smoke.md").is_file()
     assert json.loads((tmp_path / "speed-smoke.json").read_text()) == json.loads(json.dumps(data))
     rows = data["results"]
+    assert {row["batch"] for row in rows if row["task"] == "encode"} == {1, 2}
+    tiled = [row for row in rows if row["mode"] == speed.TILED]
+    assert {row["model"] for row in tiled} == {f"{name}/tiny" for name in FAMILIES}
+    assert all(row["time_vs_eager"] is not None for row in tiled)
+    rows = [row for row in rows if row["mode"] != speed.TILED]
     models = {row["model"] for row in rows}
     assert models == {f"{name}/tiny" for name in FAMILIES} | {FLUX2_NAME}
     for row in rows:
@@ -42,7 +47,20 @@ def test_speed_runs_every_family_and_flux2_on_tiny_configs(tmp_path: Path) -> No
             assert row["speedup_vs_flux2"] == 1.0
     decoders = {row["model"] for row in rows if row["task"] == "decode"}
     assert decoders == models
-    assert "## Speedup vs FLUX.2" in (tmp_path / "speed-smoke.md").read_text()
+    page = (tmp_path / "speed-smoke.md").read_text()
+    assert "## Speedup vs FLUX.2" in page and "## Compiled and tiled against eager" in page
+    assert "native_bf16" in data["info"]
+
+
+def test_tiling_script_on_a_tiny_decoder(tmp_path: Path) -> None:
+    options = "--tiny --sides 64 --tile-tokens 1 --machine smoke"
+    data = tiling.main([*options.split(), "--out-dir", str(tmp_path)])
+    assert (tmp_path / "tiling-smoke.md").is_file()
+    rows = data["results"]
+    assert [row["mode"] for row in rows] == list(tiling.MODES)
+    for row in rows:
+        assert row["seconds"] > 0 and row["max_abs_diff_vs_untiled"] < 1e-3
+    assert rows[0]["time_vs_untiled"] == 1.0
 
 
 def test_speed_rejects_an_unknown_family(tmp_path: Path) -> None:

@@ -127,16 +127,38 @@ def apply_rope(x: Tensor, table: RopeTable) -> Tensor:
     return (x_fp32 * cos + rotated * sin).to(x.dtype)
 
 
+ROPE_CACHE_SIZE = 8
+"""Tables kept per AxialRoPE2D: one per grid size recently used."""
+
+
 class AxialRoPE2D(Float32BuffersModule):
-    """Holds the RoPE `periods` buffer [head_dim / 4] (float32 whatever the model dtype)."""
+    """Holds the RoPE `periods` buffer [head_dim / 4] (float32 whatever the model dtype).
+
+    Tables are cached per grid size, device and `periods` version (eager calls only; a
+    compiled graph folds the table into constants itself).
+    """
 
     def __init__(self, head_dim: int, base: float = ROPE_BASE) -> None:
         super().__init__()
         self.register_buffer("periods", rope_periods(head_dim, base))
+        self._tables: dict[tuple[object, ...], RopeTable] = {}
 
     def forward(self, height: int, width: int) -> RopeTable:
         """(sin, cos) float32 [height * width, head_dim] for an h x w token grid."""
-        return axial_rope_table(self.periods, height, width)
+        periods = self.periods
+        if torch.compiler.is_compiling() or periods.is_meta:
+            return axial_rope_table(periods, height, width)
+        key = (height, width, periods.device, periods.data_ptr(), periods._version)
+        table = self._tables.get(key)
+        if table is None:
+            # Ordinary tensors even under inference_mode, so a cached table can later enter
+            # an autograd graph.
+            with torch.inference_mode(False), torch.no_grad():
+                table = axial_rope_table(periods, height, width)
+            if len(self._tables) >= ROPE_CACHE_SIZE:
+                self._tables.pop(next(iter(self._tables)))
+            self._tables[key] = table
+        return table
 
 
 # -- attention -------------------------------------------------------------------------------
@@ -190,6 +212,41 @@ class DitBlock(nn.Module):
             return from_tokens(self.forward(to_tokens(x), rope), height, width)
         x = x + self.attn_norm2(self.attn_core(self.attn_norm1(x), rope))
         return x + self.mlp_norm2(self.mlp(self.mlp_norm1(x)))
+
+    def forward_tiled(self, x: Tensor, rope: RopeTable, tile_tokens: int) -> Tensor:
+        """`forward` on tokens [N, L, C] in query chunks of <= tile_tokens; equal up to rounding.
+
+        Attention is global, so tiling cannot cut the image: the keys and values of all L
+        tokens are computed first (chunk by chunk; 2C wide, kept), then each chunk of queries
+        attends to all of them and goes through the per-token MLP. What is never full size:
+        the queries, the attention output and the 4x-wide MLP activation.
+        """
+        attention_core = self.attn_core
+        channels = x.shape[-1]
+        weight = attention_core.qkv.weight  # [3C, C], rows (q, k, v)
+        sin, cos = rope
+        spans = [
+            (start, min(start + tile_tokens, x.shape[1]))
+            for start in range(0, x.shape[1], tile_tokens)
+        ]
+        keys, values = [], []
+        for start, stop in spans:
+            k, v = F.linear(self.attn_norm1(x[:, start:stop]), weight[channels:]).chunk(2, dim=-1)
+            k = attention_core.k_norm(split_heads(k, attention_core.heads))
+            keys.append(apply_rope(k, (sin[start:stop], cos[start:stop])))
+            values.append(split_heads(v, attention_core.heads))
+        keys_all, values_all = torch.cat(keys, dim=2), torch.cat(values, dim=2)  # [N, heads, L, D]
+        del keys, values
+        out = torch.empty_like(x)
+        for start, stop in spans:
+            rows = x[:, start:stop]
+            q = F.linear(self.attn_norm1(rows), weight[:channels])
+            q = attention_core.q_norm(split_heads(q, attention_core.heads))
+            q = apply_rope(q, (sin[start:stop], cos[start:stop]))
+            attended = attention_core.proj_out(merge_heads(attention(q, keys_all, values_all)))
+            rows = rows + self.attn_norm2(attended)
+            out[:, start:stop] = rows + self.mlp_norm2(self.mlp(self.mlp_norm1(rows)))
+        return out
 
 
 class CrossAttentionCore(nn.Module):

@@ -15,6 +15,7 @@ from diffae_core.autoencoder import WhitenedVPAutoencoder, build_fcdm_decoder
 from diffae_core.patchify import Patchify
 from diffae_core.posterior import deterministic_posterior, split_posterior
 from diffae_core.precision import compute_dtype
+from diffae_core.tiling import RowTiled
 from diffae_core.validation import check_tensor, check_values
 
 from .config import DinacAEConfig, DinacAEInferenceConfig
@@ -56,11 +57,13 @@ def alias_twin(key: str) -> tuple[str, bool] | None:
 
 
 # -- encoder ---------------------------------------------------------------------------------
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(RowTiled, nn.Module):
     """images [N, 3, H, W] in [-1, 1] -> raw posterior, mean/logsnr [N, B, H/P, W/P].
 
     patchify (no norm, no position embedding) -> DiT blocks with axial RoPE on the patch grid
     -> 1x1 `to_bottleneck` (channels [0, B) = mean, [B, 2B) = logsnr). No input or final norm.
+    With `tile_tokens` set (`model.enable_tiling`), each block runs over query chunks
+    (`DitBlock.forward_tiled`): exact, global attention kept.
     """
 
     def __init__(
@@ -98,7 +101,10 @@ class TransformerEncoder(nn.Module):
         rope = self.rope(height, width)
         tokens = to_tokens(features)  # [N, C, h, w] -> [N, h*w, C]
         for block in self.blocks:
-            tokens = block(tokens, rope)
+            if self.tile_tokens is None:
+                tokens = block(tokens, rope)
+            else:
+                tokens = block.forward_tiled(tokens, rope, self.tile_tokens)
         projection = self.to_bottleneck(from_tokens(tokens, height, width))
         if self.deterministic:
             return deterministic_posterior(projection, EncoderPosterior)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from diffae_core.config import check_choice
 from diffae_core.fcdm_block import mlp_hidden_channels
 from diffae_core.norms import ChannelWiseRMSNorm
+from diffae_core.tiling import row_spans
 
 from .open_points import MODULATION_ORDERS
 
@@ -128,3 +129,45 @@ class DiCoBlock(nn.Module):
         if scale2 is not None:
             h = h * (1 + scale2)
         return x + gate2 * self.mlp(h, normalize=self.mlp_renorm)
+
+    def forward_tiled(
+        self, x: Tensor, *, adaln_m: Tensor | None = None, tile_tokens: int
+    ) -> Tensor:
+        """`forward` over row chunks of <= tile_tokens positions; equal up to float rounding.
+
+        The channel attention's mean over h x w is the one whole-image statistic: pass 1 sums
+        the conv path's SiLU output over the chunks (float32), pass 2 recomputes each chunk's
+        conv path (1x1, then the depthwise conv with a halo of k // 2 rows), gates it with the
+        global mean and runs the per-position MLP branch on the same rows.
+        """
+        height, width = x.shape[2], x.shape[3]
+        spans = row_spans(height, width, tile_tokens)
+        if len(spans) == 1:  # one chunk: the plain pass, without recomputing anything
+            return self(x, adaln_m=adaln_m)
+        scale1, gate1, scale2, gate2 = self._modulation(x, adaln_m)
+        halo = self.conv2.padding[0]
+
+        def conv_path(start: int, stop: int) -> Tensor:
+            first, last = max(start - halo, 0), min(stop + halo, height)
+            h = self.norm1(x[:, :, first:last])
+            if scale1 is not None:
+                h = h * (1 + scale1)
+            h = self.conv2(self.conv1(h))[:, :, start - first : stop - first]
+            return F.silu(h)
+
+        total = None
+        for start, stop in spans:
+            chunk_sum = conv_path(start, stop).sum(dim=(2, 3), keepdim=True, dtype=torch.float32)
+            total = chunk_sum if total is None else total + chunk_sum
+        assert total is not None
+        pooled = (total / (height * width)).to(x.dtype)  # [N, C, 1, 1]
+        attention = torch.sigmoid(self.cca.proj(pooled))
+        out = torch.empty_like(x)
+        for start, stop in spans:
+            h = self.conv3(conv_path(start, stop) * attention)
+            rows = x[:, :, start:stop] + gate1 * h
+            h = self.norm2(rows)
+            if scale2 is not None:
+                h = h * (1 + scale2)
+            out[:, :, start:stop] = rows + gate2 * self.mlp(h, normalize=self.mlp_renorm)
+        return out

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from diffae_core.adaln import (
     AdaLNScaleGateZeroLowRankDelta,
     AdaLNScaleGateZeroProjector,
-    shared_modulation,
+    block_modulations,
 )
 from diffae_core.autoencoder import VPDiffusionDecoderModel
 from diffae_core.checkpoint import TensorInfo, apply_key_aliases
@@ -27,6 +27,7 @@ from diffae_core.inference import InferenceConfigBase
 from diffae_core.patchify import Patchify
 from diffae_core.precision import compute_dtype
 from diffae_core.samplers import GuidedPredictor
+from diffae_core.tiling import RowTiled, row_spans
 from diffae_core.time_embed import SinusoidalTimeEmbeddingMLP
 from diffae_core.validation import check_images
 
@@ -44,7 +45,7 @@ MODULATION_CHUNKS = 4
 """(s1, g1, s2, g2) per decoder block: the AdaLN projections are 4 * model_dim wide."""
 
 
-class Encoder(nn.Module):
+class Encoder(RowTiled, nn.Module):
     """images [N, 3, H, W] in [-1, 1] -> latents [N, Z, H/P, W/P].
 
     patchify -> RMSNorm (affine) -> DiCo blocks with learned gates -> 1x1 to Z -> RMSNorm. The
@@ -82,10 +83,29 @@ class Encoder(nn.Module):
         )
 
     def forward(self, images: Tensor) -> Tensor:
+        if self.tile_tokens is not None:
+            return self._forward_tiled(images, self.tile_tokens)
         x = self.norm_in(self.patchify(images))
         for block in self.blocks:
             x = block(x)
         return self.norm_out(self.to_bottleneck(x))
+
+    def _forward_tiled(self, images: Tensor, tile_tokens: int) -> Tensor:
+        """`forward` over row chunks of the patch grid (`enable_tiling`); equal up to rounding."""
+        patch = self.patchify.proj.stride[0]
+        height, width = images.shape[2] // patch, images.shape[3] // patch
+        spans = row_spans(height, width, tile_tokens)
+        x = None
+        for start, stop in spans:
+            chunk = self.norm_in(self.patchify(images[:, :, start * patch : stop * patch]))
+            if x is None:
+                x = chunk.new_empty(*chunk.shape[:2], height, width)
+            x[:, :, start:stop] = chunk
+        assert x is not None
+        for block in self.blocks:
+            x = block.forward_tiled(x, tile_tokens=tile_tokens)
+        chunks = [self.norm_out(self.to_bottleneck(x[:, :, start:stop])) for start, stop in spans]
+        return torch.cat(chunks, dim=2)  # row chunks -> [N, Z, h, w]
 
 
 def draw_token_mask(
@@ -124,7 +144,7 @@ def replace_tokens(features: Tensor, token_mask: Tensor, mask_feature: Tensor) -
     return torch.where(token_mask.to(features.device), mask_feature.to(features.dtype), features)
 
 
-class Decoder(nn.Module):
+class Decoder(RowTiled, nn.Module):
     """Predicts x0 [N, 3, H, W] from x_t [N, 3, H, W], t [N] in [0, 1] and latents [N, Z, h, w].
 
     fuse_in(norm_in(patchify(x_t)) ++ latent_norm(latent_up(latents))) -> D flat DiCo blocks
@@ -216,6 +236,17 @@ class Decoder(nn.Module):
             raise ValueError("token_mask: given with mask_tokens=False; pass mask_tokens=True")
         if mask_tokens and token_mask is None:
             token_mask = self.draw_token_mask(latents, generator)
+        cond = self.time_embed(t.to(device=x_t.device, dtype=torch.float32))
+        modulations = block_modulations(self.adaln_base, self.adaln_deltas, cond)  # [D, N, 4C]
+        if self.tile_tokens is not None:
+            return self._forward_tiled(x_t, latents, modulations, token_mask, self.tile_tokens)
+        h = self._fused_input(x_t, latents, token_mask)
+        for block, modulation in zip(self.blocks, modulations, strict=True):
+            h = block(h, adaln_m=modulation)
+        return self.unpatchify(self.out_proj(self.norm_out(h)))
+
+    def _fused_input(self, x_t: Tensor, latents: Tensor, token_mask: Tensor | None) -> Tensor:
+        """fuse_in(norm_in(patchify(x_t)) ++ latent_norm(latent_up(latents))), tokens masked."""
         x_features = self.norm_in(self.patchify(x_t))
         latent_features = self.latent_norm(self.latent_up(latents))
         if token_mask is not None and self.mask_at == "latent":
@@ -223,11 +254,35 @@ class Decoder(nn.Module):
         h = self.fuse_in(torch.cat([x_features, latent_features], dim=1))
         if token_mask is not None and self.mask_at == "fused":
             h = replace_tokens(h, token_mask, self.mask_feature)
-        cond = self.time_embed(t.to(device=x_t.device, dtype=torch.float32))
-        activated, shared = shared_modulation(self.adaln_base, cond)
-        for block, delta in zip(self.blocks, self.adaln_deltas, strict=True):
-            h = block(h, adaln_m=shared + delta(activated))
-        return self.unpatchify(self.out_proj(self.norm_out(h)))
+        return h
+
+    def _forward_tiled(
+        self,
+        x_t: Tensor,
+        latents: Tensor,
+        modulations: Tensor,
+        token_mask: Tensor | None,
+        tile_tokens: int,
+    ) -> Tensor:
+        """`forward` over row chunks of the latent grid (`enable_tiling`); equal up to rounding."""
+        patch = self.unpatchify.upscale_factor
+        spans = row_spans(latents.shape[2], latents.shape[3], tile_tokens)
+        h = None
+        for start, stop in spans:
+            mask_rows = None if token_mask is None else token_mask[:, :, start:stop]
+            pixels = x_t[:, :, start * patch : stop * patch]
+            chunk = self._fused_input(pixels, latents[:, :, start:stop], mask_rows)
+            if h is None:
+                h = chunk.new_empty(*chunk.shape[:2], *latents.shape[2:])
+            h[:, :, start:stop] = chunk
+        assert h is not None
+        for block, modulation in zip(self.blocks, modulations, strict=True):
+            h = block.forward_tiled(h, adaln_m=modulation, tile_tokens=tile_tokens)
+        images = x_t.new_empty(x_t.shape, dtype=h.dtype)
+        for start, stop in spans:
+            rows = self.unpatchify(self.out_proj(self.norm_out(h[:, :, start:stop])))
+            images[:, :, start * patch : stop * patch] = rows
+        return images
 
 
 def _with_shape(value: Any, shape: tuple[int, ...]) -> Any:

@@ -17,12 +17,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .compiling import compile_for_inference, uncompile
 from .fcdm_decoder import FCDMDecoder
 from .inference import InferenceConfigBase, VPInferenceConfig
 from .posterior import EncoderPosterior
 from .precision import compute_dtype
 from .pretrained import PretrainedModel
 from .samplers import GuidedPredictor, sample_images
+from .tiling import DEFAULT_TILE_TOKENS, RowTiled, check_tile_tokens
 from .validation import check_images, check_latents
 from .whitening import dewhiten, whiten
 
@@ -68,6 +70,71 @@ class VPDiffusionDecoderModel(PretrainedModel):
             return self.decoder(x_t.to(dtype), t, latents_in, drop_middle_blocks=weak)
 
         return predict
+
+    # -- tiling (exact, bounded memory) -------------------------------------------------------
+    def enable_tiling(
+        self, tile_tokens: int = DEFAULT_TILE_TOKENS, *, recompute: bool = True
+    ) -> None:
+        """Run the encoder and decoder over row chunks of <= tile_tokens latent positions.
+
+        Exact: outputs equal the untiled ones up to float rounding (no seams, no blending;
+        `diffae_core.tiling`). Peak memory falls from several full-size 4x-wide MLP tensors to
+        a few model-width ones. recompute: True recomputes each FCDM block's hidden
+        activations in GRN's second pass (lowest memory, one more 1x1 conv per block); False
+        keeps them (about the untiled time, one full-size 4x-wide tensor more). A transformer
+        encoder chunks its queries instead (`DitBlock.forward_tiled`). The diffusers
+        convention: `disable_tiling()` switches back.
+        """
+        tile_tokens = check_tile_tokens(tile_tokens)
+        if not isinstance(recompute, bool):
+            raise ValueError(f"recompute: expected True or False, got {recompute!r}")
+        for module in self.modules():
+            if isinstance(module, RowTiled):
+                module.tile_tokens = tile_tokens
+                module.tile_recompute = recompute
+
+    def disable_tiling(self) -> None:
+        """Back to the plain (untiled) forward passes."""
+        for module in self.modules():
+            if isinstance(module, RowTiled):
+                module.tile_tokens = None
+
+    @property
+    def tiling_enabled(self) -> bool:
+        """Whether `enable_tiling` is in effect."""
+        return any(
+            module.tile_tokens is not None
+            for module in self.modules()
+            if isinstance(module, RowTiled)
+        )
+
+    # -- torch.compile -----------------------------------------------------------------------
+    def compile(  # type: ignore[override]
+        self,
+        *,
+        freezing: bool = True,
+        channels_last: bool | None = None,
+        dynamic_batch: bool = False,
+        **options: Any,
+    ) -> VPDiffusionDecoderModel:
+        """Compile `encode` and `decode` in place with the recipe that measured best.
+
+        Inductor weight freezing (inference only), channels_last on a CPU, optional dynamic
+        batch; `options` go to `torch.compile`. The inductor options are patched in around each
+        call, never set globally (`diffae_core.compiling`). Pass `noise=` to `decode` to keep
+        the RNG out of the graph. Returns the model; `uncompile()` undoes it.
+        """
+        return compile_for_inference(
+            self,
+            freezing=freezing,
+            channels_last=channels_last,
+            dynamic_batch=dynamic_batch,
+            **options,
+        )
+
+    def uncompile(self) -> VPDiffusionDecoderModel:
+        """Undo `compile`: eager `encode` / `decode` and NCHW weights."""
+        return uncompile(self)
 
     # -- public API --------------------------------------------------------------------------
     @torch.no_grad()

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .norms import GRN, ChannelWiseRMSNorm
+from .norms import GRN, ChannelWiseRMSNorm, grn_scale
+from .tiling import conv_rows, row_spans
 
 
 def mlp_hidden_channels(channels: int, mlp_ratio: float) -> int:
@@ -52,12 +53,69 @@ class FCDMBlock(nn.Module):
 
     def forward(self, x: Tensor, *, adaln_m: Tensor | None = None) -> Tensor:
         """[N, C, h, w] -> [N, C, h, w]; `adaln_m` [N, 2C] is required in AdaLN mode."""
+        scale, gate = self._modulation(x, adaln_m)
         h = self.norm(self.dwconv(x))
-        if adaln_m is not None:
-            scale, gate = adaln_m.to(x.dtype).chunk(2, dim=1)  # [N, 2C] -> 2 x [N, C]
-            h = h * (1 + scale[:, :, None, None])
-            gate = gate[:, :, None, None]
-        else:
-            gate = self.layer_scale.view(1, -1, 1, 1).to(h.dtype)
+        if scale is not None:
+            h = h * (1 + scale)
         h = self.pwconv2(self.grn(F.gelu(self.pwconv1(h))))
         return x + gate * h
+
+    def _modulation(self, x: Tensor, adaln_m: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        """(scale [N, C, 1, 1] or None, gate [N or 1, C, 1, 1]) in x's dtype."""
+        if adaln_m is not None:
+            scale, gate = adaln_m.to(x.dtype).chunk(2, dim=1)  # [N, 2C] -> 2 x [N, C]
+            return scale[:, :, None, None], gate[:, :, None, None]
+        return None, self.layer_scale.view(1, -1, 1, 1).to(x.dtype)
+
+    def forward_tiled(
+        self,
+        x: Tensor,
+        *,
+        adaln_m: Tensor | None = None,
+        tile_tokens: int,
+        recompute: bool = True,
+    ) -> Tensor:
+        """`forward` over row chunks of <= tile_tokens positions; equal up to float rounding.
+
+        Pass 1 accumulates GRN's per-channel sums of squares over the chunks (float32); pass 2
+        applies GRN with the whole image's statistics, then `pwconv2` and the gated residual.
+        The depthwise conv reads a halo of k // 2 rows. `recompute=True` recomputes each
+        chunk's hidden activations in pass 2 (one more `pwconv1` per block, no full-size
+        [N, 4C, h, w] tensor); `recompute=False` keeps them from pass 1 (about the untiled
+        time, one full-size 4C-wide tensor in memory). Pass 2 runs bottom-up, so the last
+        chunk's activations are reused either way.
+        """
+        spans = row_spans(x.shape[2], x.shape[3], tile_tokens)
+        if len(spans) == 1:  # one chunk: the plain pass, without recomputing anything
+            return self(x, adaln_m=adaln_m)
+        scale, gate = self._modulation(x, adaln_m)
+
+        def hidden(start: int, stop: int) -> Tensor:
+            h = self.norm(conv_rows(self.dwconv, x, start, stop))
+            if scale is not None:
+                h = h * (1 + scale)
+            return F.gelu(self.pwconv1(h))
+
+        kept: dict[int, Tensor] = {}
+        sum_of_squares = None
+        for index, (start, stop) in enumerate(spans):
+            chunk = hidden(start, stop)
+            squares = torch.linalg.vector_norm(
+                chunk, dim=(2, 3), keepdim=True, dtype=torch.float32
+            ).square()
+            sum_of_squares = squares if sum_of_squares is None else sum_of_squares + squares
+            if not recompute or index == len(spans) - 1:
+                kept[index] = chunk
+            del chunk
+        assert sum_of_squares is not None
+        grn = self.grn
+        factor = grn_scale(sum_of_squares.sqrt(), grn.gamma, grn.eps, x.dtype)
+        beta = grn.beta.to(x.dtype)
+        out = torch.empty_like(x)
+        for index in reversed(range(len(spans))):
+            start, stop = spans[index]
+            chunk = kept.pop(index) if index in kept else hidden(start, stop)
+            h = self.pwconv2(torch.addcmul(beta, chunk, factor))
+            del chunk
+            out[:, :, start:stop] = torch.addcmul(x[:, :, start:stop], gate, h)
+        return out

@@ -10,9 +10,15 @@ def channel_rms_norm(x: Tensor, eps: float = 1e-6) -> Tensor:
     """Divide each pixel's channel vector [N, C, ...] by its RMS; statistics in float32.
 
     The mean of squares is accumulated in float32 but the final multiply runs in x's dtype: the
-    published models switched to this form "to match training code" (2026-04-10).
+    published models switched to this form "to match training code" (2026-04-10). For float32
+    inputs one fused `vector_norm` pass replaces `square().mean()`, which writes a full-size
+    temporary; other dtypes keep the spec's square in x's dtype, bitwise.
     """
-    mean_square = x.square().mean(dim=1, keepdim=True, dtype=torch.float32)
+    if x.dtype == torch.float32:
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        mean_square = norm.square() / x.shape[1]
+    else:
+        mean_square = x.square().mean(dim=1, keepdim=True, dtype=torch.float32)
     inv_rms = torch.rsqrt(mean_square + eps)
     return x * inv_rms.to(x.dtype)
 
@@ -41,12 +47,25 @@ class ChannelWiseRMSNorm(nn.Module):
         return y
 
 
+def grn_scale(spatial_l2: Tensor, gamma: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+    """1 + gamma * n [N, C, 1, 1] in `dtype`, n = spatial L2 norm / its channel mean (float32).
+
+    `spatial_l2` [N, C, 1, 1] is the L2 norm over all h x w positions; taking it as an input
+    lets a tiled caller accumulate it over row chunks first (see `diffae_core.tiling`).
+    """
+    spatial_l2 = spatial_l2.float()
+    relative = (spatial_l2 / (spatial_l2.mean(dim=1, keepdim=True) + eps)).to(dtype)
+    return 1 + gamma.to(dtype) * relative
+
+
 def global_response_norm(x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-6) -> Tensor:
-    """ConvNeXt-V2 GRN on [N, C, h, w]: gamma * (x * n) + beta + x, channel mean in float32."""
-    spatial_l2 = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True).float()
-    relative = spatial_l2 / (spatial_l2.mean(dim=1, keepdim=True) + eps)
-    relative = relative.to(x.dtype)
-    return gamma.to(x.dtype) * (x * relative) + beta.to(x.dtype) + x
+    """ConvNeXt-V2 GRN on [N, C, h, w]: gamma * (x * n) + beta + x, channel mean in float32.
+
+    Evaluated as x * (1 + gamma * n) + beta in one `addcmul` pass over x (the spec's form
+    writes three full-size temporaries); equal up to rounding.
+    """
+    spatial_l2 = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)  # in x's dtype (spec §2)
+    return torch.addcmul(beta.to(x.dtype), x, grn_scale(spatial_l2, gamma, eps, x.dtype))
 
 
 class GRN(nn.Module):

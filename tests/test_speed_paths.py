@@ -1,0 +1,124 @@
+"""The optimised paths against the plain ones they replace (float tolerances, never bitwise).
+
+GRN and the channel RMS norm in fewer passes, the AdaLN deltas of all blocks in one product,
+row-tiled blocks, query-chunked DiT blocks, the cached RoPE tables and the compile helper.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffae_core.adaln import (
+    AdaLNScaleGateZeroLowRankDelta,
+    AdaLNScaleGateZeroProjector,
+    block_modulations,
+    shared_modulation,
+)
+from diffae_core.families import installed_families
+from diffae_core.fcdm_block import FCDMBlock
+from diffae_core.norms import channel_rms_norm, global_response_norm
+from diffae_core.testing import assert_close, randomize_weights
+
+FLOAT32_RELATIVE = 1e-5
+FAMILIES = installed_families()
+
+
+def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_grn_in_one_pass_equals_the_spec_form() -> None:
+    x, gamma, beta = _randn(2, 12, 5, 7), _randn(1, 12, 1, 1, seed=1), _randn(1, 12, 1, 1, seed=2)
+    spatial_l2 = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)
+    relative = spatial_l2 / (spatial_l2.mean(dim=1, keepdim=True) + 1e-6)
+    spec = gamma * (x * relative) + beta + x  # diffae_core spec §2
+    assert_close(global_response_norm(x, gamma, beta), spec, atol=FLOAT32_RELATIVE * 10)
+
+
+def test_channel_rms_norm_equals_the_spec_form() -> None:
+    x = _randn(2, 24, 3, 5) * 3
+    mean_square = x.square().mean(dim=1, keepdim=True, dtype=torch.float32)
+    assert_close(channel_rms_norm(x), x * torch.rsqrt(mean_square + 1e-6), atol=FLOAT32_RELATIVE)
+
+
+def test_batched_adaln_equals_one_delta_per_block() -> None:
+    base = AdaLNScaleGateZeroProjector(8, 8)
+    deltas = torch.nn.ModuleList(AdaLNScaleGateZeroLowRankDelta(8, 8, 4) for _ in range(3))
+    randomize_weights(base), randomize_weights(deltas)
+    cond = _randn(2, 8)
+    activated, shared = shared_modulation(base, cond)
+    expected = torch.stack([shared + delta(activated) for delta in deltas])
+    assert_close(block_modulations(base, deltas, cond), expected, atol=FLOAT32_RELATIVE)
+
+
+@pytest.mark.parametrize("adaln", [False, True], ids=["encoder_mode", "adaln_mode"])
+def test_tiled_fcdm_block_equals_plain(adaln: bool) -> None:
+    block = randomize_weights(FCDMBlock(8, depthwise_kernel_size=7, use_external_adaln=adaln))
+    x = _randn(2, 8, 9, 4)
+    modulation = _randn(2, 16, seed=1) if adaln else None
+    with torch.no_grad():
+        plain = block(x, adaln_m=modulation)
+        for tile_tokens in (1, 4, 9, 36):  # 1 row, 1 row, 2 rows, the whole grid
+            for recompute in (True, False):
+                tiled = block.forward_tiled(
+                    x, adaln_m=modulation, tile_tokens=tile_tokens, recompute=recompute
+                )
+                assert_close(tiled, plain, atol=FLOAT32_RELATIVE * plain.abs().max().item())
+
+
+def test_query_chunked_dit_block_equals_plain() -> None:
+    pytest.importorskip("dinac_ae")
+    from dinac_ae.dit import AxialRoPE2D, DitBlock
+
+    block = randomize_weights(DitBlock(16, 2, 2.0, "gelu"))
+    rope = AxialRoPE2D(8)(3, 5)
+    tokens = _randn(2, 15, 16)
+    with torch.no_grad():
+        plain = block(tokens, rope)
+        for tile_tokens in (1, 4, 15):
+            tiled = block.forward_tiled(tokens, rope, tile_tokens)
+            assert_close(tiled, plain, atol=FLOAT32_RELATIVE * plain.abs().max().item())
+
+
+def test_rope_tables_are_cached_and_usable_outside_inference_mode() -> None:
+    pytest.importorskip("dinac_ae")
+    from dinac_ae.dit import AxialRoPE2D, axial_rope_table
+
+    rope = AxialRoPE2D(8)
+    with torch.inference_mode():
+        first = rope(3, 4)
+    second = rope(3, 4)
+    assert first[0] is second[0]
+    assert not first[0].is_inference()
+    expected = axial_rope_table(rope.periods, 3, 4)
+    assert torch.equal(first[0], expected[0]) and torch.equal(first[1], expected[1])
+    assert rope(4, 3)[0].shape == (12, 8)
+
+
+def test_compile_helper_matches_eager_and_changes_no_global_setting() -> None:
+    import torch._inductor.config as inductor_config
+
+    family = FAMILIES["capacitor_decoder"]
+    config = family.tiny_config
+    torch._dynamo.reset()
+    model = randomize_weights(family.model_class(config)).eval()
+    p = config.effective_patch_size
+    height, width = 2 * p, 3 * p
+    latents = _randn(1, config.latent_channels, height // p, width // p)
+    noise = _randn(1, 3, height, width, seed=1) * config.pixel_noise_std
+    eager = model.decode(latents, height, width, noise=noise)
+    freezing_before = inductor_config.freezing
+
+    compiled = model.compile(backend="aot_eager", fullgraph=True)  # inductor is slow to build
+    assert compiled is model
+    result = model.decode(latents, height, width, noise=noise)
+    assert inductor_config.freezing == freezing_before
+    assert result.is_contiguous() and result.dtype == torch.float32
+    assert_close(result, eager, atol=FLOAT32_RELATIVE * max(1.0, eager.abs().max().item()))
+    assert model.decoder.patchify.proj.weight.is_contiguous(memory_format=torch.channels_last)
+
+    model.uncompile()
+    assert "decode" not in vars(model)
+    assert model.decoder.patchify.proj.weight.is_contiguous()
+    assert torch.equal(model.decode(latents, height, width, noise=noise), eager)
