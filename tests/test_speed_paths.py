@@ -18,7 +18,7 @@ from diffae_core.adaln import (
 from diffae_core.families import installed_families
 from diffae_core.fcdm_block import FCDMBlock
 from diffae_core.norms import channel_rms_norm, global_response_norm
-from diffae_core.testing import assert_close, randomize_weights
+from diffae_core.testing import randomize_weights
 
 FLOAT32_RELATIVE = 1e-5
 FAMILIES = installed_families()
@@ -33,13 +33,17 @@ def test_grn_in_one_pass_equals_the_spec_form() -> None:
     spatial_l2 = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)
     relative = spatial_l2 / (spatial_l2.mean(dim=1, keepdim=True) + 1e-6)
     spec = gamma * (x * relative) + beta + x  # diffae_core spec §2
-    assert_close(global_response_norm(x, gamma, beta), spec, atol=FLOAT32_RELATIVE * 10)
+    torch.testing.assert_close(
+        global_response_norm(x, gamma, beta), spec, atol=FLOAT32_RELATIVE * 10, rtol=0
+    )
 
 
 def test_channel_rms_norm_equals_the_spec_form() -> None:
     x = _randn(2, 24, 3, 5) * 3
     mean_square = x.square().mean(dim=1, keepdim=True, dtype=torch.float32)
-    assert_close(channel_rms_norm(x), x * torch.rsqrt(mean_square + 1e-6), atol=FLOAT32_RELATIVE)
+    torch.testing.assert_close(
+        channel_rms_norm(x), x * torch.rsqrt(mean_square + 1e-6), atol=FLOAT32_RELATIVE, rtol=0
+    )
 
 
 def test_batched_adaln_equals_one_delta_per_block() -> None:
@@ -49,7 +53,9 @@ def test_batched_adaln_equals_one_delta_per_block() -> None:
     cond = _randn(2, 8)
     activated, shared = shared_modulation(base, cond)
     expected = torch.stack([shared + delta(activated) for delta in deltas])
-    assert_close(block_modulations(base, deltas, cond), expected, atol=FLOAT32_RELATIVE)
+    torch.testing.assert_close(
+        block_modulations(base, deltas, cond), expected, atol=FLOAT32_RELATIVE, rtol=0
+    )
 
 
 @pytest.mark.parametrize("adaln", [False, True], ids=["encoder_mode", "adaln_mode"])
@@ -64,7 +70,9 @@ def test_tiled_fcdm_block_equals_plain(adaln: bool) -> None:
                 tiled = block.forward_tiled(
                     x, adaln_m=modulation, tile_tokens=tile_tokens, recompute=recompute
                 )
-                assert_close(tiled, plain, atol=FLOAT32_RELATIVE * plain.abs().max().item())
+                torch.testing.assert_close(
+                    tiled, plain, atol=FLOAT32_RELATIVE * plain.abs().max().item(), rtol=0
+                )
 
 
 def test_query_chunked_dit_block_equals_plain() -> None:
@@ -78,7 +86,9 @@ def test_query_chunked_dit_block_equals_plain() -> None:
         plain = block(tokens, rope)
         for tile_tokens in (1, 4, 15):
             tiled = block.forward_tiled(tokens, rope, tile_tokens)
-            assert_close(tiled, plain, atol=FLOAT32_RELATIVE * plain.abs().max().item())
+            torch.testing.assert_close(
+                tiled, plain, atol=FLOAT32_RELATIVE * plain.abs().max().item(), rtol=0
+            )
 
 
 def test_rope_tables_are_cached_and_usable_outside_inference_mode() -> None:
@@ -115,7 +125,9 @@ def test_compile_helper_matches_eager_and_changes_no_global_setting() -> None:
     result = model.decode(latents, height, width, noise=noise)
     assert inductor_config.freezing == freezing_before
     assert result.is_contiguous() and result.dtype == torch.float32
-    assert_close(result, eager, atol=FLOAT32_RELATIVE * max(1.0, eager.abs().max().item()))
+    torch.testing.assert_close(
+        result, eager, atol=FLOAT32_RELATIVE * max(1.0, eager.abs().max().item()), rtol=0
+    )
     assert model.decoder.patchify.proj.weight.is_contiguous(memory_format=torch.channels_last)
 
     model.uncompile()
