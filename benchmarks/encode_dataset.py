@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = save_model(args, root / "model")
         paths = write_images(args, root / "images")
         tensors = [read_image(path)[0] for path in paths]
-        with count_flops(model) as flops:
+        with count_flops() as flops:
             bare_loop(model, tensors[:1], 1)  # warm-up; FLOPs of one image
         tool_run(args, root / "images", root / "model", root / "out")  # warm-up
         bare, phase, whole = [], [], []
