@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from diffae.cli import main
 from diffae.console import Console
-from diffae.training import TrainingSettings, latent_kl, learning_rate_at, train
+from diffae.training import TrainingSettings, latent_kl, learning_rate_at, load_state, train
 from diffae_core.families import installed_families
 from diffae_core.posterior import EncoderPosterior
 
@@ -115,8 +115,9 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     assert expected.keys() == resumed.keys()
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
-    state = torch.load(split / "training_state.pt", weights_only=True)
-    assert state["step"] == 4
+    state = load_state(split)
+    assert state["step"] == 4 and state["family"] == "fcdm_diffae"
+    assert state["optimizer"]["state"] and state["optimizer"]["param_groups"][0]["lr"] > 0
     steps = [json.loads(line)["step"] for line in (split / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 4]
 

@@ -12,7 +12,8 @@ Every random draw of a training sample (image, crop, flip, t, pixel noise, poste
 function of (seed, global sample index) only, so a run split over processes (torchrun, DDP)
 sees the same samples as one process with the same global batch, and `resume` continues exactly.
 Rank 0 writes the checkpoints: `model/` (the EMA weights, `from_pretrained` layout) and
-`training_state.pt` (weights, EMA, optimizer, step, RNG states), both atomically, and `log.jsonl`.
+`training_state.safetensors` (weights, EMA, optimizer, step, RNG states; no pickle), both
+atomically, and `log.jsonl`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -43,7 +46,7 @@ from .metrics import psnr_8bit
 
 TRAIN_PARTS = ("all", "decoder")
 """What is trained: the whole autoencoder, or the decoder with the encoder frozen."""
-STATE_NAME = "training_state.pt"
+STATE_NAME = "training_state.safetensors"
 MODEL_FOLDER = "model"
 LOG_NAME = "log.jsonl"
 
@@ -325,34 +328,68 @@ def evaluate_psnr(model: Any, files: list[Path], patch: int) -> float:
 # -- checkpoints -----------------------------------------------------------------------------
 
 
-def rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
 def save_checkpoint(out: Path, step: int, model, ema, optimizer, settings, family) -> None:
-    """`model/` (EMA weights, published layout) and the resumable state, each atomically."""
+    """`model/` (EMA weights, published layout) and the resumable state, each atomically.
+
+    The state is one safetensors file (no pickle): tensors `model/<key>`, `ema/<key>`,
+    `optimizer/<parameter index>/<name>`, `rng/torch`, `rng/cuda/<device>`; the rest (step,
+    family, settings, config, the optimizer's parameter groups) as JSON in its metadata.
+    """
     ema.save_pretrained(out / MODEL_FOLDER)
-    state = {
-        "step": step,
-        "family": family,
-        "settings": asdict(settings),
-        "config": model.config.to_dict(),
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_states(),
+    tensors: dict[str, Tensor] = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{index}"] = state
+    for prefix, module in (("model", model), ("ema", ema)):
+        for key, tensor in module.state_dict().items():
+            tensors[f"{prefix}/{key}"] = tensor
+    optimizer_state = optimizer.state_dict()
+    for index, values in optimizer_state["state"].items():
+        for name, tensor in values.items():
+            tensors[f"optimizer/{index}/{name}"] = torch.as_tensor(tensor)
+    metadata = {
+        "step": str(step),
+        "family": json.dumps(family),
+        "settings": json.dumps(asdict(settings)),
+        "config": json.dumps(model.config.to_dict()),
+        "param_groups": json.dumps(optimizer_state["param_groups"]),
     }
-    atomic_write(out / STATE_NAME, lambda tmp: torch.save(state, tmp))
+    tensors = {key: tensor.detach().cpu().contiguous().clone() for key, tensor in tensors.items()}
+    atomic_write(
+        out / STATE_NAME, lambda tmp: save_file(tensors, os.fspath(tmp), metadata=metadata)
+    )
 
 
 def load_state(out: Path) -> dict[str, Any]:
+    """The training state `save_checkpoint` wrote: step, family, settings, config, model, ema,
+    optimizer (a `state_dict`), rng."""
     path = out / STATE_NAME
     if not path.is_file():
         raise CliError(f"--resume: {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    with safe_open(os.fspath(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    sections: dict[str, dict[str, Tensor]] = {"model": {}, "ema": {}, "optimizer": {}, "rng": {}}
+    for key, tensor in tensors.items():
+        section, _, rest = key.partition("/")
+        sections[section][rest] = tensor
+    optimizer_state: dict[int, dict[str, Tensor]] = {}
+    for key, tensor in sections["optimizer"].items():
+        index, _, name = key.partition("/")
+        optimizer_state.setdefault(int(index), {})[name] = tensor
+    return {
+        "step": int(metadata["step"]),
+        "family": json.loads(metadata["family"]),
+        "settings": json.loads(metadata["settings"]),
+        "config": json.loads(metadata["config"]),
+        "model": sections["model"],
+        "ema": sections["ema"],
+        "optimizer": {
+            "state": optimizer_state,
+            "param_groups": json.loads(metadata["param_groups"]),
+        },
+        "rng": sections["rng"],
+    }
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -373,8 +410,8 @@ def train(
     """Train `model` (an FCDM-family autoencoder, float32) and return its EMA copy.
 
     Under torchrun each process runs this with the same arguments; `settings.batch_size` is the
-    global batch. Writes `out/model/`, `out/training_state.pt` (with `family`, the name a resume
-    rebuilds the model from) and `out/log.jsonl` (rank 0).
+    global batch. Writes `out/model/`, `out/training_state.safetensors` (with `family`, the name
+    a resume rebuilds the model from) and `out/log.jsonl` (rank 0).
     """
     processes = start_processes(device_name)
     if settings.batch_size % processes.world:
@@ -405,8 +442,9 @@ def train(
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        cuda_states = [state["rng"][key] for key in sorted(state["rng"]) if key != "torch"]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states)
         start_step = int(state["step"])
     objective: nn.Module = TrainingObjective(model, settings, processes)
     if processes.world > 1:
