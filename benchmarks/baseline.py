@@ -57,9 +57,9 @@ def centre_crop(image: torch.Tensor, size: int | None) -> torch.Tensor:
     return image[..., top : top + size, left : left + size]
 
 
+@torch.no_grad()
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    torch.set_grad_enabled(False)
     files = sample_photos() if not args.images else find_images(args.images)[0]
     choice = choose_model(args.model, args.family)
     model = choice.family.model_class.from_pretrained(choice.location, device="cpu")
