@@ -116,7 +116,8 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
     state = load_state(split)
-    assert state["step"] == 4
+    assert state["step"] == 4 and state["family"] == "fcdm_diffae"
+    assert state["optimizer"]["state"] and state["optimizer"]["param_groups"][0]["lr"] > 0
     steps = [json.loads(line)["step"] for line in (split / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 4]
 
@@ -164,6 +165,7 @@ def test_bad_settings_name_the_field():
         TrainingSettings(train="encoder")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(data_dir, tmp_path):
     """gloo DDP over 2 CPU processes = 1 process with the same global batch, within float32."""
     config = tmp_path / "config.json"

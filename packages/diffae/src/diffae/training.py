@@ -37,7 +37,6 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from diffae_core.checkpoint import load_tensors
 from diffae_core.io import atomic_write
 from diffae_core.vp import cosine_interpolated_logsnr, diffuse
 
@@ -329,77 +328,68 @@ def evaluate_psnr(model: Any, files: list[Path], patch: int) -> float:
 # -- checkpoints -----------------------------------------------------------------------------
 
 
-def rng_states() -> dict[str, Any]:
-    states: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
 def save_checkpoint(out: Path, step: int, model, ema, optimizer, settings, family) -> None:
-    """`model/` (EMA weights, published layout) and the resumable state, each atomically."""
+    """`model/` (EMA weights, published layout) and the resumable state, each atomically.
+
+    The state is one safetensors file (no pickle): tensors `model/<key>`, `ema/<key>`,
+    `optimizer/<parameter index>/<name>`, `rng/torch`, `rng/cuda/<device>`; the rest (step,
+    family, settings, config, the optimizer's parameter groups) as JSON in its metadata.
+    """
     ema.save_pretrained(out / MODEL_FOLDER)
-    state = {
-        "step": step,
-        "family": family,
-        "settings": asdict(settings),
-        "config": model.config.to_dict(),
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_states(),
+    tensors: dict[str, Tensor] = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{index}"] = state
+    for prefix, module in (("model", model), ("ema", ema)):
+        for key, tensor in module.state_dict().items():
+            tensors[f"{prefix}/{key}"] = tensor
+    optimizer_state = optimizer.state_dict()
+    for index, values in optimizer_state["state"].items():
+        for name, tensor in values.items():
+            tensors[f"optimizer/{index}/{name}"] = torch.as_tensor(tensor)
+    metadata = {
+        "step": str(step),
+        "family": json.dumps(family),
+        "settings": json.dumps(asdict(settings)),
+        "config": json.dumps(model.config.to_dict()),
+        "param_groups": json.dumps(optimizer_state["param_groups"]),
     }
-    tensors: dict[str, Tensor] = {}
-    layout = json.dumps(flatten_state(state, tensors))
+    tensors = {key: tensor.detach().cpu().contiguous().clone() for key, tensor in tensors.items()}
     atomic_write(
-        out / STATE_NAME,
-        lambda tmp: save_file(tensors, os.fspath(tmp), metadata={STATE_LAYOUT_KEY: layout}),
+        out / STATE_NAME, lambda tmp: save_file(tensors, os.fspath(tmp), metadata=metadata)
     )
 
 
-STATE_LAYOUT_KEY = "diffae_training_state"
-"""safetensors metadata key of the state's JSON layout (see `flatten_state`)."""
-
-
-def flatten_state(value: Any, tensors: dict[str, Tensor]) -> Any:
-    """A nested state (dicts, lists, tensors, numbers, strings) -> JSON layout; each tensor goes
-    into `tensors` under a new key and is referenced as {"tensor": key}. Dicts are written as
-    [key, value] pairs, so the optimizer's int keys survive."""
-    if isinstance(value, Tensor):
-        key = str(len(tensors))
-        tensors[key] = value.detach().cpu().contiguous().clone()  # no shared storage in files
-        return {"tensor": key}
-    if isinstance(value, dict):
-        return {"dict": [[key, flatten_state(item, tensors)] for key, item in value.items()]}
-    if isinstance(value, (list, tuple)):
-        return {"list": [flatten_state(item, tensors) for item in value]}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return {"value": value}
-    raise TypeError(f"training state: cannot store a {type(value).__name__}")
-
-
-def unflatten_state(layout: Any, tensors: dict[str, Tensor]) -> Any:
-    """The inverse of `flatten_state`."""
-    if "tensor" in layout:
-        return tensors[layout["tensor"]]
-    if "dict" in layout:
-        return {key: unflatten_state(item, tensors) for key, item in layout["dict"]}
-    if "list" in layout:
-        return [unflatten_state(item, tensors) for item in layout["list"]]
-    return layout["value"]
-
-
 def load_state(out: Path) -> dict[str, Any]:
-    """The resumable state written by `save_checkpoint` (safetensors only: no pickle)."""
+    """The training state `save_checkpoint` wrote: step, family, settings, config, model, ema,
+    optimizer (a `state_dict`), rng."""
     path = out / STATE_NAME
     if not path.is_file():
         raise CliError(f"--resume: {path} does not exist")
-    tensors = load_tensors(path)
     with safe_open(os.fspath(path), framework="pt") as handle:
-        layout = (handle.metadata() or {}).get(STATE_LAYOUT_KEY)
-    if layout is None:
-        raise CliError(f"--resume: {path} is not a diffae training state")
-    return unflatten_state(json.loads(layout), tensors)
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    sections: dict[str, dict[str, Tensor]] = {"model": {}, "ema": {}, "optimizer": {}, "rng": {}}
+    for key, tensor in tensors.items():
+        section, _, rest = key.partition("/")
+        sections[section][rest] = tensor
+    optimizer_state: dict[int, dict[str, Tensor]] = {}
+    for key, tensor in sections["optimizer"].items():
+        index, _, name = key.partition("/")
+        optimizer_state.setdefault(int(index), {})[name] = tensor
+    return {
+        "step": int(metadata["step"]),
+        "family": json.loads(metadata["family"]),
+        "settings": json.loads(metadata["settings"]),
+        "config": json.loads(metadata["config"]),
+        "model": sections["model"],
+        "ema": sections["ema"],
+        "optimizer": {
+            "state": optimizer_state,
+            "param_groups": json.loads(metadata["param_groups"]),
+        },
+        "rng": sections["rng"],
+    }
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -420,8 +410,8 @@ def train(
     """Train `model` (an FCDM-family autoencoder, float32) and return its EMA copy.
 
     Under torchrun each process runs this with the same arguments; `settings.batch_size` is the
-    global batch. Writes `out/model/`, `out/training_state.safetensors` (with `family`, the
-    name a resume rebuilds the model from) and `out/log.jsonl` (rank 0).
+    global batch. Writes `out/model/`, `out/training_state.safetensors` (with `family`, the name
+    a resume rebuilds the model from) and `out/log.jsonl` (rank 0).
     """
     processes = start_processes(device_name)
     if settings.batch_size % processes.world:
@@ -452,8 +442,9 @@ def train(
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        cuda_states = [state["rng"][key] for key in sorted(state["rng"]) if key != "torch"]
+        if cuda_states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda_states)
         start_step = int(state["step"])
     objective: nn.Module = TrainingObjective(model, settings, processes)
     if processes.world > 1:

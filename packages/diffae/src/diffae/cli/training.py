@@ -21,6 +21,14 @@ SETTING_FLAGS = {field.name: field.name.replace("_", "-") for field in fields(Tr
 
 def train_command(args: argparse.Namespace, console: Console) -> int:
     """Build (--config) or load (--init) the model, or resume --out; train it; say where it is."""
+    threads = torch.get_num_threads()
+    try:
+        return run_training(args, console)
+    finally:
+        torch.set_num_threads(threads)  # --threads is this run's, not the caller's (tests)
+
+
+def run_training(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out)
     settings_given = {
         name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None
