@@ -165,7 +165,6 @@ def test_bad_settings_name_the_field():
         TrainingSettings(train="encoder")
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_match_one(data_dir, tmp_path):
     """gloo DDP over 2 CPU processes = 1 process with the same global batch, within float32."""
     config = tmp_path / "config.json"
