@@ -289,7 +289,9 @@ class Encoder:
             work.run.skip(key, item.problem)
             self.bar.update(1)
             return
-        work.prepared[item.position] = item
+        # Only the facts a row needs stay with the shard; the pixels live in the bucket until
+        # encoded, so a shard never holds all its images in memory.
+        work.prepared[item.position] = item._replace(image=None)
         size = (int(item.image.shape[-2]), int(item.image.shape[-1]))
         bucket = work.buckets.setdefault(size, [])
         bucket.append(item)
@@ -328,17 +330,15 @@ class Encoder:
         write_shard(shard_path(self.out, work.index, self.shard_count), rows, record)
         return record
 
-    @staticmethod
-    def row(work: ShardWork, position: int) -> dict[str, Any]:
+    def row(self, work: ShardWork, position: int) -> dict[str, Any]:
         item, latents = work.prepared[position], work.latents[position]
-        assert item.image is not None
         return {
             "key": work.sources[position].key,
             "latents": latents_to_bytes(latents),
             "shape": list(latents.shape),
             "dtype": dtype_name(latents.dtype),
-            "height": int(item.image.shape[-2]),
-            "width": int(item.image.shape[-1]),
+            "height": int(latents.shape[-2]) * self.loaded.patch,  # the fitted image's pixels
+            "width": int(latents.shape[-1]) * self.loaded.patch,
             "fit": item.fit,
             "source_height": item.source_height,
             "source_width": item.source_width,
