@@ -41,7 +41,7 @@ from diffae_core.io import atomic_write
 from diffae_core.vp import cosine_interpolated_logsnr, diffuse
 
 from .console import CliError, Console
-from .images import IMAGE_SUFFIXES, read_image, require_pillow
+from .images import IMAGE_SUFFIXES, find_image_tree, read_image, require_pillow
 from .metrics import psnr_8bit
 
 TRAIN_PARTS = ("all", "decoder")
@@ -94,12 +94,10 @@ class TrainingSettings:
 
 
 def find_training_images(folder: Path) -> list[Path]:
-    """Every PNG/JPEG/WebP file under `folder` (recursive), sorted."""
+    """Every PNG/JPEG/WebP file under `folder` (recursive), sorted by relative path."""
     if not folder.is_dir():
         raise CliError(f"{folder}: not a folder")
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    files = find_image_tree(folder)
     if not files:
         raise CliError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} files (searched recursively)")
     return files
@@ -510,6 +508,8 @@ def train(
         update_ema(ema, model, min(settings.ema_decay, (1.0 + step) / (10.0 + step)))
         window_images += settings.batch_size
         bar.update(1)
+        saving = step % settings.save_every == 0 or step == settings.steps
+        record: dict[str, Any] = {}
         if step % settings.log_every == 0 or step == settings.steps:
             now = time.perf_counter()
             images_per_second = window_images / max(now - window_start, 1e-9)
@@ -524,21 +524,18 @@ def train(
                 "elapsed_s": round(now - started, 1),
             }
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
-            if step % settings.save_every == 0 or step == settings.steps:
-                if processes.main:
-                    save_checkpoint(out, step, model, ema, optimizer, settings, family)
-                    if eval_images:
-                        record["eval_psnr_db"] = round(evaluate_psnr(ema, eval_images, patch), 3)
-                if processes.world > 1:
-                    dist.barrier()
-            if processes.main:
-                append_log(out / LOG_NAME, record)
-                console.note(json.dumps(record))
-        elif step % settings.save_every == 0:
+        if saving:
             if processes.main:
                 save_checkpoint(out, step, model, ema, optimizer, settings, family)
+                if eval_images:
+                    psnr_db = round(evaluate_psnr(ema, eval_images, patch), 3)
+                    record = record or {"step": step}
+                    record["eval_psnr_db"] = psnr_db
             if processes.world > 1:
                 dist.barrier()
+        if record and processes.main:
+            append_log(out / LOG_NAME, record)
+            console.note(json.dumps(record))
     bar.close()
     return ema
 

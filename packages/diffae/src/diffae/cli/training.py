@@ -63,7 +63,9 @@ def run_training(args: argparse.Namespace, console: Console) -> int:
             model = family.model_class.from_pretrained(choice.location, device="cpu")
     if family.name not in TRAINABLE_FAMILIES:
         raise CliError(f"train: supports {TRAINABLE_FAMILIES}, not {family.name}")
-    eval_images, _ = find_images(args.eval) if args.eval else ([], [])
+    eval_images, problems = find_images(args.eval) if args.eval else ([], [])
+    if problems:
+        raise CliError("--eval: " + "; ".join(f"{name}: {reason}" for name, reason in problems))
     train(
         model,
         Path(args.data),
