@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from diffae_core.checkpoint import load_tensors
 from diffae_core.io import atomic_write
 from diffae_core.vp import cosine_interpolated_logsnr, diffuse
 
@@ -358,17 +359,33 @@ def save_checkpoint(out: Path, step: int, model, ema, optimizer, settings, famil
     )
 
 
-def load_state(out: Path) -> dict[str, Any]:
-    """The training state `save_checkpoint` wrote: step, family, settings, config, model, ema,
-    optimizer (a `state_dict`), rng."""
+def state_path(out: Path) -> Path:
+    """`out`'s training state file; a CliError when there is none to resume."""
     path = out / STATE_NAME
     if not path.is_file():
         raise CliError(f"--resume: {path} does not exist")
+    return path
+
+
+def read_state_metadata(out: Path) -> dict[str, Any]:
+    """step, family, settings and config of `out`'s training state, reading no tensor."""
+    path = state_path(out)
     with safe_open(os.fspath(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        metadata = handle.metadata() or {}
+    return {
+        "step": int(metadata["step"]),
+        **{key: json.loads(metadata[key]) for key in ("family", "settings", "config")},
+        "param_groups": json.loads(metadata["param_groups"]),
+    }
+
+
+def load_state(out: Path) -> dict[str, Any]:
+    """The training state `save_checkpoint` wrote: step, family, settings, config, model, ema,
+    optimizer (a `state_dict`), rng."""
+    metadata = read_state_metadata(out)
+    param_groups = metadata.pop("param_groups")
     sections: dict[str, dict[str, Tensor]] = {"model": {}, "ema": {}, "optimizer": {}, "rng": {}}
-    for key, tensor in tensors.items():
+    for key, tensor in load_tensors(state_path(out)).items():
         section, _, rest = key.partition("/")
         sections[section][rest] = tensor
     optimizer_state: dict[int, dict[str, Tensor]] = {}
@@ -376,16 +393,10 @@ def load_state(out: Path) -> dict[str, Any]:
         index, _, name = key.partition("/")
         optimizer_state.setdefault(int(index), {})[name] = tensor
     return {
-        "step": int(metadata["step"]),
-        "family": json.loads(metadata["family"]),
-        "settings": json.loads(metadata["settings"]),
-        "config": json.loads(metadata["config"]),
+        **metadata,
         "model": sections["model"],
         "ema": sections["ema"],
-        "optimizer": {
-            "state": optimizer_state,
-            "param_groups": json.loads(metadata["param_groups"]),
-        },
+        "optimizer": {"state": optimizer_state, "param_groups": param_groups},
         "rng": sections["rng"],
     }
 

@@ -12,7 +12,7 @@ import torch
 from ..console import CliError, Console
 from ..images import find_images
 from ..models import choose_family, choose_model, read_config
-from ..training import STATE_NAME, TrainingSettings, load_state, train
+from ..training import STATE_NAME, TrainingSettings, read_state_metadata, train
 
 TRAINABLE_FAMILIES = ("fcdm_diffae", "full_capacitor")
 """Families whose model is an FCDM autoencoder (`diffae_core.fcdm_autoencoder`)."""
@@ -38,7 +38,7 @@ def run_training(args: argparse.Namespace, console: Console) -> int:
     if args.resume:
         if args.config or args.init:
             raise CliError("--resume continues --out as it was: no --config or --init with it")
-        state = load_state(out)
+        state = read_state_metadata(out)  # the tensors are read once, by `train`
         settings = TrainingSettings(**(state["settings"] | settings_given))
         config_data, source = state["config"], f"{out / STATE_NAME}"
         family, _ = choose_family(source, config_data, args.family or state.get("family"))
