@@ -209,3 +209,15 @@ def test_posterior_sample_with_given_noise_and_its_kl():
     centred = EncoderPosterior(mean=torch.zeros(2, 3, 4, 4), logsnr=logsnr)
     expected = 0.5 * (0.5 - 1.0 - torch.log(torch.tensor(0.5)))
     torch.testing.assert_close(latent_kl(centred), expected)
+
+
+def test_images_the_workers_cannot_read_are_skipped_up_front(data_dir, tmp_path):
+    """A 16-bit PNG opens in Pillow but `read_image` refuses it: skipped before training."""
+    from diffae.training import Processes, usable_images
+
+    deep = tmp_path / "deep.png"
+    Image.fromarray(torch.zeros(64, 64, dtype=torch.int32).numpy().astype("uint16")).save(deep)
+    files = sorted(data_dir.rglob("*.png"))
+    single = Processes(rank=0, world=1, device=torch.device("cpu"))
+    kept = usable_images([*files, deep], 32, Console(quiet=True), single)
+    assert kept == files

@@ -111,18 +111,34 @@ def unique_names(stems: list[str]) -> list[str]:
     return names
 
 
+def check_opened_image(image: Any) -> None:
+    """BadImage unless an opened Pillow image is PNG/JPEG/WebP in a mode read as RGB."""
+    if image.format not in IMAGE_FORMATS:
+        raise BadImage(f"not PNG/JPEG/WebP (format {image.format})")
+    if image.mode not in CONVERTED_MODES:
+        raise BadImage(f"unsupported mode {image.mode!r}; expected one of {list(CONVERTED_MODES)}")
+
+
+def probe_image(path: Path) -> tuple[int, int]:
+    """(width, height) of an image `read_image` will take, from its header; BadImage if not."""
+    Image = require_pillow()
+    try:
+        with Image.open(path) as image:
+            check_opened_image(image)
+            return image.size
+    except BadImage:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise BadImage(f"unreadable ({error})") from None
+
+
 def read_image(path: Path) -> tuple[Tensor, str]:
     """A PNG/JPEG/WebP file -> ([1, 3, H, W] float32 in [-1, 1], note on any mode conversion)."""
     Image = require_pillow()
     try:
         with Image.open(path) as image:
-            if image.format not in IMAGE_FORMATS:
-                raise BadImage(f"not PNG/JPEG/WebP (format {image.format})")
+            check_opened_image(image)
             mode = image.mode
-            if mode not in CONVERTED_MODES:
-                raise BadImage(
-                    f"unsupported mode {mode!r}; expected one of {list(CONVERTED_MODES)}"
-                )
             rgb = image.convert("RGB")
     except BadImage:
         raise

@@ -42,7 +42,7 @@ from diffae_core.io import atomic_write
 from diffae_core.vp import cosine_interpolated_logsnr, diffuse
 
 from .console import CliError, Console
-from .images import IMAGE_SUFFIXES, find_image_tree, read_image, require_pillow
+from .images import IMAGE_SUFFIXES, BadImage, find_image_tree, probe_image, read_image
 from .metrics import psnr_8bit
 
 TRAIN_PARTS = ("all", "decoder")
@@ -555,15 +555,13 @@ def usable_images(
     files: list[Path], crop_size: int, console: Console, processes: Processes
 ) -> list[Path]:
     """The files at least `crop_size` on each side; the others are reported and skipped."""
-    Image = require_pillow()
     kept = []
     for path in files:
         try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except (OSError, ValueError) as error:
+            width, height = probe_image(path)  # what the DataLoader workers will read
+        except BadImage as error:
             if processes.main:
-                console.problem(f"skipped {path}: unreadable ({error})")
+                console.problem(f"skipped {path}: {error}")
             continue
         if min(width, height) < crop_size:
             if processes.main:
