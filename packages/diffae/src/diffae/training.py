@@ -131,6 +131,7 @@ class CropDataset(Dataset):
         self.one_step_fraction = one_step_fraction
         self.latent_shape, self.noise_std = latent_shape, noise_std
         self.cache: dict[int, Tensor] = {}
+        self.order, self.order_pass = torch.empty(0, dtype=torch.long), -1
 
     def __len__(self) -> int:
         return 2**62  # indexed by global sample number, never exhausted
@@ -142,10 +143,18 @@ class CropDataset(Dataset):
             self.cache[file_index] = ((image[0] + 1.0) * 127.5).round().to(torch.uint8)
         return self.cache[file_index]
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def file_at(self, index: int) -> int:
+        """The file of global sample `index`: pass index // count visits the files in a seeded
+        order, drawn once per pass (not once per sample)."""
         count = len(self.files)
-        order = torch.randperm(count, generator=sample_generator(self.seed, -1 - index // count))
-        pixels = self.pixels(int(order[index % count]))
+        data_pass = index // count
+        if self.order_pass != data_pass:
+            generator = sample_generator(self.seed, -1 - data_pass)
+            self.order, self.order_pass = torch.randperm(count, generator=generator), data_pass
+        return int(self.order[index % count])
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        pixels = self.pixels(self.file_at(index))
         generator = sample_generator(self.seed, index)
         size = self.crop_size
         height, width = pixels.shape[-2:]
