@@ -6,34 +6,59 @@ import ctypes
 import ctypes.util
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+MALLOC_TRIM_THRESHOLD = -1
+"""glibc's mallopt parameter M_TRIM_THRESHOLD (malloc.h)."""
 MALLOC_MMAP_THRESHOLD = -3
 """glibc's mallopt parameter M_MMAP_THRESHOLD (malloc.h)."""
-MMAP_THRESHOLD_BYTES = 1 << 16
-"""Blocks above 64 KiB are mmapped and go back to the OS when freed."""
+MEASURING_MMAP_THRESHOLD = 1 << 16
+"""While measuring: blocks above 64 KiB are mmapped and go back to the OS when freed."""
+TIMING_MMAP_THRESHOLD = 32 << 20
+TIMING_TRIM_THRESHOLD = 64 << 20
+"""Where glibc's dynamic thresholds settle once a process has freed large blocks (the 64-bit
+maximum, 32 MiB, and twice it): what a long-running PyTorch process works with."""
 RSS_POLL_SECONDS = 0.0005
 STATM = Path("/proc/self/statm")
 
 
-def return_freed_memory_to_os() -> bool:
-    """Fix glibc's mmap threshold at 64 KiB so freed tensors leave the resident set.
-
-    glibc raises the threshold after each large free, after which freed blocks stay resident
-    and the next case's growth would be hidden. Returns False where this is not glibc.
-    """
+def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
         libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(MALLOC_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc only)
     except (OSError, AttributeError):
-        return False
+        return None
+    return libc
+
+
+@contextmanager
+def freed_memory_returned() -> Iterator[None]:
+    """Inside the block, freed tensors leave the resident set at once (glibc's mmap threshold
+    fixed at 64 KiB, the heap trimmed first), so resident-set growth is the call's own.
+
+    Only the measuring call runs so: every large allocation is then a fresh mmap whose pages
+    fault in, which made timed calls up to 1.7x slower (benchmarks/README.md). On leaving, the
+    thresholds go to where glibc's own adjustment settles. A no-op where this is not glibc.
+    """
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(MALLOC_MMAP_THRESHOLD, MEASURING_MMAP_THRESHOLD)
+    libc.malloc_trim(0)
+    try:
+        yield
+    finally:
+        libc.mallopt(MALLOC_MMAP_THRESHOLD, TIMING_MMAP_THRESHOLD)
+        libc.mallopt(MALLOC_TRIM_THRESHOLD, TIMING_TRIM_THRESHOLD)
 
 
 def resident_bytes() -> int | None:
@@ -49,7 +74,7 @@ def peak_growth_bytes(call: Callable[[], Any], device: torch.device) -> int | No
     """Bytes the call adds at its peak over what was allocated before it (None if unknown).
 
     CUDA: `max_memory_allocated` after a reset. CPU: the resident set polled every 0.5 ms by a
-    thread, so a peak shorter than that can be missed.
+    thread (so a peak shorter than that can be missed), inside `freed_memory_returned`.
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -58,6 +83,11 @@ def peak_growth_bytes(call: Callable[[], Any], device: torch.device) -> int | No
         call()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
+    with freed_memory_returned():
+        return _resident_growth(call)
+
+
+def _resident_growth(call: Callable[[], Any]) -> int | None:
     before = resident_bytes()
     if before is None:
         call()

@@ -7,7 +7,7 @@ encode of a batch of random images in [-1, 1], and batch-1 decode of random late
 sampling step and PDG off. Each case is warmed up, then the repeats are interleaved across the
 models (round-robin) so that load from elsewhere on a shared machine hits all of them alike;
 the median is reported. FLOPs of Conv2d/Linear layers are counted during an eager warm-up and
-set against the machine's GEMM peak, measured here with a large matmul.
+set against the machine's GEMM peak, measured here with a large matrix product.
 
     uv run python -m benchmarks.speed --resolutions 256 512 --dtypes fp32 bf16 --repeats 3
 
@@ -29,7 +29,7 @@ import torch
 
 from .flops import count_flops, gemm_peak_flops
 from .flux2 import FLUX2_NAME
-from .memory import peak_growth_bytes, return_freed_memory_to_os, tensor_bytes
+from .memory import peak_growth_bytes, tensor_bytes
 from .models import Candidate, family_candidate, flux2_candidate, select_families
 from .report import RESULTS_DIR, default_machine_name, machine_info, write_results
 from .speed_tables import render_speed_page
@@ -326,8 +326,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if device.type == "cpu":
-        return_freed_memory_to_os()
     encode_batches = {
         side: args.encode_batch
         or [GPU_ENCODE_BATCH.get(side, 1) if device.type == "cuda" else CPU_ENCODE_BATCH]

@@ -1,8 +1,9 @@
-"""Decode of large images with and without exact tiling: time and peak memory, one call each.
+"""Decode of large images with and without exact tiling: time and peak memory, few calls each.
 
 For sizes where a repeat costs minutes on a CPU (4096², 8192²), `speed.py --tiled-resolutions`
-would spend a warm-up call per case; this script makes exactly one call per (side, mode), in
-the order given, on random weights and random latents (batch 1, 1 step, PDG off, noise
+would spend a warm-up call per case; this script makes one call per (side, mode) that measures
+peak memory, then `--repeats` timed calls (default 1; 0 times the measuring call itself, which
+pays the page faults of `memory.freed_memory_returned`), in the order given, on random weights and random latents (batch 1, 1 step, PDG off, noise
 drawn before the call). The weights are drawn N(0, 0.02²) (`randomize_weights`): PyTorch's
 default init leaves the AdaLN gates at zero, every block an identity, and a tiled result
 would then match the untiled one trivially.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,8 @@ import torch
 from diffae_core.families import installed_families
 from diffae_core.testing import randomize_weights
 
-from .memory import peak_growth_bytes, return_freed_memory_to_os, tensor_bytes
+from .memory import peak_growth_bytes, tensor_bytes
+from .timing import time_call
 from .report import (
     RESULTS_DIR,
     default_machine_name,
@@ -53,19 +56,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sides", nargs="+", type=int, default=[2048])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--tile-tokens", type=int, help="enable_tiling(tile_tokens)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed calls after the measuring one (median)"
+    )
     parser.add_argument("--tiny", action="store_true", help="the family's tiny config (smoke)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--machine", help="name in the results file names")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeats < 0:
+        parser.error(f"--repeats: expected a count >= 0, got {args.repeats}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the calls, print the Markdown, write the results files; returns the JSON data."""
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu":
-        return_freed_memory_to_os()
     family = installed_families()[args.family]
     preset = args.preset or family.presets()[0]
     config = family.tiny_config if args.tiny else family.config_class.preset(preset)
@@ -95,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 lambda call=call, images=images: images.append(call()), device
             )
             seconds = time.perf_counter() - start
+            if args.repeats:
+                seconds = statistics.median(time_call(call, device) for _ in range(args.repeats))
             if mode == "untiled":
                 reference_images[side] = images[0]
             reference = reference_images.get(side)
@@ -161,7 +170,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for r in rows
         ],
     )
-    settings = {"call": "decode, batch 1, 1 step, PDG off, one call per row", **tiling}
+    settings = {
+        "call": "decode, batch 1, 1 step, PDG off",
+        "timed calls per row (median)": args.repeats or "the measuring call",
+        **tiling,
+    }
     lines = [f"# Tiled decode on {machine}", "", *header_lines(info)]
     lines += [f"- {key}: `{value}`" for key, value in settings.items()]
     lines += ["- peak growth: resident set (CPU, polled every 0.5 ms) or allocated (CUDA)"]

@@ -17,7 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the benchmarks are scripts beside the packages, not installed
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import encode_dataset, pipeline_vae, quality, speed, tiling  # noqa: E402
+from benchmarks import (  # noqa: E402
+    encode_dataset,
+    pipeline_vae,
+    quality,
+    reconstruct,
+    speed,
+    tiling,
+)
 from benchmarks.flux2 import FLUX2_NAME, build_flux2_vae  # noqa: E402
 
 pytest.importorskip("diffusers")
@@ -159,3 +166,13 @@ def test_baseline_script_compares_the_embedded_model_with_bicubic(tmp_path: Path
     data = baseline.main([*arguments, "--out-dir", str(tmp_path)])
     assert data["ratio"] == 8 and data["images"][0]["size"] == "256x256"
     assert (tmp_path / "baseline-embedded-smoke.md").is_file()
+
+
+def test_reconstruct_benchmark_times_the_command_against_the_bare_model(tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    write_png(photo, torch.rand(3, 40, 48) * 2 - 1)
+    options = f"--images {photo} --repeats 1 --machine smoke --out-dir {tmp_path / 'out'}"
+    data = reconstruct.main(options.split())
+    assert (tmp_path / "out" / "reconstruct-embedded-smoke.md").is_file()
+    assert len(data["seconds"]["model"]) == len(data["seconds"]["command"]) == 1
+    assert data["command_over_model"] == data["medians"]["command"] / data["medians"]["model"]

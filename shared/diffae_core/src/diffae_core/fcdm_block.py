@@ -74,6 +74,7 @@ class FCDMBlock(nn.Module):
         adaln_m: Tensor | None = None,
         tile_tokens: int,
         recompute: bool = True,
+        overwrite: bool = False,
     ) -> Tensor:
         """`forward` over row chunks of <= tile_tokens positions; equal up to float rounding.
 
@@ -83,15 +84,18 @@ class FCDMBlock(nn.Module):
         chunk's hidden activations in pass 2 (one more `pwconv1` per block, no full-size
         [N, 4C, h, w] tensor); `recompute=False` keeps them from pass 1 (about the untiled
         time, one full-size 4C-wide tensor in memory). Pass 2 runs bottom-up, so the last
-        chunk's activations are reused either way.
+        chunk's activations are reused either way. `overwrite=True` writes the output into x
+        itself (one full-size tensor fewer; the caller must not need x afterwards), keeping
+        the original halo rows each recomputed chunk reads from below; never under autograd.
         """
         spans = row_spans(x.shape[2], x.shape[3], tile_tokens)
         if len(spans) == 1:  # one chunk: the plain pass, without recomputing anything
             return self(x, adaln_m=adaln_m)
         scale, gate = self._modulation(x, adaln_m)
+        halo = self.dwconv.padding[0]
 
-        def hidden(start: int, stop: int) -> Tensor:
-            h = self.norm(conv_rows(self.dwconv, x, start, stop))
+        def hidden(start: int, stop: int, below: Tensor | None = None) -> Tensor:
+            h = self.norm(conv_rows(self.dwconv, x, start, stop, below))
             if scale is not None:
                 h = h * (1 + scale)
             return F.gelu(self.pwconv1(h))
@@ -111,11 +115,17 @@ class FCDMBlock(nn.Module):
         grn = self.grn
         factor = grn_scale(sum_of_squares.sqrt(), grn.gamma, grn.eps, x.dtype)
         beta = grn.beta.to(x.dtype)
-        out = torch.empty_like(x)
+        overwrite = overwrite and not torch.is_grad_enabled()
+        out = x if overwrite else torch.empty_like(x)
+        below = None  # x's original rows just below the current chunk, once overwritten
         for index in reversed(range(len(spans))):
             start, stop = spans[index]
-            chunk = kept.pop(index) if index in kept else hidden(start, stop)
+            chunk = kept.pop(index) if index in kept else hidden(start, stop, below)
             h = self.pwconv2(torch.addcmul(beta, chunk, factor))
             del chunk
-            out[:, :, start:stop] = torch.addcmul(x[:, :, start:stop], gate, h)
+            rows = x[:, :, start:stop]
+            if overwrite and recompute and index > 0:
+                pristine = rows if below is None else torch.cat([rows, below], dim=2)
+                below = pristine[:, :, :halo].clone()
+            out[:, :, start:stop] = torch.addcmul(rows, gate, h)
         return out

@@ -105,7 +105,8 @@ class FCDMDecoder(RowTiled, nn.Module):
         """`forward` over row chunks of the latent grid; equal up to float rounding.
 
         Full-size tensors: x_t, the output, and at most three [N, C, h, w] feature maps (the
-        start-block skip, a block's input and its output). The pixel-level patchify, out_proj
+        start-block skip, the first middle block's input and its output); every other block
+        writes its output over its input. The pixel-level patchify, out_proj
         and PixelShuffle, the fuse convs and each block's MLP run chunk by chunk.
         """
         assert self.tile_tokens is not None
@@ -121,7 +122,8 @@ class FCDMDecoder(RowTiled, nn.Module):
             features[:, :, start:stop] = chunk
         assert features is not None
 
-        def run(blocks: nn.ModuleList, x: Tensor, first_index: int) -> Tensor:
+        def run(blocks: nn.ModuleList, x: Tensor, first_index: int, own_input: bool) -> Tensor:
+            # Blocks overwrite their input in place, except an input the caller still needs.
             for offset, block in enumerate(blocks):
                 modulation = modulations[first_index + offset]
                 x = block.forward_tiled(
@@ -129,14 +131,15 @@ class FCDMDecoder(RowTiled, nn.Module):
                     adaln_m=modulation,
                     tile_tokens=self.tile_tokens,
                     recompute=self.tile_recompute,
+                    overwrite=own_input or offset > 0,
                 )
             return x
 
-        skip = run(self.start_blocks, features, 0)
+        skip = run(self.start_blocks, features, 0, own_input=True)
         del features
         middle = None
-        if not drop_middle_blocks:
-            middle = run(self.middle_blocks, skip, len(self.start_blocks))
+        if not drop_middle_blocks:  # the skip is read again by fuse_skip
+            middle = run(self.middle_blocks, skip, len(self.start_blocks), own_input=False)
         mask_feature = self.path_drop_mask_feature.to(skip.dtype)
         fused = torch.empty_like(skip)
         for start, stop in spans:
@@ -147,7 +150,9 @@ class FCDMDecoder(RowTiled, nn.Module):
                 middle_rows = middle[:, :, start:stop]
             fused[:, :, start:stop] = self.fuse_skip(torch.cat([skip_rows, middle_rows], dim=1))
         del skip, middle
-        end = run(self.end_blocks, fused, len(self.start_blocks) + len(self.middle_blocks))
+        end = run(
+            self.end_blocks, fused, len(self.start_blocks) + len(self.middle_blocks), own_input=True
+        )
         del fused
         images = x_t.new_empty(x_t.shape, dtype=end.dtype)
         for start, stop in spans:

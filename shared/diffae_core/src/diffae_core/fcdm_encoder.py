@@ -80,7 +80,9 @@ class FCDMEncoder(RowTiled, nn.Module):
             x[:, :, start:stop] = chunk
         assert x is not None
         for block in self.blocks:
-            x = block.forward_tiled(x, tile_tokens=tile_tokens, recompute=self.tile_recompute)
+            x = block.forward_tiled(
+                x, tile_tokens=tile_tokens, recompute=self.tile_recompute, overwrite=True
+            )
         projections = [self.to_bottleneck(x[:, :, start:stop]) for start, stop in spans]
         return torch.cat(projections, dim=2)  # row chunks -> [N, 2B, h, w]
 

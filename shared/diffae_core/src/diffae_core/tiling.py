@@ -16,6 +16,7 @@ hidden activations instead (one full-size 4x-wide tensor, no extra work).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 DEFAULT_TILE_TOKENS = 2048
@@ -49,12 +50,19 @@ def row_spans(height: int, width: int, tile_tokens: int) -> list[tuple[int, int]
     return [(start, min(start + rows, height)) for start in range(0, height, rows)]
 
 
-def conv_rows(conv: nn.Conv2d, x: Tensor, start: int, stop: int) -> Tensor:
+def conv_rows(
+    conv: nn.Conv2d, x: Tensor, start: int, stop: int, below: Tensor | None = None
+) -> Tensor:
     """conv(x)[:, :, start:stop] of a stride-1 'same' conv, reading only the rows it needs.
 
     The slab keeps a halo of `padding` rows on each side where the image has them; at the
-    image border the conv's own zero padding stands in, as in the untiled call.
+    image border the conv's own zero padding stands in, as in the untiled call. `below`, when
+    given, holds x's rows from `stop` on as they were before an in-place update overwrote them
+    (at least the halo's worth, or up to the image's last row).
     """
     halo = conv.padding[0]
     first, last = max(start - halo, 0), min(stop + halo, x.shape[2])
-    return conv(x[:, :, first:last])[:, :, start - first : stop - first]
+    slab = x[:, :, first:last]
+    if below is not None:
+        slab = torch.cat([x[:, :, first:stop], below[:, :, : last - stop]], dim=2)
+    return conv(slab)[:, :, start - first : stop - first]

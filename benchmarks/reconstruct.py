@@ -1,0 +1,170 @@
+"""`diffae reconstruct` against the bare model: how much the command adds to encode + decode.
+
+    uv run python -m benchmarks.reconstruct                         # the embedded model
+    uv run python -m benchmarks.reconstruct --preset fcdm_diffae/semdisdiffae_p32_v2
+
+On the four bundled sample photos (`diffae.images.sample_photos`, or `--images`):
+
+- **model**: each photo read and fitted as the command does (`read_image`, `fit_image`, crop),
+  then `model.encode` + `model.decode` with the inference config the command builds from the
+  same arguments; only the two calls are timed, summed over the photos.
+- **command**: `diffae reconstruct PHOTOS --out TMP --quiet` run in this process
+  (`diffae.cli.app.main`): choosing and loading the model from its folder, reading, fitting,
+  encoding, decoding, writing the PNGs and the PSNR table. Interpreter start-up and imports are
+  not in it; `--subprocess` also times the whole `python -m diffae reconstruct` for reference.
+
+Both are timed `--repeats` times after one untimed warm-up each, interleaved, medians. The ratio
+command ÷ model is the command's overhead (issue 15's target: at most 1.2). `--preset
+FAMILY/PRESET` saves that full-size preset with random weights to a temporary folder first
+(full size is what the published models are). Writes results/reconstruct-<machine>.md/.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffae.cli.app import main as diffae_main
+from diffae.cli.arguments import build_parser
+from diffae.images import fit_image, read_image, sample_photos
+from diffae.models import EMBEDDED_MODEL, choose_model, inference_config
+from diffae_core.families import installed_families
+
+from .report import RESULTS_DIR, header_lines, machine_info, markdown_table, write_results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.reconstruct", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--preset", help="FAMILY/PRESET at full size, random weights (default: the embedded model)"
+    )
+    parser.add_argument("--images", nargs="+", type=Path, help="default: the sample photos")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--subprocess", action="store_true", help="also time `python -m diffae`")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--machine", default="cpu", help="name in the results file names")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats: expected a positive count, got {args.repeats}")
+    if args.preset is not None and args.preset.count("/") != 1:
+        parser.error(f"--preset: expected FAMILY/PRESET, got {args.preset!r}")
+    return args
+
+
+def save_preset(name: str, folder: Path) -> Path:
+    """A full-size preset with PyTorch's default random init, saved in the published layout."""
+    family_name, preset = name.split("/")
+    family = installed_families()[family_name]
+    model = family.model_class(family.config_class.preset(preset))
+    model.save_pretrained(folder)
+    return folder
+
+
+def model_seconds(model_dir: Path | None, images: list[Path], family: str | None) -> float:
+    """One pass of bare encode + decode over the fitted photos; seconds in the two calls."""
+    argv = ["reconstruct", *map(str, images), "--out", "unused"]
+    if model_dir is not None:
+        argv += ["--model", str(model_dir)]
+    args = build_parser(installed_families().values()).parse_args(argv)
+    choice = choose_model(args.model, family)
+    model = choice.family.model_class.from_pretrained(choice.location)
+    decoding = inference_config(choice.family, args)
+    patch = model.config.effective_patch_size
+    total = 0.0
+    for path in images:
+        image = fit_image(read_image(path)[0], patch, args.fit).image
+        start = time.perf_counter()
+        latents = model.encode(image)
+        model.decode(latents, image.shape[-2], image.shape[-1], inference_config=decoding)
+        total += time.perf_counter() - start
+    return total
+
+
+def command_seconds(argv: list[str]) -> float:
+    """Seconds of one in-process `diffae reconstruct` run; a failing run stops the benchmark."""
+    start = time.perf_counter()
+    status = diffae_main(argv)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"diffae {' '.join(argv)}: exit status {status}")
+    return seconds
+
+
+def subprocess_seconds(argv: list[str]) -> float:
+    """Wall seconds of `python -m diffae ...` in a fresh interpreter."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "diffae", *argv], check=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the comparison, print the Markdown, write the results files; returns the JSON data."""
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    images = args.images or sample_photos()
+    with tempfile.TemporaryDirectory() as temporary:
+        scratch = Path(temporary)
+        model_dir = None if args.preset is None else save_preset(args.preset, scratch / "model")
+        family = None if args.preset is None else args.preset.split("/")[0]
+        label = args.preset or f"embedded ({EMBEDDED_MODEL.name})"
+        command = ["reconstruct", *map(str, images), "--quiet"]
+        command += [] if model_dir is None else ["--model", str(model_dir)]
+        command += [] if family is None else ["--family", family]
+        samples: dict[str, list[float]] = {"model": [], "command": [], "subprocess": []}
+        runs = [
+            ("model", lambda: model_seconds(model_dir, images, family)),
+            ("command", lambda out: command_seconds([*command, "--out", out])),
+        ]
+        if args.subprocess:
+            runs.append(("subprocess", lambda out: subprocess_seconds([*command, "--out", out])))
+        for repeat in range(args.repeats + 1):  # the first round is the warm-up
+            for name, run in runs:
+                out = str(scratch / f"out-{name}-{repeat}")
+                seconds = run() if name == "model" else run(out)  # type: ignore[call-arg]
+                if repeat:
+                    samples[name].append(seconds)
+    medians = {name: statistics.median(s) for name, s in samples.items() if s}
+    ratio = medians["command"] / medians["model"]
+    rows = [
+        [label, len(images), f"{medians['model']:.2f}", f"{medians['command']:.2f}"]
+        + ([f"{medians['subprocess']:.2f}"] if "subprocess" in medians else [])
+        + [f"{ratio:.2f}"]
+    ]
+    headers = ["model", "photos", "encode + decode s", "diffae reconstruct s"]
+    headers += ["python -m diffae s"] if "subprocess" in medians else []
+    headers += ["command ÷ model"]
+    info = machine_info(torch.device("cpu"))
+    lines = [f"# diffae reconstruct overhead on {args.machine}", "", *header_lines(info)]
+    lines += [f"- images: {', '.join(path.name for path in images)}"]
+    lines += [f"- median of {args.repeats} interleaved runs after one warm-up each"]
+    markdown = "\n".join([*lines, "", markdown_table(headers, rows)]) + "\n"
+    data = {
+        "machine": args.machine,
+        "info": info,
+        "model": label,
+        "images": [str(path) for path in images],
+        "seconds": samples,
+        "medians": medians,
+        "command_over_model": ratio,
+    }
+    print(markdown)
+    stem = f"reconstruct-{(args.preset or 'embedded').replace('/', '-')}-{args.machine}"
+    for path in write_results(args.out_dir, stem, markdown, data):
+        print(f"wrote {path}")
+    return data
+
+
+if __name__ == "__main__":
+    main()
