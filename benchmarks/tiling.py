@@ -3,10 +3,10 @@
 For sizes where a repeat costs minutes on a CPU (4096², 8192²), `speed.py --tiled-resolutions`
 would spend a warm-up call per case; this script makes one call per (side, mode) that measures
 peak memory, then `--repeats` timed calls (default 1; 0 times the measuring call itself, which
-pays the page faults of `memory.freed_memory_returned`), in the order given, on random weights and random latents (batch 1, 1 step, PDG off, noise
-drawn before the call). The weights are drawn N(0, 0.02²) (`randomize_weights`): PyTorch's
-default init leaves the AdaLN gates at zero, every block an identity, and a tiled result
-would then match the untiled one trivially.
+pays the page faults of `memory.freed_memory_returned`), in the order given, on random weights
+and random latents (batch 1, 1 step, PDG off, noise drawn before the call). The weights are
+drawn N(0, 0.02²) (`randomize_weights`): PyTorch's default init leaves the AdaLN gates at zero,
+every block an identity, and a tiled result would then match the untiled one trivially.
 
     uv run python -m benchmarks.tiling --sides 2048 4096 8192 --modes tiled
 
@@ -31,7 +31,6 @@ from diffae_core.families import installed_families
 from diffae_core.testing import randomize_weights
 
 from .memory import peak_growth_bytes, tensor_bytes
-from .timing import time_call
 from .report import (
     RESULTS_DIR,
     default_machine_name,
@@ -40,6 +39,7 @@ from .report import (
     markdown_table,
     write_results,
 )
+from .timing import time_call
 
 MODES = ("untiled", "tiled", "tiled-keep")
 WEIGHT_SCALE = 0.02
