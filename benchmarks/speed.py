@@ -227,8 +227,12 @@ def warm_up(
                 flop_counts[flop_key] = flops.total
             first_call_s = seconds if index == 0 else first_call_s
     weights = tensor_bytes(candidate.module)
+    weight_dtype = next(candidate.module.parameters()).dtype
     row = {
         **case.__dict__,
+        # What the weights are in after the cast: a family upcasts bf16 to float32 on a CPU
+        # without native bf16 (diffae_core.precision).
+        "compute_dtype": {v: k for k, v in DTYPES.items()}.get(weight_dtype, str(weight_dtype)),
         "model": candidate.name,
         "parameters": candidate.parameters(),
         "flops": flop_counts[flop_key],
@@ -287,7 +291,8 @@ def add_flux2_ratios(rows: list[dict[str, Any]], gemm_flops: dict[str, float]) -
     case_fields = ("task", "resolution", "batch", "dtype", "mode")
     references = {tuple(r[f] for f in case_fields): r for r in rows if r["model"] == FLUX2_NAME}
     for row in rows:
-        row["gemm_fraction"] = row["tflops"] * 1e12 / gemm_flops[row["dtype"]]
+        peak = gemm_flops.get(row.get("compute_dtype", row["dtype"]), gemm_flops[row["dtype"]])
+        row["gemm_fraction"] = row["tflops"] * 1e12 / peak
         reference = references.get(tuple(row[f] for f in case_fields))
         row["speedup_vs_flux2"] = (
             None if reference is None else reference["ms_image"] / row["ms_image"]

@@ -150,6 +150,11 @@ def read_image(path: Path) -> tuple[Tensor, str]:
     return (pixels.float() / 127.5 - 1.0).unsqueeze(0), CONVERTED_MODES[mode]
 
 
+PNG_LEVEL = 1
+"""zlib level of the PNGs written: on reconstructions of the sample photos about half the time
+of Pillow's default 6 for files about 10% larger (lossless either way)."""
+
+
 def write_png(path: Path, image: Tensor) -> None:
     """Write [3, H, W] (float in [-1, 1], clamped, or uint8) as an 8-bit RGB PNG."""
     Image = require_pillow()
@@ -157,7 +162,7 @@ def write_png(path: Path, image: Tensor) -> None:
     array = pixels.permute(1, 2, 0).contiguous().cpu().numpy()  # [3, H, W] -> [H, W, 3] uint8
     picture = Image.fromarray(array)
     # Written under a temporary name and renamed: a killed run leaves no half-written PNG.
-    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG", compress_level=PNG_LEVEL))
 
 
 @dataclass(frozen=True)
