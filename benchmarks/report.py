@@ -28,6 +28,9 @@ def processor_name() -> str:
     return platform.processor() or platform.machine()
 
 
+CPU_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     """Device, its name, threads, torch/diffusers versions and the date, for every header."""
     info: dict[str, Any] = {
@@ -44,6 +47,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     info["native_bf16"] = native_bf16(device)
+    # The kernels PyTorch dispatches to, and any limit set on them (a run under
+    # ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 stands in for an AVX2-only CPU).
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    for name in CPU_LIMITS:
+        if name in os.environ:
+            info[name] = os.environ[name]
     try:
         import diffusers
 
