@@ -86,6 +86,22 @@ def test_tiled_fcdm_block_equals_plain(adaln: bool) -> None:
                         assert torch.equal(given, x)
 
 
+@pytest.mark.parametrize("adaln", [False, True], ids=["encoder_mode", "adaln_mode"])
+def test_fcdm_block_without_autograd_updates_in_place_and_keeps_its_input(adaln: bool) -> None:
+    block = randomize_weights(FCDMBlock(8, use_external_adaln=adaln))
+    x = _randn(2, 8, 5, 6)
+    modulation = _randn(2, 16, seed=1) if adaln else None
+    with_graph = block(x, adaln_m=modulation)  # autograd on: the out-of-place path
+    assert with_graph.requires_grad
+    given = x.clone()
+    with torch.no_grad():
+        in_place = block(given, adaln_m=modulation)
+    assert torch.equal(given, x)
+    torch.testing.assert_close(
+        in_place, with_graph.detach(), atol=FLOAT32_RELATIVE * x.abs().max().item(), rtol=0
+    )
+
+
 def test_tiled_fcdm_block_never_overwrites_under_autograd() -> None:
     block = randomize_weights(FCDMBlock(8, depthwise_kernel_size=7))
     x = _randn(1, 8, 6, 4).requires_grad_()

@@ -6,21 +6,22 @@ import torch
 from torch import Tensor, nn
 
 
-def channel_rms_norm(x: Tensor, eps: float = 1e-6) -> Tensor:
+def channel_rms_norm(x: Tensor, eps: float = 1e-6, *, inplace: bool = False) -> Tensor:
     """Divide each pixel's channel vector [N, C, ...] by its RMS; statistics in float32.
 
     The mean of squares is accumulated in float32 but the final multiply runs in x's dtype: the
     published models switched to this form "to match training code" (2026-04-10). For float32
     inputs one fused `vector_norm` pass replaces `square().mean()`, which writes a full-size
-    temporary; other dtypes keep the spec's square in x's dtype, bitwise.
+    temporary; other dtypes keep the spec's square in x's dtype, bitwise. `inplace` writes the
+    result over x (same values).
     """
     if x.dtype == torch.float32:
         norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
         mean_square = norm.square() / x.shape[1]
     else:
         mean_square = x.square().mean(dim=1, keepdim=True, dtype=torch.float32)
-    inv_rms = torch.rsqrt(mean_square + eps)
-    return x * inv_rms.to(x.dtype)
+    inv_rms = torch.rsqrt(mean_square + eps).to(x.dtype)
+    return x.mul_(inv_rms) if inplace else x * inv_rms
 
 
 class ChannelWiseRMSNorm(nn.Module):
@@ -58,14 +59,17 @@ def grn_scale(spatial_l2: Tensor, gamma: Tensor, eps: float, dtype: torch.dtype)
     return 1 + gamma.to(dtype) * relative
 
 
-def global_response_norm(x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-6) -> Tensor:
+def global_response_norm(
+    x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-6, *, inplace: bool = False
+) -> Tensor:
     """ConvNeXt-V2 GRN on [N, C, h, w]: gamma * (x * n) + beta + x, channel mean in float32.
 
     Evaluated as x * (1 + gamma * n) + beta in one `addcmul` pass over x (the spec's form
-    writes three full-size temporaries); equal up to rounding.
+    writes three full-size temporaries); equal up to rounding. `inplace` writes over x.
     """
     spatial_l2 = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)  # in x's dtype (spec §2)
-    return torch.addcmul(beta.to(x.dtype), x, grn_scale(spatial_l2, gamma, eps, x.dtype))
+    factor = grn_scale(spatial_l2, gamma, eps, x.dtype)
+    return torch.addcmul(beta.to(x.dtype), x, factor, out=x if inplace else None)
 
 
 class GRN(nn.Module):
