@@ -112,10 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "mean": summary,
     }
     machine = args.machine or default_machine_name(torch.device("cpu"))
-    for path in write_results(
-        args.out_dir, f"baseline-{slug(name)}-{slug(machine)}", markdown, data
-    ):
-        print(f"wrote {path}")
+    write_results(args.out_dir, f"baseline-{slug(name)}-{slug(machine)}", markdown, data)
     return data
 
 

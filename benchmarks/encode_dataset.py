@@ -35,7 +35,7 @@ from diffae.cli import main as diffae_main
 from diffae.images import read_image, write_png
 
 from .flops import count_flops
-from .models import select_families
+from .models import save_preset
 from .report import RESULTS_DIR, default_machine_name, header_lines, machine_info, markdown_table
 from .report import write_results as write_result_files
 from .timing import time_call
@@ -65,11 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def save_model(args: argparse.Namespace, folder: Path) -> torch.nn.Module:
     """The preset with PyTorch's default initialisation, saved to `folder`; the model loaded
     back from there, as the command loads it (loaded weights can take other kernels)."""
-    family = select_families([args.family])[args.family]
-    config = (
-        family.tiny_config if args.preset == "tiny" else family.config_class.preset(args.preset)
-    )
-    family.model_class(config).save_pretrained(folder)
+    family = save_preset(args.family, args.preset, folder)
     return family.model_class.from_pretrained(folder, dtype=torch.float32).eval()
 
 
@@ -162,8 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "samples": {"bare": bare, "phase": phase, "whole": whole},
     }
     machine = args.machine or default_machine_name(device)
-    for path in write_result_files(args.out_dir, f"encode-dataset-{machine}", markdown, data):
-        print(f"wrote {path}")
+    write_result_files(args.out_dir, f"encode-dataset-{machine}", markdown, data)
     return data
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,6 +67,15 @@ def select_families(names: list[str] | None) -> dict[str, Family]:
     if unknown:
         raise SystemExit(f"--families: expected names from {list(families)}, got {unknown}")
     return {name: families[name] for name in names}
+
+
+def save_preset(family_name: str, preset: str, folder: Path) -> Family:
+    """A family's preset ("tiny": its test config) with PyTorch's default initialisation,
+    saved to `folder` in the published layout, for scripts that time loading as well."""
+    family = select_families([family_name])[family_name]
+    config = family.tiny_config if preset == "tiny" else family.config_class.preset(preset)
+    family.model_class(config).save_pretrained(folder)
+    return family
 
 
 def _decoding(model: nn.Module, family: Family) -> Decode:

@@ -146,8 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ]
     )
     machine = args.machine or default_machine_name(device)
-    for path in write_results(args.out_dir, f"pipeline-vae-{machine}", markdown, data):
-        print(path)
+    write_results(args.out_dir, f"pipeline-vae-{machine}", markdown, data)
     print(table)
     return data
 

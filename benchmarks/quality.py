@@ -225,8 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data["images"] = rows
     markdown = render_markdown(name, info, data)
     print(markdown)
-    for path in write_results(args.out_dir, f"quality-{slug(name)}-{machine}", markdown, data):
-        print(f"wrote {path}")
+    write_results(args.out_dir, f"quality-{slug(name)}-{machine}", markdown, data)
     return data
 
 

@@ -5,9 +5,9 @@
 
 On the four bundled sample photos (`diffae.images.sample_photos`, or `--images`):
 
-- **model**: each photo read and fitted as the command does (`read_image`, `fit_image`, crop),
-  then `model.encode` + `model.decode` with the inference config the command builds from the
-  same arguments; only the two calls are timed, summed over the photos.
+- **model**: the model loaded and each photo read and fitted once, as the command does
+  (`read_image`, `fit_image`, crop); then `model.encode` + `model.decode` with the inference
+  config the command builds from the same arguments, timed over all the photos.
 - **command**: `diffae reconstruct PHOTOS --out TMP --quiet` run in this process
   (`diffae.cli.app.main`): choosing and loading the model from its folder, reading, fitting,
   encoding, decoding, writing the PNGs and the PSNR table. Interpreter start-up and imports are
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from diffae.images import fit_image, read_image, sample_photos
 from diffae.models import EMBEDDED_MODEL, choose_model, inference_config
 from diffae_core.families import installed_families
 
+from .models import save_preset
 from .report import RESULTS_DIR, header_lines, machine_info, markdown_table, write_results
 
 
@@ -62,17 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def save_preset(name: str, folder: Path) -> Path:
-    """A full-size preset with PyTorch's default random init, saved in the published layout."""
-    family_name, preset = name.split("/")
-    family = installed_families()[family_name]
-    model = family.model_class(family.config_class.preset(preset))
-    model.save_pretrained(folder)
-    return folder
-
-
-def model_seconds(model_dir: Path | None, images: list[Path], family: str | None) -> float:
-    """One pass of bare encode + decode over the fitted photos; seconds in the two calls."""
+def bare_model(
+    model_dir: Path | None, images: list[Path], family: str | None
+) -> Callable[[], float]:
+    """A call timing one pass of bare encode + decode over the photos, loaded and fitted once
+    as the command would (same arguments, same inference config); returns seconds."""
     argv = ["reconstruct", *map(str, images), "--out", "unused"]
     if model_dir is not None:
         argv += ["--model", str(model_dir)]
@@ -81,14 +77,16 @@ def model_seconds(model_dir: Path | None, images: list[Path], family: str | None
     model = choice.family.model_class.from_pretrained(choice.location)
     decoding = inference_config(choice.family, args)
     patch = model.config.effective_patch_size
-    total = 0.0
-    for path in images:
-        image = fit_image(read_image(path)[0], patch, args.fit).image
+    fitted = [fit_image(read_image(path)[0], patch, args.fit).image for path in images]
+
+    def seconds() -> float:
         start = time.perf_counter()
-        latents = model.encode(image)
-        model.decode(latents, image.shape[-2], image.shape[-1], inference_config=decoding)
-        total += time.perf_counter() - start
-    return total
+        for image in fitted:
+            latents = model.encode(image)
+            model.decode(latents, image.shape[-2], image.shape[-1], inference_config=decoding)
+        return time.perf_counter() - start
+
+    return seconds
 
 
 def command_seconds(argv: list[str]) -> float:
@@ -116,23 +114,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     images = args.images or sample_photos()
     with tempfile.TemporaryDirectory() as temporary:
         scratch = Path(temporary)
-        model_dir = None if args.preset is None else save_preset(args.preset, scratch / "model")
-        family = None if args.preset is None else args.preset.split("/")[0]
+        model_dir, family = None, None
+        if args.preset is not None:
+            family, preset = args.preset.split("/")
+            model_dir = scratch / "model"
+            save_preset(family, preset, model_dir)
         label = args.preset or f"embedded ({EMBEDDED_MODEL.name})"
         command = ["reconstruct", *map(str, images), "--quiet"]
         command += [] if model_dir is None else ["--model", str(model_dir)]
         command += [] if family is None else ["--family", family]
         samples: dict[str, list[float]] = {"model": [], "command": [], "subprocess": []}
-        runs = [
-            ("model", lambda: model_seconds(model_dir, images, family)),
+        model_pass = bare_model(model_dir, images, family)
+        runs: list[tuple[str, Callable[[str], float]]] = [
+            ("model", lambda out: model_pass()),
             ("command", lambda out: command_seconds([*command, "--out", out])),
         ]
         if args.subprocess:
             runs.append(("subprocess", lambda out: subprocess_seconds([*command, "--out", out])))
         for repeat in range(args.repeats + 1):  # the first round is the warm-up
             for name, run in runs:
-                out = str(scratch / f"out-{name}-{repeat}")
-                seconds = run() if name == "model" else run(out)  # type: ignore[call-arg]
+                seconds = run(str(scratch / f"out-{name}-{repeat}"))
                 if repeat:
                     samples[name].append(seconds)
     medians = {name: statistics.median(s) for name, s in samples.items() if s}
@@ -161,8 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(markdown)
     stem = f"reconstruct-{(args.preset or 'embedded').replace('/', '-')}-{args.machine}"
-    for path in write_results(args.out_dir, stem, markdown, data):
-        print(f"wrote {path}")
+    write_results(args.out_dir, stem, markdown, data)
     return data
 
 

@@ -101,8 +101,10 @@ def header_lines(info: dict[str, Any]) -> list[str]:
 
 
 def write_results(out_dir: Path, stem: str, markdown: str, data: dict[str, Any]) -> list[Path]:
-    """Write `<stem>.md` and `<stem>.json` in `out_dir` (atomically); returns both paths."""
+    """Write `<stem>.md` and `<stem>.json` in `out_dir` (atomically), saying so; returns both."""
     markdown_path, json_path = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
     atomic_write_text(markdown_path, markdown)
     atomic_write_text(json_path, json.dumps(data, indent=2) + "\n")
+    for path in (markdown_path, json_path):
+        print(f"wrote {path}")
     return [markdown_path, json_path]

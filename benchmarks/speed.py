@@ -36,6 +36,7 @@ from .speed_tables import render_speed_page
 from .timing import median_ms, time_call
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 TASKS = ("encode", "decode")
 MODES = ("eager", "compile")
 TILED = "tiled"
@@ -232,7 +233,7 @@ def warm_up(
         **case.__dict__,
         # What the weights are in after the cast: a family upcasts bf16 to float32 on a CPU
         # without native bf16 (diffae_core.precision).
-        "compute_dtype": {v: k for k, v in DTYPES.items()}.get(weight_dtype, str(weight_dtype)),
+        "compute_dtype": DTYPE_NAMES.get(weight_dtype, str(weight_dtype)),
         "model": candidate.name,
         "parameters": candidate.parameters(),
         "flops": flop_counts[flop_key],
@@ -387,8 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     markdown = render_speed_page(machine, info, settings, rows)
     data = {"machine": machine, "info": info, "settings": settings, "results": rows}
     print(markdown)
-    for path in write_results(args.out_dir, f"speed-{machine}", markdown, data):
-        print(f"wrote {path}")
+    write_results(args.out_dir, f"speed-{machine}", markdown, data)
     return data
 
 

@@ -181,8 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     markdown = "\n".join([*lines, "", table]) + "\n"
     data = {"machine": machine, "info": info, "settings": settings, "results": rows}
     print(markdown)
-    for path in write_results(args.out_dir, f"tiling-{machine}", markdown, data):
-        print(f"wrote {path}")
+    write_results(args.out_dir, f"tiling-{machine}", markdown, data)
     return data
 
 
