@@ -10,6 +10,11 @@ from .norms import GRN, ChannelWiseRMSNorm, channel_rms_norm, global_response_no
 from .tiling import conv_rows, row_spans
 
 
+def _gated_residual(x: Tensor, gate: Tensor, h: Tensor, inplace: bool) -> Tensor:
+    """x + gate * h; `inplace` writes it over h with the same roundings."""
+    return h.mul_(gate).add_(x) if inplace else x + gate * h
+
+
 def mlp_hidden_channels(channels: int, mlp_ratio: float) -> int:
     """Hidden width of a block's pointwise MLP: int(C * ratio), at least 1."""
     return max(int(channels * mlp_ratio), 1)
@@ -63,7 +68,7 @@ class FCDMBlock(nn.Module):
         h = self._hidden(self.dwconv(x), scale, inplace)
         grn = self.grn
         h = self.pwconv2(global_response_norm(h, grn.gamma, grn.beta, grn.eps, inplace=inplace))
-        return h.mul_(gate).add_(x) if inplace else x + gate * h  # the same roundings
+        return _gated_residual(x, gate, h, inplace)
 
     def _hidden(self, dwconv_out: Tensor, scale: Tensor | None, inplace: bool) -> Tensor:
         """GELU(pwconv1(RMSNorm(depthwise conv output) * (1 + scale))): [N, 4C, h, w]."""
@@ -138,5 +143,5 @@ class FCDMBlock(nn.Module):
             if overwrite and recompute and index > 0:
                 pristine = rows if below is None else torch.cat([rows, below], dim=2)
                 below = pristine[:, :, :halo].clone()
-            out[:, :, start:stop] = torch.addcmul(rows, gate, h)
+            out[:, :, start:stop] = _gated_residual(rows, gate, h, inplace)
         return out
