@@ -3,21 +3,41 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+_NEW_FILE_MODE = 0o666
+"""What `open(path, "w")` asks for; the kernel takes the umask off, so files are readable by others
+wherever the user's umask allows it (`tempfile.mkstemp` would force 0600)."""
+
+
+def _create_temporary(folder: Path, name: str) -> Path:
+    """A new empty file `.<name>.<random>.tmp` in `folder`, created exclusively with the mode an
+    ordinary `open()` gives."""
+    while True:
+        temporary = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(handle)
+        return temporary
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file next to `path`, then rename it over `path`."""
+    """Call `write(tmp)` on a temporary file next to `path`, then rename it over `path`.
+
+    The file gets the mode `open()` would give it (0666 less the umask), so outputs are as
+    readable as the user's other files.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temporary = _create_temporary(path.parent, path.name)
     try:
-        write(Path(temporary))
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
