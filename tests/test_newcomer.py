@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from diffae.cli import main
-from diffae.images import sample_photos
+from diffae.images import TRUNCATED_16_BIT_NOTE, probe_image, read_image, sample_photos
 from diffae_core.io import atomic_write, atomic_write_text
 
 
@@ -59,3 +64,76 @@ def test_command_line_outputs_are_readable_by_others(umask, tmp_path: Path):
     assert {path.relative_to(out).as_posix(): oct(mode_of(path)) for path in written} == {
         path.relative_to(out).as_posix(): oct(0o644) for path in written
     }
+
+
+def write_rotated_jpeg(path: Path, orientation: int) -> Image.Image:
+    """A 288x448 (W x H) JPEG whose EXIF says how to turn it upright; returns the upright image."""
+    stored = Image.new("RGB", (288, 448))
+    stored.paste((200, 30, 30), (0, 0, 288, 100))  # a red band at the stored top
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, quality=95, exif=exif)
+    turn = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270}
+    return stored.transpose(turn.get(orientation, Image.Transpose.ROTATE_90))  # 8: 90° ccw
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_photos_are_read_upright(tmp_path: Path, orientation: int):
+    """A phone photo shown as 448x288 is read as 448x288, in every reader and in training."""
+    path = tmp_path / "phone.jpg"
+    upright = write_rotated_jpeg(path, orientation)
+    pixels, note = read_image(path)
+    assert probe_image(path) == upright.size
+    assert tuple(pixels.shape) == (1, 3, upright.size[1], upright.size[0])
+    assert "EXIF orientation" in note
+    # The red band is where a viewer shows it (JPEG-compressed: compare coarse colour).
+    expected = torch.from_numpy(np.asarray(upright, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+    assert (pixels[0] - expected).abs().mean() < 0.02
+
+
+def test_reconstruct_keeps_a_phone_photo_upright(tmp_path: Path, capsys):
+    path = tmp_path / "phone.jpg"
+    upright = write_rotated_jpeg(path, 6)
+    out = tmp_path / "recon"
+    assert main(["reconstruct", str(path), "--out", str(out)]) == 0
+    with Image.open(out / "phone.png") as written:
+        assert written.size == upright.size == (448, 288)
+    captured = capsys.readouterr()
+    assert "rotated 90° clockwise upright (EXIF orientation)" in captured.out + captured.err
+
+
+def write_png_16(path: Path, values: np.ndarray) -> None:
+    """A 16-bit PNG of uint16 values [H, W] (greyscale) or [H, W, 3] (RGB), written by hand:
+    Pillow cannot write 16-bit RGB."""
+    height, width = values.shape[:2]
+    colour_type = 2 if values.ndim == 3 else 0
+    rows = b"".join(b"\0" + values[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_sixteen_bit_greyscale_keeps_its_sixteen_bits(tmp_path: Path):
+    values = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16  # 0 .. 65520
+    write_png_16(tmp_path / "grey16.png", values)
+    pixels, note = read_image(tmp_path / "grey16.png")
+    expected = torch.from_numpy(values.astype(np.float64) / 32767.5 - 1.0).float()
+    torch.testing.assert_close(pixels[0], expected.expand(3, 64, 64))
+    assert note == "16-bit greyscale -> RGB"
+
+
+def test_sixteen_bit_colour_says_it_is_read_as_eight_bits(tmp_path: Path):
+    values = (np.arange(16 * 16 * 3, dtype=np.uint16).reshape(16, 16, 3) * 80).astype(np.uint16)
+    write_png_16(tmp_path / "rgb16.png", values)
+    pixels, note = read_image(tmp_path / "rgb16.png")
+    assert tuple(pixels.shape) == (1, 3, 16, 16)
+    assert note == TRUNCATED_16_BIT_NOTE

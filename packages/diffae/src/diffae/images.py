@@ -32,9 +32,28 @@ CONVERTED_MODES = {
     "1": "1-bit -> RGB",
     "P": "palette -> RGB",
     "PA": "palette + alpha -> RGB (alpha dropped)",
+    "I;16": "16-bit greyscale -> RGB",
+    "I;16B": "16-bit greyscale -> RGB",
 }
-"""Pillow modes read as 8-bit RGB, with what the conversion does. Others (16-bit, float, CMYK)
-would need a choice of scaling or colour management, so they are refused."""
+"""Pillow modes read as RGB, with what the conversion does. 16-bit greyscale keeps its 16 bits
+(scaled by 65535); other modes (32-bit integer or float, CMYK) would need a choice of scaling or
+colour management, so they are refused."""
+SIXTEEN_BIT_GREY = {"I;16", "I;16B"}
+TRUNCATED_16_BIT_NOTE = "16-bit colour read as 8 bits per channel (Pillow keeps the high byte)"
+"""Pillow opens a 16-bit RGB(A) PNG as 8-bit RGB(A); we say so rather than pretend."""
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_ORIENTATIONS = {
+    2: "mirrored",
+    3: "rotated 180°",
+    4: "flipped vertically",
+    5: "transposed",
+    6: "rotated 90° clockwise",
+    7: "transversed",
+    8: "rotated 90° counter-clockwise",
+}
+"""What `ImageOps.exif_transpose` does for each EXIF orientation (1: already upright). Photos from
+phones and cameras store the sensor's pixels plus this tag; viewers show them turned upright, and
+so do we, in every command and in training."""
 
 
 class BadImage(Exception):
@@ -119,13 +138,30 @@ def check_opened_image(image: Any) -> None:
         raise BadImage(f"unsupported mode {image.mode!r}; expected one of {list(CONVERTED_MODES)}")
 
 
+def exif_orientation(image: Any) -> int:
+    """The EXIF orientation tag of an opened Pillow image (1, upright, when absent or invalid)."""
+    orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    return orientation if orientation in EXIF_ORIENTATIONS else 1
+
+
+def truncated_16_bit(image: Any) -> bool:
+    """True for a 16-bit RGB(A) PNG, which Pillow decodes to 8 bits per channel."""
+    return (
+        image.format == "PNG"
+        and image.mode in ("RGB", "RGBA")
+        and any(";16" in str(tile.args) for tile in image.tile)
+    )
+
+
 def probe_image(path: Path) -> tuple[int, int]:
-    """(width, height) of an image `read_image` will take, from its header; BadImage if not."""
+    """(width, height) of an image `read_image` will take, upright (EXIF orientation applied),
+    from its header; BadImage if not."""
     Image = require_pillow()
     try:
         with Image.open(path) as image:
             check_opened_image(image)
-            return image.size
+            width, height = image.size
+            return (height, width) if exif_orientation(image) >= 5 else (width, height)
     except BadImage:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as error:
@@ -133,21 +169,50 @@ def probe_image(path: Path) -> tuple[int, int]:
 
 
 def read_image(path: Path) -> tuple[Tensor, str]:
-    """A PNG/JPEG/WebP file -> ([1, 3, H, W] float32 in [-1, 1], note on any mode conversion)."""
+    """A PNG/JPEG/WebP file -> ([1, 3, H, W] float32 in [-1, 1], note on what was converted).
+
+    The image is turned upright by its EXIF orientation, as viewers show it; RGBA, greyscale and
+    palette images become RGB; 16-bit greyscale keeps its 16 bits. The note says what was done
+    ("" when nothing was).
+    """
     Image = require_pillow()
+    from PIL import ImageOps
+
     try:
         with Image.open(path) as image:
             check_opened_image(image)
-            mode = image.mode
-            rgb = image.convert("RGB")
+            notes = [CONVERTED_MODES[image.mode]]
+            if truncated_16_bit(image):
+                notes.append(TRUNCATED_16_BIT_NOTE)
+            orientation = exif_orientation(image)
+            if orientation != 1:
+                notes.append(f"{EXIF_ORIENTATIONS[orientation]} upright (EXIF orientation)")
+            upright = ImageOps.exif_transpose(image)
+            if image.mode in SIXTEEN_BIT_GREY:
+                pixels = _sixteen_bit_grey(upright)
+            else:
+                pixels = _eight_bit_rgb(upright.convert("RGB"))
     except BadImage:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise BadImage(f"unreadable ({error})") from None
+    return pixels.unsqueeze(0), "; ".join(note for note in notes if note)
+
+
+def _eight_bit_rgb(rgb: Any) -> Tensor:
+    """An RGB Pillow image -> [3, H, W] float32 in [-1, 1]."""
     width, height = rgb.size
     pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
     pixels = pixels.view(height, width, 3).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
-    return (pixels.float() / 127.5 - 1.0).unsqueeze(0), CONVERTED_MODES[mode]
+    return pixels.float() / 127.5 - 1.0
+
+
+def _sixteen_bit_grey(grey: Any) -> Tensor:
+    """A 16-bit greyscale Pillow image -> [3, H, W] float32 in [-1, 1], all 16 bits kept."""
+    import numpy as np
+
+    values = torch.from_numpy(np.asarray(grey, dtype=np.float32))  # [H, W] in [0, 65535]
+    return (values / 32767.5 - 1.0).expand(3, *values.shape).contiguous()
 
 
 PNG_LEVEL = 1
