@@ -89,7 +89,10 @@ def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 def test_layout_and_files_byte_for_byte(case: Case):
     names = sorted(path.name for path in case.bundle_dir.iterdir())
-    assert names == sorted(["README.md", "config.json", "model.safetensors", case.package])
+    assert names == sorted(
+        ["README.md", "config.json", "diffae.json", "model.safetensors", case.package]
+    )
+    assert json.loads((case.bundle_dir / "diffae.json").read_text()) == {"family": case.family.name}
     for name in ("config.json", "model.safetensors"):
         assert (case.bundle_dir / name).read_bytes() == (case.model_dir / name).read_bytes()
     package_dir = case.bundle_dir / case.package

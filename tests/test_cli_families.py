@@ -245,20 +245,29 @@ def test_inspect(family: Family, model_dir: Path, capsys):
     assert main(["inspect", str(model_dir / "model.safetensors"), "--family", family.name]) == 0
     report = capsys.readouterr().out
     model = family.model_class.from_config_on_meta(family.tiny_config)
-    assert f"family: {family.name} (from --family)" in report
+    assert f"family: {family.name} (from {model_dir / 'diffae.json'})" in report
     assert f"parameters: {model.num_parameters():,}" in report
     assert "checkpoint matches the model" in report
     assert "float32:" in report and "256x256:" in report
 
 
-def test_family_detected_or_ambiguity_named(family: Family, model_dir: Path):
-    """The config picks the family, or the error names it among the candidates."""
+def test_family_recorded_detected_or_ambiguity_named(
+    family: Family, model_dir: Path, tmp_path: Path
+):
+    """A saved folder's family is read from its diffae.json; without one, the config and the
+    weights pick the family, or the error names it among the candidates with the flag."""
+    chosen, reason = choose_family(str(model_dir), read_config(model_dir), None, folder=model_dir)
+    assert (chosen.name, reason) == (family.name, str(model_dir / "diffae.json"))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((model_dir / name).read_bytes())
     try:
-        chosen, reason = choose_family(str(model_dir), read_config(model_dir), None)
+        chosen, reason = choose_family(str(bare), read_config(bare), None, folder=bare)
     except CliError as error:
-        assert family.name in str(error) and "--family" in str(error)
+        assert f"--family {family.name}" in str(error)
     else:
-        assert (chosen.name, reason) == (family.name, "config.json fields")
+        assert (chosen.name, reason) == (family.name, "config.json fields and weights")
 
 
 @pytest.mark.skipif(not ENCODER_FAMILIES, reason="no installed family has an encoder")

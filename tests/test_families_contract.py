@@ -8,6 +8,7 @@ only the tests of what is its own (its spec's key lists and its cards' figures a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,12 @@ def test_save_load_round_trip_is_bitwise_outputs_close(case, tmp_path: Path) -> 
     family, _, config = case
     model = make_model(family, config)
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "diffae.json",
+        "model.safetensors",
+    ]
+    assert json.loads((tmp_path / "diffae.json").read_text()) == {"family": family.name}
     loaded = family.model_class.from_pretrained(tmp_path)
     assert loaded.config == config and not loaded.training
     expected, actual = model.state_dict(), loaded.state_dict()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -15,7 +18,13 @@ from PIL import Image
 
 from diffae.cli import main
 from diffae.images import TRUNCATED_16_BIT_NOTE, probe_image, read_image, sample_photos
+from diffae.models import EMBEDDED_MODEL
+from diffae_core.families import installed_families
 from diffae_core.io import atomic_write, atomic_write_text
+from diffae_core.pretrained import FamilyMismatchError
+from diffae_core.testing import randomize_weights
+
+FAMILIES = installed_families()
 
 
 @pytest.fixture
@@ -137,3 +146,86 @@ def test_sixteen_bit_colour_says_it_is_read_as_eight_bits(tmp_path: Path):
     pixels, note = read_image(tmp_path / "rgb16.png")
     assert tuple(pixels.shape) == (1, 3, 16, 16)
     assert note == TRUNCATED_16_BIT_NOTE
+
+
+# -- a folder's family is known, not guessed --------------------------------------------------
+
+
+def test_embedded_model_folder_needs_no_family(capsys):
+    """`diffae inspect packages/diffae/src/diffae/data/model` names its family from diffae.json."""
+    assert main(["inspect", str(EMBEDDED_MODEL)]) == 0
+    assert "family: fcdm_diffae (from " in capsys.readouterr().out
+
+
+def test_a_wrong_family_is_refused_before_loading(tmp_path: Path, capsys):
+    """The embedded model under --family full_capacitor once reconstructed at 19 dB silently."""
+    code = main(
+        [
+            "reconstruct",
+            str(sample_photos()[0]),
+            "--model",
+            str(EMBEDDED_MODEL),
+            "--family",
+            "full_capacitor",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "--family full_capacitor" in error and "is a fcdm_diffae model" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_python_loader_refuses_another_familys_folder(tmp_path: Path):
+    FCDM = FAMILIES["fcdm_diffae"]
+    model = randomize_weights(FCDM.model_class(FCDM.tiny_config))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(FamilyMismatchError, match="holds a fcdm_diffae model"):
+        FAMILIES["full_capacitor"].model_class.from_pretrained(tmp_path)
+
+
+def copy_model_files(source: Path, folder: Path) -> Path:
+    """config.json and model.safetensors only: a folder as published, with no diffae.json."""
+    folder.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(source / name, folder / name)
+    return folder
+
+
+def test_an_unrecorded_ambiguous_folder_lists_the_flags(tmp_path: Path, capsys):
+    bare = copy_model_files(EMBEDDED_MODEL, tmp_path / "bare")
+    assert main(["inspect", str(bare)]) == 1
+    error = capsys.readouterr().err
+    assert "pass --family fcdm_diffae or --family full_capacitor" in error
+    assert main(["inspect", str(bare), "--family", "full_capacitor"]) == 0  # the user decides
+
+
+def test_a_hub_cache_folder_is_known_by_its_repo_id(tmp_path: Path, capsys):
+    snapshot = tmp_path / "models--data-archetype--semdisdiffae_p32_v2" / "snapshots" / "abc123"
+    copy_model_files(EMBEDDED_MODEL, snapshot)
+    assert main(["inspect", str(snapshot)]) == 0
+    out = capsys.readouterr().out
+    assert "family: fcdm_diffae (from published repo id data-archetype/semdisdiffae_p32_v2)" in out
+
+
+@pytest.mark.parametrize("family_name", ["fcdm_diffae", "full_capacitor"])
+def test_a_published_config_is_known_without_weights(tmp_path: Path, capsys, family_name: str):
+    family = FAMILIES[family_name]
+    preset = family.repo_ids[-1].split("/")[1]
+    family.config_class.preset(preset).save(tmp_path / "config.json")
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"family: {family_name} (from config.json is the published {preset} config)" in out
+
+
+def test_inspect_as_a_user_runs_it():
+    """In a subprocess, as printed in the README: no --family, exit 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", "diffae", "inspect", str(EMBEDDED_MODEL)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "family: fcdm_diffae" in result.stdout

@@ -212,11 +212,11 @@ def test_posterior_sample_with_given_noise_and_its_kl():
 
 
 def test_images_the_workers_cannot_read_are_skipped_up_front(data_dir, tmp_path):
-    """A 16-bit PNG opens in Pillow but `read_image` refuses it: skipped before training."""
+    """A CMYK JPEG opens in Pillow but `read_image` refuses it: skipped before training."""
     from diffae.training import Processes, usable_images
 
-    deep = tmp_path / "deep.png"
-    Image.fromarray(torch.zeros(64, 64, dtype=torch.int32).numpy().astype("uint16")).save(deep)
+    deep = tmp_path / "deep.jpg"
+    Image.new("CMYK", (64, 64)).save(deep)
     files = sorted(data_dir.rglob("*.png"))
     single = Processes(rank=0, world=1, device=torch.device("cpu"))
     kept = usable_images([*files, deep], 32, Console(quiet=True), single)

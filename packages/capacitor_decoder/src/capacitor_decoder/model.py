@@ -52,6 +52,7 @@ class CapacitorDecoder(WhitenedVPDecoder):
     """
 
     config_class = CapacitorDecoderConfig
+    family_name = "capacitor_decoder"
     inference_config_class = CapacitorDecoderInferenceConfig
     checkpoint_key_aliases = CHECKPOINT_KEY_ALIASES
     config: CapacitorDecoderConfig

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import secrets
@@ -31,6 +32,7 @@ from huggingface_hub import ModelCardData
 
 from diffae_core.checkpoint import CheckpointMismatchError
 from diffae_core.families import Family
+from diffae_core.pretrained import IDENTITY_NAME
 
 from . import __version__
 from .models import choose_family, patch_multiple, read_config, resolve_model
@@ -383,7 +385,7 @@ def export_bundle(
     out = Path(out)
     check_new_folder(out)
     folder = resolve_model(os.fspath(model))
-    chosen, _ = choose_family(os.fspath(model), read_config(folder), family)
+    chosen, _ = choose_family(os.fspath(model), read_config(folder), family, folder=folder)
     config = check_model_files(chosen, folder)
     package = chosen.model_class.__module__.partition(".")[0]
     commit = source_commit(Path(sys.modules[package].__file__))
@@ -393,6 +395,9 @@ def export_bundle(
     try:
         for name in MODEL_FILES:
             shutil.copyfile(folder / name, building / name)
+        # The family, recorded as save_pretrained records it, so the folder needs no --family.
+        identity = json.dumps({"family": chosen.name}, indent=2) + "\n"
+        (building / IDENTITY_NAME).write_text(identity, encoding="utf-8")
         write_package(package, building / package)
         card = model_card(chosen, config, package, repo_id or PLACEHOLDER_REPO_ID, commit)
         (building / "README.md").write_text(card, encoding="utf-8")

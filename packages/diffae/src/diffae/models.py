@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from diffae_core.config import ConfigError
 from diffae_core.families import Family, installed_families
 from diffae_core.hub import resolve_model_dir
+from diffae_core.pretrained import IDENTITY_NAME, saved_family
 
 from .console import CliError, Console
 
@@ -79,30 +81,134 @@ def families_matching(config_data: dict[str, Any], families: dict[str, Family]) 
     return matching
 
 
-def choose_family(
-    model: str, config_data: dict[str, Any] | None, forced: str | None
-) -> tuple[Family, str]:
-    """(family, how it was chosen): --family, a published repo id, or the unique config match."""
+def weights_fit(family: Family, config_data: dict[str, Any], weights: Path) -> bool:
+    """Whether `weights`' header (names, shapes) is what `family` builds from the config; reads
+    no tensor data."""
+    config = family.config_class.from_dict(dict(config_data))
+    try:
+        return family.model_class.inspect_checkpoint(weights, config).loadable
+    except (OSError, ValueError):
+        return False
+
+
+HUB_CACHE_FOLDER = re.compile(r"^models--(?P<owner>.+?)--(?P<name>.+)$")
+"""`huggingface_hub`'s cache folder of a model repo: `models--<owner>--<name>/snapshots/<hash>`."""
+
+
+def known_family(
+    model: str, folder: Path | None, config_data: dict[str, Any] | None
+) -> tuple[str, str] | None:
+    """(family name, how it is known) when the folder's family is a fact, not a guess: a
+    published repo id (given, or the Hub cache folder it was downloaded to), the `diffae.json`
+    that `save_pretrained` writes, or a `config.json` equal to one family's published config."""
     families = available_families()
-    if forced is not None:
-        if forced not in families:
-            raise CliError(f"--family: expected one of {list(families)}, got {forced!r}")
-        return families[forced], "--family"
-    for family in families.values():
-        if model in family.repo_ids:
-            return family, f"published repo id {model}"
+    repo_ids = [model]
+    if folder is not None and folder.parent.name == "snapshots":
+        cached = HUB_CACHE_FOLDER.search(folder.parent.parent.name)
+        if cached:
+            repo_ids.append(f"{cached['owner']}/{cached['name']}")
+    for repo_id in repo_ids:
+        for family in families.values():
+            if repo_id in family.repo_ids:
+                return family.name, f"published repo id {repo_id}"
+    if folder is not None:
+        try:
+            saved = saved_family(folder)
+        except ValueError as error:
+            raise CliError(str(error)) from None
+        if saved is not None:
+            return saved, f"{folder / IDENTITY_NAME}"
+    if config_data is not None:
+        published = [
+            (family.name, preset)
+            for family in families.values()
+            for preset in family.presets()
+            if config_equals_preset(family, config_data, preset)
+        ]
+        if len(published) == 1:
+            name, preset = published[0]
+            return name, f"config.json is the published {preset} config"
+    return None
+
+
+def config_equals_preset(family: Family, config_data: dict[str, Any], preset: str) -> bool:
+    try:
+        config = family.config_class.from_dict(dict(config_data))
+    except (ConfigError, ValueError, TypeError):
+        return False
+    return config == family.config_class.preset(preset)
+
+
+def choose_family(
+    model: str,
+    config_data: dict[str, Any] | None,
+    forced: str | None,
+    *,
+    folder: Path | None = None,
+) -> tuple[Family, str]:
+    """(family, how it was chosen) for `model` (a repo id or a folder holding `config_data`).
+
+    A family that is known (`known_family`) is used, and a --family that contradicts it is
+    refused. Otherwise --family chooses among the families whose config class accepts the
+    config and whose layout fits the weights; without it, that must be a single family, and
+    the error lists the candidates with the flag to pass.
+    """
+    families = available_families()
+    if forced is not None and forced not in families:
+        raise CliError(f"--family: expected one of {list(families)}, got {forced!r}")
+    known = known_family(model, folder, config_data)
+    if known is not None:
+        name, reason = known
+        if name not in families:
+            raise CliError(
+                f"{model} is a {name} model ({reason}), but that family is not installed: "
+                f"pip install {name.replace('_', '-')}"
+            )
+        if forced not in (None, name):
+            raise CliError(
+                f"--family {forced}: {model} is a {name} model ({reason}); "
+                f"drop --family or pass --family {name}"
+            )
+        return families[name], reason
     if config_data is None:
         raise CliError(f"{model}: no config.json to detect the family from; pass --family")
-    matching = families_matching(config_data, families)
-    if len(matching) == 1:
-        return families[matching[0]], "config.json fields"
-    if not matching:
+    accepting = families_matching(config_data, families)
+    if forced is not None:
+        # Among families whose config fits, the user decides; weights of another layout are
+        # then refused by the loader with the keys that differ.
+        if forced not in accepting:
+            raise CliError(
+                f"--family {forced}: {model}'s config.json is not a {forced} config; "
+                f"it fits {accepting or 'no installed family'}"
+            )
+        return families[forced], "--family"
+    weights = None if folder is None else folder / "model.safetensors"
+    fitting = [
+        name
+        for name in accepting
+        if weights is None
+        or not weights.is_file()
+        or weights_fit(families[name], config_data, weights)
+    ]
+    if len(fitting) == 1:
+        return families[fitting[0]], "config.json fields" + (
+            "" if weights is None else " and weights"
+        )
+    if accepting and not fitting:
+        raise CliError(
+            f"{model}: model.safetensors does not fit {', '.join(accepting)}, the families "
+            f"whose config.json fits; `diffae inspect {model} --family {accepting[0]}` shows "
+            "what differs"
+        )
+    if not fitting:
         raise CliError(
             f"{model}: config.json matches none of the installed families {list(families)}; "
             "is the family's package installed? (or pass --family)"
         )
+    flags = " or ".join(f"--family {name}" for name in fitting)
     raise CliError(
-        f"{model}: config.json fits several families {matching}; choose one with --family"
+        f"{model}: its config.json and weights fit several families ({', '.join(fitting)}) "
+        f"and nothing records which it is; pass {flags}"
     )
 
 
@@ -192,10 +298,9 @@ def choose_model(model: str | None, forced_family: str | None) -> ModelChoice:
         return ModelChoice(families[EMBEDDED_FAMILY], "no --model given", EMBEDDED_MODEL)
     if any(model in family.repo_ids for family in families.values()):
         family, reason = choose_family(model, None, forced_family)
-        if model in family.repo_ids:
-            return ModelChoice(family, reason, model)
+        return ModelChoice(family, reason, model)
     folder = resolve_model(model)
-    family, reason = choose_family(model, read_config(folder), forced_family)
+    family, reason = choose_family(model, read_config(folder), forced_family, folder=folder)
     return ModelChoice(family, reason, folder)
 
 

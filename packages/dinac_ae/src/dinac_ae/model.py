@@ -185,6 +185,7 @@ class DinacAE(WhitenedVPAutoencoder):
     """
 
     config_class = DinacAEConfig
+    family_name = "dinac_ae"
     inference_config_class = DinacAEInferenceConfig
     config: DinacAEConfig
 

@@ -27,6 +27,7 @@ class FCDMDiffAE(FCDMAutoencoder):
     """
 
     config_class = FCDMDiffAEConfig
+    family_name = "fcdm_diffae"
     inference_config_class = FCDMDiffAEInferenceConfig
     encoder_normalizes_mean = ENCODER_NORMALIZES_MEAN
     config: FCDMDiffAEConfig

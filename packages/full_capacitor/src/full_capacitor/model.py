@@ -33,6 +33,7 @@ class FullCapacitor(FCDMAutoencoder):
     """
 
     config_class = FullCapacitorConfig
+    family_name = "full_capacitor"
     inference_config_class = FullCapacitorInferenceConfig
     checkpoint_key_aliases = CHECKPOINT_KEY_ALIASES
     encoder_normalizes_mean = ENCODER_NORMALIZES_MEAN

@@ -334,6 +334,7 @@ class MDiffAE(VPDiffusionDecoderModel):
     """
 
     config_class = MDiffAEConfig
+    family_name = "m_diffae"
     inference_config_class = MDiffAEInferenceConfig
     open_points: ClassVar[OpenPoints] = DEFAULT_OPEN_POINTS
     # A Hub id is tried as given (cache, then Hub), then its other spelling: the card writes

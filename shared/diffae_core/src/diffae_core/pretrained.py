@@ -6,6 +6,7 @@ device with strict key matching and `assign=True`, then apply the dtype policy e
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,13 +31,42 @@ from .checkpoint import (
 )
 from .config import JsonConfig
 from .hub import resolve_model_dir
-from .io import atomic_write
+from .io import atomic_write, atomic_write_text
 from .precision import Float32BuffersModule, check_dtype
 from .validation import check_device
 
 ModelT = TypeVar("ModelT", bound="PretrainedModel")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+IDENTITY_NAME = "diffae.json"
+"""A small file `save_pretrained` writes beside the published two: `{"family": "<name>"}`.
+
+Several families accept one another's `config.json` and even hold the same tensor names
+(fcdm_diffae and full_capacitor differ in what the weights mean, not in their layout), so a
+folder's family cannot always be told from its files. We record it when we save instead, in a
+file of its own: the published `config.json` stays exactly what the original loaders read
+strictly. Folders without it (published ones) are known by repo id or by their config."""
+
+
+class FamilyMismatchError(ValueError):
+    """A folder saved by one family was given to another family's loader."""
+
+
+def saved_family(folder: str | os.PathLike[str]) -> str | None:
+    """The family recorded in `folder/diffae.json` by `save_pretrained`, or None without one.
+
+    A damaged file is a ValueError naming it, never a guess.
+    """
+    path = Path(folder) / IDENTITY_NAME
+    if not path.is_file():
+        return None
+    try:
+        family = json.loads(path.read_text(encoding="utf-8")).get("family")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        family = None
+    if not isinstance(family, str) or not family:
+        raise ValueError(f'{path}: expected {{"family": "<name>"}} as written by save_pretrained')
+    return family
 
 
 class PretrainedModel(Float32BuffersModule):
@@ -48,6 +78,8 @@ class PretrainedModel(Float32BuffersModule):
     """
 
     config_class: ClassVar[type[JsonConfig]]
+    family_name: ClassVar[str]
+    """The family's name in the `diffae.families` entry points, recorded by `save_pretrained`."""
     repo_id_aliases: ClassVar[Mapping[str, str]] = {}
     """Hub id -> another spelling of the same repo, tried when the first is not found."""
     checkpoint_key_aliases: ClassVar[KeyAliases] = {}
@@ -118,6 +150,12 @@ class PretrainedModel(Float32BuffersModule):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"path_or_repo_id: {folder} has no {name}")
+        saved = saved_family(folder)
+        if saved is not None and saved != cls.family_name:
+            raise FamilyMismatchError(
+                f"path_or_repo_id: {folder} holds a {saved} model (its {IDENTITY_NAME} says so), "
+                f"not a {cls.family_name} one; load it with the {saved} package"
+            )
         config = cls.config_class.load(folder / CONFIG_NAME)
         return cls.from_weights(config, folder / WEIGHTS_NAME, device=device, dtype=dtype)
 
@@ -152,7 +190,8 @@ class PretrainedModel(Float32BuffersModule):
 
     # -- saving and inspection ---------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write `config.json` and `model.safetensors` in the published layout.
+        """Write `config.json` and `model.safetensors` in the published layout, and
+        `diffae.json` naming the family (so tools need no `--family` for this folder).
 
         Each file is written to a temporary name and renamed, so an interrupted save leaves no
         half-written file.
@@ -167,6 +206,8 @@ class PretrainedModel(Float32BuffersModule):
             lambda tmp: save_file(state, os.fspath(tmp), metadata={"format": "pt"}),
         )
         self.config.save(directory / CONFIG_NAME)
+        identity = json.dumps({"family": self.family_name}, indent=2) + "\n"
+        atomic_write_text(directory / IDENTITY_NAME, identity)
 
     @classmethod
     def inspect_checkpoint(

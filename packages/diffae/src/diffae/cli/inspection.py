@@ -44,7 +44,7 @@ def inspect(args: argparse.Namespace, console: Console) -> int:
         folder = resolve_model(args.target)
         weights = folder / "model.safetensors"
     config_data = read_config(folder)
-    family, reason = choose_family(args.target, config_data, args.family)
+    family, reason = choose_family(args.target, config_data, args.family, folder=folder)
     config = family.config_class.from_dict(config_data, source=str(folder / "config.json"))
     with torch.device("meta"):
         model = family.model_class(config)

@@ -41,7 +41,12 @@ def run_training(args: argparse.Namespace, console: Console) -> int:
         state = read_state_metadata(out)  # the tensors are read once, by `train`
         settings = TrainingSettings(**(state["settings"] | settings_given))
         config_data, source = state["config"], f"{out / STATE_NAME}"
-        family, _ = choose_family(source, config_data, args.family or state.get("family"))
+        recorded = state.get("family")
+        if args.family is not None and recorded not in (None, args.family):
+            raise CliError(
+                f"--family {args.family}: {out} is a run of a {recorded} model; drop --family"
+            )
+        family, _ = choose_family(source, config_data, args.family or recorded)
         model = family.model_class(family.config_class.from_dict(dict(config_data)))
     elif (args.config is None) == (args.init is None):
         raise CliError("give exactly one of --config CONFIG.json (new model) and --init MODEL")
