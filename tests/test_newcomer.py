@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from diffae.cli import main
+from diffae.cli.inspection import latent_shape
 from diffae.images import TRUNCATED_16_BIT_NOTE, probe_image, read_image, sample_photos
-from diffae.models import EMBEDDED_MODEL
+from diffae.models import EMBEDDED_MODEL, patch_multiple
 from diffae_core.families import installed_families
 from diffae_core.io import atomic_write, atomic_write_text
 from diffae_core.pretrained import FamilyMismatchError
@@ -229,3 +230,17 @@ def test_inspect_as_a_user_runs_it():
     )
     assert result.returncode == 0, result.stderr
     assert "family: fcdm_diffae" in result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_inspect_latent_shapes_from_the_config_are_what_encode_gives(name: str):
+    """`inspect` reads the latent shape off the config (fast); it must be what encode returns."""
+    family = FAMILIES[name]
+    model = family.model_class(family.tiny_config).eval()
+    size = 2 * patch_multiple(family.tiny_config)
+    shape = latent_shape(model, family.tiny_config, size)
+    if callable(getattr(model, "encode", None)):
+        with torch.no_grad():
+            assert tuple(model.encode(torch.zeros(1, 3, size, size)).shape[1:]) == shape
+    else:
+        assert shape == (family.tiny_config.latent_channels, 2, 2)

@@ -76,17 +76,19 @@ def parameter_lines(model: torch.nn.Module) -> list[str]:
 
 
 def latent_shape(model: Any, config: Any, size: int) -> tuple[int, ...] | None:
-    """[C, h, w] of one size x size image: `encode` on meta, else `config.latent_channels`."""
+    """[C, h, w] of one size x size image: `config.latent_channels` over the patch grid, else
+    `encode` on meta. (The config is enough for every family, and a meta encode would import
+    torch's compiler stack for the decompositions of its norms: seconds for one shape.)"""
+    channels = getattr(config, "latent_channels", None)
+    if isinstance(channels, int):
+        patch = patch_multiple(config)
+        return (channels, size // patch, size // patch)
     if callable(getattr(model, "encode", None)):
         try:
             latents = model.encode(torch.zeros(1, 3, size, size, device="meta"))
             return tuple(int(s) for s in latents.shape[1:])
         except (RuntimeError, ValueError, TypeError):
-            pass  # a decode-only model, or an op without a meta kernel: fall back to the config
-    channels = getattr(config, "latent_channels", None)
-    if isinstance(channels, int):
-        patch = patch_multiple(config)
-        return (channels, size // patch, size // patch)
+            pass  # an op without a meta kernel
     return None
 
 
