@@ -244,3 +244,60 @@ def test_inspect_latent_shapes_from_the_config_are_what_encode_gives(name: str):
             assert tuple(model.encode(torch.zeros(1, 3, size, size)).shape[1:]) == shape
     else:
         assert shape == (family.tiny_config.latent_channels, 2, 2)
+
+
+# -- devices: one line, before anything loads --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "device, expected",
+    [
+        ("mps", "--device mps: no mps device available"),
+        ("xpu", "--device xpu: no xpu device available"),
+        ("gpu", "--device: expected e.g. cpu, cuda or cuda:1, got 'gpu'"),
+        ("cpu:1", "--device cpu:1: there is one CPU device"),
+    ],
+)
+@pytest.mark.parametrize("command", ["reconstruct", "train"])
+def test_unavailable_devices_are_one_line_errors(
+    tmp_path: Path, capsys, device: str, expected: str, command: str
+):
+    if device in ("mps", "xpu") and getattr(torch, device, None) and available(device):
+        pytest.skip(f"this machine has an {device} device")
+    photo = str(sample_photos()[0])
+    args = {
+        "reconstruct": ["reconstruct", photo, "--out", str(tmp_path / "out")],
+        "train": ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--init", "x"],
+    }[command]
+    assert main([*args, "--device", device]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and expected in error
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+def available(device: str) -> bool:
+    backend = torch.backends.mps if device == "mps" else getattr(torch, device)
+    return backend.is_available()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_train_without_cuda_says_so(tmp_path: Path, capsys):
+    args = ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--init", "x"]
+    assert main([*args, "--device", "cuda"]) == 1
+    assert "--device cuda: no cuda device available" in capsys.readouterr().err
+
+
+def test_train_refuses_zero_threads(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--threads", "0"])
+    assert exit_.value.code == 2
+    assert "argument --threads: expected an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_cpu_zero_is_the_cpu(tmp_path: Path):
+    assert (
+        main(["reconstruct", str(sample_photos()[0]), "--out", str(tmp_path), "--device", "cpu:0"])
+        == 0
+    )
+    model = FAMILIES["fcdm_diffae"].model_class.from_pretrained(EMBEDDED_MODEL, device="cpu:0")
+    assert next(model.parameters()).device == torch.device("cpu")

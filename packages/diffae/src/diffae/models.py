@@ -227,17 +227,29 @@ def default_device() -> str:
 
 
 def choose_device(name: str | None) -> torch.device:
-    """--device, else the default; a CliError, before any loading, for a device not present."""
+    """--device, else the default; a CliError, before any loading, for a device not present.
+
+    `cpu:0` is the CPU (torch reads it so); an accelerator type (cuda, mps, xpu, ...) must be
+    available in this torch build and on this machine, and its index must exist.
+    """
     try:
         device = torch.device(name or default_device())
     except RuntimeError:
         raise CliError(f"--device: expected e.g. cpu, cuda or cuda:1, got {name!r}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CliError(f"--device {name}: no CUDA device available")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise CliError(f"--device {name}: only {count} CUDA device(s) available")
+    if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise CliError(f"--device {name}: there is one CPU device, cpu (or cpu:0)")
+        return torch.device("cpu")
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available) or not is_available():
+        raise CliError(
+            f"--device {name}: no {device.type} device available to this torch "
+            f"({torch.__version__}); use --device cpu"
+        )
+    count = getattr(backend, "device_count", lambda: 1)()
+    if device.index is not None and device.index >= count:
+        raise CliError(f"--device {name}: only {count} {device.type} device(s) available")
     return device
 
 

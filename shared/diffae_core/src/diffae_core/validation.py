@@ -116,6 +116,8 @@ def check_latents(
 def check_device(device: object) -> torch.device:
     """A torch device from a string or torch.device, with a clear error otherwise."""
     try:
-        return torch.device(device)  # type: ignore[arg-type]
+        checked = torch.device(device)  # type: ignore[arg-type]
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"device: expected e.g. 'cpu' or 'cuda', got {device!r}") from error
+    # torch reads cpu:0 as the CPU; safetensors and some kernels take only the plain name.
+    return torch.device("cpu") if checked.type == "cpu" else checked

@@ -11,8 +11,9 @@ import torch
 
 from ..console import CliError, Console
 from ..images import find_images
-from ..models import choose_family, choose_model, read_config
+from ..models import choose_device, choose_family, choose_model, read_config
 from ..training import STATE_NAME, TrainingSettings, read_state_metadata, train
+from .arguments import positive_int
 
 TRAINABLE_FAMILIES = ("fcdm_diffae", "full_capacitor")
 """Families whose model is an FCDM autoencoder (`diffae_core.fcdm_autoencoder`)."""
@@ -30,6 +31,8 @@ def train_command(args: argparse.Namespace, console: Console) -> int:
 
 def run_training(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out)
+    # Checked before anything loads: a device that is not there is the user's to fix.
+    device_name = None if args.device is None else str(choose_device(args.device))
     settings_given = {
         name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name) is not None
     }
@@ -78,7 +81,7 @@ def run_training(args: argparse.Namespace, console: Console) -> int:
         settings,
         console=console,
         resume=args.resume,
-        device_name=args.device,
+        device_name=device_name,
         eval_images=eval_images,
         family=family.name,
     )
@@ -100,7 +103,7 @@ def add_train_parser(commands: argparse._SubParsersAction, common: argparse.Argu
     parser.add_argument("--init", help="a model to fine-tune: repo id or local directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads per process")
     parser.add_argument(
         "--eval", nargs="*", metavar="IMAGES", help="images whose PSNR is logged at each save"
     )
