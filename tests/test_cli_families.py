@@ -76,14 +76,14 @@ def write_images(family: Family, folder: Path) -> Path:
     random_image(p, 2 * p, 2).convert("L").save(folder / "grey.jpg")
     random_image(2 * p, p, 3).save(folder / "photo.webp")
     (folder / "broken.png").write_text("not an image")
-    Image.new("I;16", (2 * p, 2 * p)).save(folder / "deep.png")
+    Image.new("CMYK", (2 * p, 2 * p)).save(folder / "cmyk.jpg")  # a mode we refuse
     random_image(1, 1, 4).save(folder / "speck.png")
     return folder
 
 
 GOOD = {"rgb": (2, 2), "rgba": (2, 1), "grey": (1, 2), "photo": (2, 1)}
 """Good image stems -> (width, height) in patches after a centre crop."""
-BAD = ("broken.png", "deep.png", "speck.png")
+BAD = ("broken.png", "cmyk.jpg", "speck.png")
 
 
 DECODE_ONLY = [name for name, family in sorted(FAMILIES.items()) if not has_encoder(family)]
@@ -293,8 +293,10 @@ def test_quiet_success_bad_latents_and_overwrite_guard(tmp_path: Path, capsys):
         == 1
     )
     err = capsys.readouterr().err
-    assert f"skipped {tmp_path / 'junk.safetensors'}: not a readable safetensors file" in err
-    assert f"skipped {missing}: no such file or folder" in err and "Traceback" not in err
+    assert err.startswith("diffae decode: error: LATENTS: nothing to read (")
+    assert f"{tmp_path / 'junk.safetensors'}: not a readable safetensors file" in err
+    assert f"{missing}: no such file or folder" in err and "Traceback" not in err
+    assert not out.exists()  # refused before the model loads or anything is written
     assert main(["inspect", str(tmp_path / "junk.safetensors")]) == 1
     assert "not a readable safetensors file" in capsys.readouterr().err
 

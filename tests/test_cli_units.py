@@ -174,7 +174,7 @@ def test_bad_decoding_choices_exit_2_before_loading(capsys):
 def test_cuda_device_without_cuda_is_a_clear_error(tmp_path: Path, capsys):
     status = main(["decode", "x", "--model", "m", "--out", str(tmp_path), "--device", "cuda"])
     err = capsys.readouterr().err
-    assert status == 1 and "--device cuda: no CUDA device available" in err
+    assert status == 1 and "--device cuda: no cuda device available" in err
 
 
 def test_out_of_the_wrong_kind_is_a_clear_error(tmp_path: Path, capsys):
@@ -212,7 +212,10 @@ def test_published_repo_id_goes_to_the_family_loader(monkeypatch, tmp_path: Path
 
     monkeypatch.setattr(family.model_class, "from_pretrained", classmethod(fake_from_pretrained))
     repo_id = family.repo_ids[-1]
-    status = main(["decode", "x", "--model", repo_id, "--out", str(tmp_path), "--device", "cpu"])
+    latents = tmp_path / "latents.safetensors"
+    save_file({"latents": torch.zeros(1, 4, 2, 2)}, str(latents))
+    out = str(tmp_path / "out")
+    status = main(["decode", str(latents), "--model", repo_id, "--out", out, "--device", "cpu"])
     assert (status, asked) == (1, [repo_id])
     assert "stop here" in capsys.readouterr().err
 

@@ -301,3 +301,78 @@ def test_cpu_zero_is_the_cpu(tmp_path: Path):
     )
     model = FAMILIES["fcdm_diffae"].model_class.from_pretrained(EMBEDDED_MODEL, device="cpu:0")
     assert next(model.parameters()).device == torch.device("cpu")
+
+
+# -- outputs: never mixed or replaced without a word -------------------------------------------
+
+
+def test_a_used_output_folder_is_refused_unless_overwrite(tmp_path: Path, capsys):
+    photos = [str(path) for path in sample_photos()[:2]]
+    out = tmp_path / "recon"
+    assert main(["reconstruct", *photos, "--out", str(out), "--grid"]) == 0
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["reconstruct", photos[0], "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert f"--out: {out} is not empty" in error and "pass --overwrite" in error
+    assert main(["reconstruct", photos[0], "--out", str(out), "--overwrite"]) == 0
+    first = Path(photos[0]).stem
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        f"{first}.png",
+        "metrics.csv",
+        "metrics.json",
+        "notes.txt",
+    ]
+
+
+def test_an_existing_latents_file_is_refused_unless_overwrite(tmp_path: Path, capsys):
+    photos = [str(path) for path in sample_photos()[:2]]
+    latents = tmp_path / "latents.safetensors"
+    assert main(["encode", *photos, "--out", str(latents)]) == 0
+    before = latents.read_bytes()
+    assert main(["encode", photos[0], "--out", str(latents)]) == 1
+    assert f"--out: {latents} exists; pass --overwrite" in capsys.readouterr().err
+    assert latents.read_bytes() == before
+    assert main(["encode", photos[0], "--out", str(latents), "--overwrite"]) == 0
+    assert latents.read_bytes() != before
+
+
+def test_decode_refuses_latents_of_another_model(tmp_path: Path, capsys):
+    """Same family, same channels, other weights: refused before loading, unless --any-model."""
+    latents = tmp_path / "latents.safetensors"
+    assert main(["encode", str(sample_photos()[0]), "--out", str(latents)]) == 0
+    other = FAMILIES["fcdm_diffae"].model_class.from_pretrained(EMBEDDED_MODEL)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.mul_(1.01)
+    other.save_pretrained(tmp_path / "other")
+    capsys.readouterr()
+    args = ["decode", str(latents), "--model", str(tmp_path / "other")]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 1
+    error = capsys.readouterr().err
+    assert "encoded with the embedded model (no --model)" in error and "--any-model" in error
+    assert not (tmp_path / "a").exists()
+    assert main([*args, "--out", str(tmp_path / "b"), "--any-model"]) == 0
+    assert main(["decode", str(latents), "--out", str(tmp_path / "c")]) == 0  # its own model
+
+
+def test_missing_inputs_are_refused_before_the_model_loads(tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(tmp_path / "nope"), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error == (
+        f"diffae reconstruct: error: IMAGES: nothing to read ({tmp_path / 'nope'}: "
+        "no such file or folder)\n"
+    )
+    assert not out.exists()
+
+
+def test_decode_of_an_image_says_what_to_use(tmp_path: Path, capsys):
+    photo = sample_photos()[0]
+    renamed = tmp_path / "photo.safetensors"
+    shutil.copyfile(photo, renamed)  # an image under a latents name: found by its bytes
+    for path in (photo, renamed):
+        assert main(["decode", str(path), "--out", str(tmp_path / "out")]) == 1
+        error = capsys.readouterr().err
+        assert "this is an image, not a latents file: use `diffae reconstruct`" in error
+        assert "skipped" not in error

@@ -7,6 +7,7 @@ package by name, so a family installed later is served without a change here.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import inspect
 import json
 import re
@@ -314,6 +315,29 @@ def choose_model(model: str | None, forced_family: str | None) -> ModelChoice:
     folder = resolve_model(model)
     family, reason = choose_family(model, read_config(folder), forced_family, folder=folder)
     return ModelChoice(family, reason, folder)
+
+
+def model_folder(choice: ModelChoice) -> Path:
+    """The local folder of a chosen model (a Hub id is resolved to its cached snapshot)."""
+    if isinstance(choice.location, Path):
+        return choice.location
+    return resolve_model(choice.location)
+
+
+FINGERPRINT_DATA_BYTES = 1 << 20
+
+
+def model_fingerprint(folder: Path) -> str:
+    """A short hash naming one model: its config.json, its weights' header and the first MiB
+    of their data (two trainings of one layout differ there). Recorded in latent files, so
+    `decode` can tell latents of another model; reads ~1 MiB whatever the model's size."""
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    with open(folder / "model.safetensors", "rb") as weights:
+        length = weights.read(8)
+        digest.update(length)
+        digest.update(weights.read(int.from_bytes(length, "little")))
+        digest.update(weights.read(FINGERPRINT_DATA_BYTES))
+    return digest.hexdigest()[:16]
 
 
 @dataclass

@@ -29,6 +29,12 @@ Run the diffae diffusion autoencoders over image files.
 """
 
 
+OVERWRITE_HELP = (
+    "replace an earlier run's outputs in --out: its PNGs, grids/, metrics and latent files "
+    "are removed first (other files are kept)"
+)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1."""
     try:
@@ -142,7 +148,8 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
     reconstruct.add_argument(
         "images", nargs="+", metavar="IMAGES", help="PNG/JPEG/WebP files or folders"
     )
-    reconstruct.add_argument("--out", required=True, help="output folder")
+    reconstruct.add_argument("--out", required=True, help="output folder (new or empty)")
+    reconstruct.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     reconstruct.add_argument(
         "--grid",
         action="store_true",
@@ -160,6 +167,7 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         required=True,
         help="a .safetensors file (all latents) or a folder (one file per image)",
     )
+    encode.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     decode = commands.add_parser(
         "decode", parents=[common, model, inference], help="latents in safetensors -> PNG images"
@@ -167,7 +175,13 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
     decode.add_argument(
         "latents", nargs="+", metavar="LATENTS", help=".safetensors files or folders"
     )
-    decode.add_argument("--out", required=True, help="output folder")
+    decode.add_argument("--out", required=True, help="output folder (new or empty)")
+    decode.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    decode.add_argument(
+        "--any-model",
+        action="store_true",
+        help="decode with --model even when the latents file records another model",
+    )
     for flag, declared in decode_switches(families).items():
         names = ", ".join(name for name, _ in declared)
         decode.add_argument(

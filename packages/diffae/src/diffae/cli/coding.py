@@ -12,7 +12,7 @@ from torch import Tensor
 from diffae_core.families import Family
 
 from ..console import CliError, Console
-from ..images import unique_names, write_png
+from ..images import IMAGE_SUFFIXES, unique_names, write_png
 from ..latents import (
     BadLatentFile,
     LatentItem,
@@ -22,19 +22,26 @@ from ..latents import (
 )
 from ..latents import write_latent_file as write_latents
 from ..models import (
+    EMBEDDED_NAME,
     LoadedModel,
+    ModelChoice,
     choose_device,
     choose_model,
     inference_config,
     load_model,
+    model_fingerprint,
+    model_folder,
     require_encoder,
 )
 from .runs import (
     ImageItem,
     Run,
     batched,
+    claim_output_file,
+    claim_output_folder,
     fitted_images,
     list_images,
+    no_inputs_error,
     output_folder,
     refuse_overwriting,
     run_model,
@@ -61,10 +68,16 @@ def encode(args: argparse.Namespace, console: Console) -> int:
     named = list_images(args.images, run)
     planned = [out] if one_file else [out / f"{name}.safetensors" for _, name in named]
     refuse_overwriting([path for path, _ in named], planned)
+    if one_file:
+        claim_output_file(out, args.overwrite)
+    else:
+        claim_output_folder(out, args.overwrite)
+    fingerprint = model_fingerprint(model_folder(choice))
     loaded = load_model(choice, args, device, console)
     header = {
         "family": loaded.family.name,
         "model": loaded.source,
+        "fingerprint": fingerprint,
         "whitened": callable(getattr(loaded.model, "whiten", None)),
         "patch": loaded.patch,
     }
@@ -115,28 +128,64 @@ def describe(item: ImageItem) -> dict[str, Any]:
 
 
 def read_latent_items(
-    arguments: list[str], loaded: LoadedModel, run: Run
-) -> list[tuple[str, LatentItem]]:
-    """(output stem, latents) of every image in the files given; unreadable files skipped."""
+    arguments: list[str], run: Run
+) -> tuple[list[tuple[str, LatentItem]], dict[Path, dict[str, Any]]]:
+    """(output stem, latents) of every image in the files given, and each file's description;
+    unreadable files skipped, a CliError when nothing at all can be read."""
     files, problems = find_latent_files(arguments)
-    for argument, reason in problems:
-        run.skip(argument, reason)
     items: list[LatentItem] = []
+    descriptions: dict[Path, dict[str, Any]] = {}
     for path in files:
         try:
-            description = read_description(path) or {}
+            if looks_like_image(path):
+                raise BadLatentFile(
+                    "this is an image, not a latents file: use `diffae reconstruct` or "
+                    "`diffae encode`"
+                )
+            descriptions[path] = read_description(path) or {}
             items += read_latent_file(path)
         except BadLatentFile as error:
-            run.skip(str(path), str(error))
-            continue
-        family = description.get("family")
-        if family not in (None, loaded.family.name):
-            run.console.note(
-                f"{path}: written by a {family} model, decoding with {loaded.family.name}"
-            )
+            problems.append((str(path), str(error)))
+    if not items:
+        raise no_inputs_error("LATENTS", problems)
+    for argument, reason in problems:
+        run.skip(argument, reason)
     run.inputs = len(items) + len(problems)
     names = unique_names([item.name for item in items])
-    return list(zip(names, items, strict=True))
+    return list(zip(names, items, strict=True)), descriptions
+
+
+IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"RIFF", b"GIF8", b"BM")
+
+
+def looks_like_image(path: Path) -> bool:
+    """Whether a file is an image by its name or its first bytes (PNG, JPEG, WebP, GIF, BMP)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(4).startswith(IMAGE_SIGNATURES)
+
+
+def check_recorded_model(
+    descriptions: dict[Path, dict[str, Any]], choice: ModelChoice, model: str
+) -> None:
+    """A CliError, before loading, when a latents file records another model than --model
+    (by fingerprint; by family for files without one). `--any-model` skips this."""
+    fingerprint = None
+    for path, description in descriptions.items():
+        recorded = description.get("fingerprint")
+        family = description.get("family")
+        if recorded is not None and fingerprint is None:
+            fingerprint = model_fingerprint(model_folder(choice))
+        if recorded not in (None, fingerprint) or family not in (None, choice.family.name):
+            written_by = description.get("model", "another model")
+            written_by = (
+                "the embedded model (no --model)" if written_by == "embedded" else written_by
+            )
+            raise CliError(
+                f"{path}: encoded with {written_by} ({family}), not with {model}; decode with "
+                "that model, or pass --any-model to decode with this one anyway"
+            )
 
 
 def switch_options(family: Family, args: argparse.Namespace) -> dict[str, Any]:
@@ -177,8 +226,12 @@ def decode(args: argparse.Namespace, console: Console) -> int:
     choice = choose_model(args.model, args.family)
     decoding = inference_config(choice.family, args)
     options = switch_options(choice.family, args)
+    named, descriptions = read_latent_items(args.latents, run)
+    claim_output_folder(out, args.overwrite)
+    if not args.any_model:
+        model = EMBEDDED_NAME if args.model is None else args.model
+        check_recorded_model(descriptions, choice, model)
     loaded = load_model(choice, args, device, console)
-    named = read_latent_items(args.latents, loaded, run)
     written = 0
     with console.progress(len(named), "decode") as bar:
         for batch in batched(named, args.batch_size, lambda pair: tuple(pair[1].latents.shape)):

@@ -17,6 +17,7 @@ from .runs import (
     ImageItem,
     Run,
     batched,
+    claim_output_folder,
     fitted_images,
     list_images,
     output_folder,
@@ -37,6 +38,7 @@ def reconstruct(args: argparse.Namespace, console: Console) -> int:
     named = list_images(args.images, run)
     planned = [out / f"{name}.png" for _, name in named]
     refuse_overwriting([path for path, _ in named], planned)
+    claim_output_folder(out, args.overwrite)
     loaded = load_model(choice, args, device, console)
     rows: list[ImageResult] = []
     with console.progress(len(named), "reconstruct") as bar:

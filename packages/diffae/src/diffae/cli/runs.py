@@ -62,9 +62,46 @@ def output_folder(out: str) -> Path:
     return path
 
 
+OUR_OUTPUTS = ("*.png", "grids/*.png", "metrics.csv", "metrics.json", "*.safetensors")
+"""What `reconstruct`, `encode` and `decode` write in --out; what --overwrite removes."""
+
+
+def claim_output_folder(path: Path, overwrite: bool) -> None:
+    """--out must be new or empty, so one folder never mixes two runs' outputs; --overwrite
+    removes what an earlier run wrote there (`OUR_OUTPUTS`) and keeps any other file.
+
+    Call it after the inputs are checked against the outputs (`refuse_overwriting`)."""
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise CliError(
+            f"--out: {path} is not empty; choose a new folder, or pass --overwrite to replace "
+            "the earlier run's outputs"
+        )
+    for pattern in OUR_OUTPUTS:
+        for old in path.glob(pattern):
+            if old.is_file():
+                old.unlink()
+
+
+def claim_output_file(path: Path, overwrite: bool) -> None:
+    """--out names one file: it must not exist, unless --overwrite."""
+    if path.exists() and not overwrite:
+        raise CliError(f"--out: {path} exists; pass --overwrite to replace it")
+
+
+def no_inputs_error(kind: str, problems: list[tuple[str, str]]) -> CliError:
+    """The error, before any model loads, when not one input can be used."""
+    reasons = "; ".join(f"{argument}: {reason}" for argument, reason in problems)
+    return CliError(f"{kind}: nothing to read ({reasons})")
+
+
 def list_images(arguments: list[str], run: Run) -> list[tuple[Path, str]]:
-    """(file, output stem) of every image named or in a folder named; other arguments skipped."""
+    """(file, output stem) of every image named or in a folder named; other arguments skipped.
+    A CliError when there is none at all."""
     paths, problems = find_images(arguments)
+    if not paths:
+        raise no_inputs_error("IMAGES", problems)
     for argument, reason in problems:
         run.skip(argument, reason)
     run.inputs = len(paths) + len(problems)
