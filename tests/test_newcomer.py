@@ -376,3 +376,11 @@ def test_decode_of_an_image_says_what_to_use(tmp_path: Path, capsys):
         error = capsys.readouterr().err
         assert "this is an image, not a latents file: use `diffae reconstruct`" in error
         assert "skipped" not in error
+
+
+def test_model_errors_name_the_option_not_a_python_parameter(tmp_path: Path, capsys):
+    photo = str(sample_photos()[0])
+    assert main(["reconstruct", photo, "--model", "nope", "--out", str(tmp_path / "o")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("diffae reconstruct: error: --model: 'nope' is neither")
+    assert "path_or_repo_id" not in error

@@ -289,14 +289,19 @@ class ModelChoice:
     """The published repo id itself (so the family's id aliases apply), else the folder."""
 
 
-def resolve_model(model: str) -> Path:
-    """The folder of --model: a directory, or a Hub id with the families' other spellings."""
+def resolve_model(model: str, argument: str = "--model") -> Path:
+    """The folder of --model: a directory, or a Hub id with the families' other spellings.
+    Errors name the command-line `argument`, not the Python parameter."""
     alternatives = [
         other
         for family in available_families().values()
         for other in family.model_class.repo_id_alternatives(model)
     ]
-    return resolve_model_dir(model, alternatives=alternatives)
+    try:
+        return resolve_model_dir(model, alternatives=alternatives)
+    except FileNotFoundError as error:
+        message = str(error).removeprefix("path_or_repo_id: ")
+        raise CliError(f"{argument}: {message}") from None
 
 
 def choose_model(model: str | None, forced_family: str | None) -> ModelChoice:
