@@ -384,3 +384,23 @@ def test_model_errors_name_the_option_not_a_python_parameter(tmp_path: Path, cap
     error = capsys.readouterr().err
     assert error.startswith("diffae reconstruct: error: --model: 'nope' is neither")
     assert "path_or_repo_id" not in error
+
+
+def test_the_readme_snippet_runs_as_printed(monkeypatch):
+    """The README's first Python block, with a tiny model standing in for the Hub download."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    family = FAMILIES["fcdm_diffae"]
+    asked = []
+
+    def tiny_from_pretrained(cls, repo_id, **options):
+        asked.append(repo_id)
+        model = randomize_weights(cls(family.tiny_config))
+        return model.to(options["device"], options["dtype"]).eval()
+
+    monkeypatch.setattr(family.model_class, "from_pretrained", classmethod(tiny_from_pretrained))
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert asked == ["data-archetype/semdisdiffae_p32_v2"]
+    assert namespace["recon"].shape == (1, 3, 512, 512)
+    assert namespace["recon"].dtype == torch.float32
