@@ -171,8 +171,8 @@ def test_torchrun_two_processes_match_one(data_dir, tmp_path):
     FAMILIES["fcdm_diffae"].tiny_config.save(config)
     common = ["train", str(data_dir), "--config", str(config), "--family", "fcdm_diffae"]
     common += ["--steps", "3", "--batch-size", "4", "--crop-size", str(CROP), "--workers", "0"]
-    common += ["--threads", "1", "--quiet", "--save-every", "3"]
-    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    common += ["--threads", "1", "--save-every", "3"]
+    assert main([*common, "--quiet", "--out", str(tmp_path / "one")]) == 0
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc-per-node", "2", "-m", "diffae", *common, "--out", str(tmp_path / "two")]
     environment = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -188,6 +188,9 @@ def test_torchrun_two_processes_match_one(data_dir, tmp_path):
     )
     lines = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
     assert len(lines) == 1  # one rank writes the log
+    # ... and speaks: progress for people (no JSON), the closing note once.
+    assert result.stdout.count("the EMA weights are in") == 1, result.stdout
+    assert "step 3/3  loss " in result.stdout and '{"step"' not in result.stdout
 
 
 def load_initial(config: Path) -> dict[str, torch.Tensor]:

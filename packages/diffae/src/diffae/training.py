@@ -555,9 +555,26 @@ def train(
                 dist.barrier()
         if record and processes.main:
             append_log(out / LOG_NAME, record)
-            console.note(json.dumps(record))
+            console.note(progress_line(record, settings.steps))
     bar.close()
     return ema
+
+
+def progress_line(record: dict[str, Any], steps: int) -> str:
+    """One log record for people (the log file keeps every digit): step, losses, rate, PSNR."""
+    parts = [f"step {record['step']}/{steps}"]
+    parts += [
+        f"{name} {value:.4g}"
+        for name, value in record.items()
+        if name not in ("step", "lr", "images_per_s", "elapsed_s", "eval_psnr_db")
+    ]
+    if "lr" in record:
+        parts.append(f"lr {record['lr']:.2e}")
+    if "images_per_s" in record:
+        parts.append(f"{record['images_per_s']:.1f} img/s")
+    if "eval_psnr_db" in record:
+        parts.append(f"eval PSNR {record['eval_psnr_db']:.2f} dB")
+    return "  ".join(parts)
 
 
 def usable_images(

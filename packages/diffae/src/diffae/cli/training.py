@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from ..console import CliError, Console
 from ..images import find_images
@@ -85,7 +86,10 @@ def run_training(args: argparse.Namespace, console: Console) -> int:
         eval_images=eval_images,
         family=family.name,
     )
-    console.note(f"the EMA weights are in {out / 'model'}/ (load it with --model {out}/model)")
+    if not dist.is_initialized() or dist.get_rank() == 0:  # once under torchrun
+        console.note(
+            f"the EMA weights are in {out / 'model'}/ (load them with --model {out}/model)"
+        )
     return 0
 
 
