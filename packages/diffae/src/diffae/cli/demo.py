@@ -10,12 +10,8 @@ from ..console import Console
 from ..images import fit_image, read_image, sample_photos
 from ..metrics import bicubic_baseline, psnr_8bit
 from ..models import EMBEDDED_FAMILY, EMBEDDED_MODEL, available_families
+from ..viewer import VIEWER, build_viewer, compression_ratio, write_bicubic_run
 from .reconstruction import reconstruct
-
-
-def compression_ratio(config) -> float:
-    """Values per image over values per latent: in_channels * p^2 / latent channels."""
-    return config.in_channels * config.effective_patch_size**2 / config.latent_channels
 
 
 def demo(args: argparse.Namespace, console: Console) -> int:
@@ -31,6 +27,8 @@ def demo(args: argparse.Namespace, console: Console) -> int:
             "batch_size": 1,
             "fit": "crop",
             "grid": True,
+            "viewer": False,
+            "viewer_inputs": True,
             "steps": None,
             "sampler": None,
             "schedule": None,
@@ -51,6 +49,9 @@ def demo(args: argparse.Namespace, console: Console) -> int:
         rows.append((Path(row["image"]).name, row["psnr_db"], bicubic))
     console.note(format_comparison(rows, ratio))
     console.note(f"comparison grids (original | reconstruction | error | latent PCA): {out}/grids/")
+    write_bicubic_run(out, out / "bicubic", ratio)
+    page = build_viewer([out / "bicubic", out], out / VIEWER, overwrite=True)
+    console.note(f"look through the results in a browser (bicubic vs the model): {page}")
     return status
 
 

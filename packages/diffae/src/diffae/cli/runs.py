@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from .. import __version__
 from ..console import CliError, Console
 from ..images import BadImage, Fitted, find_images, fit_image, read_image, unique_names
 from ..models import LoadedModel
+from ..viewer import compression_ratio
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -136,4 +138,6 @@ def settings_of(loaded: LoadedModel, args: argparse.Namespace, decoding: Any) ->
         "inference_config": dataclasses.asdict(decoding)
         if dataclasses.is_dataclass(decoding)
         else repr(decoding),
+        "compression_ratio": compression_ratio(loaded.model.config),
+        "diffae_version": __version__,
     }
