@@ -173,7 +173,9 @@ def test_table_has_a_row_per_photo_and_the_figures_of_metrics_json(driver, runs)
     )
     loaded = images_loaded(driver)
     assert len(loaded) == len(report["images"]) and all(width > 0 for _, width in loaded)
-    shown = dict(zip([r.get_attribute("data-photo") for r in rows], cells(driver, "psnr0")))
+    shown = dict(
+        zip([r.get_attribute("data-photo") for r in rows], cells(driver, "psnr0"), strict=True)
+    )
     for image in report["images"]:
         text, value = shown[Path(image["output"]).stem]
         assert float(value) == image["psnr_db"] and text == f"{image['psnr_db']:.2f}"
@@ -252,8 +254,8 @@ def test_two_run_page_shows_both_runs_and_their_difference(driver, runs):
         row.get_attribute("data-photo")
         for row in driver.find_elements("css selector", "#photos tbody tr")
     ]
-    gains = dict(zip(rows, cells(driver, "gain1")))
-    for first, second in zip(one["images"], four["images"]):
+    gains = dict(zip(rows, cells(driver, "gain1"), strict=True))
+    for first, second in zip(one["images"], four["images"], strict=True):
         text, value = gains[Path(first["output"]).stem]
         assert float(value) == pytest.approx(second["psnr_db"] - first["psnr_db"], abs=1e-12)
         assert text == f"{second['psnr_db'] - first['psnr_db']:+.2f}"
