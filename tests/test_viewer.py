@@ -250,3 +250,21 @@ def test_reconstruct_viewer_keeps_what_the_page_needs(tmp_path: Path, capsys):
     # The page rebuilds from the run folder alone.
     assert main(["viewer", str(out), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     assert embedded_data(tmp_path / "again" / "index.html")["photos"] == data["photos"]
+
+
+def test_demo_page_shows_the_model_next_to_bicubic(tmp_path: Path, capsys, monkeypatch):
+    photo = next(path for path in sample_photos() if path.name == "chelsea.png")
+    monkeypatch.setattr("diffae.cli.demo.sample_photos", lambda: [photo])
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    page = tmp_path / "viewer" / "index.html"
+    assert str(page) in capsys.readouterr().out
+    data = embedded_data(page)
+    assert [run["label"] for run in data["runs"]] == ["bicubic", "embedded model"]
+    assert data["runs"][0]["compression_ratio"] == data["runs"][1]["compression_ratio"] == 8.0
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    bicubic = json.loads((tmp_path / "bicubic" / "metrics.json").read_text())
+    assert data["photos"][0]["psnr"] == [
+        bicubic["images"][0]["psnr_db"],
+        report["images"][0]["psnr_db"],
+    ]
+    assert data["photos"][0]["pca"][0] is None and data["photos"][0]["pca"][1] is not None

@@ -156,6 +156,19 @@ def write_bicubic_run(reference: Path, out: Path, ratio: float) -> Path:
     return out
 
 
+def build_viewer_with_bicubic(run: Path, ratio: float, label: str, title: str) -> Path:
+    """The page of the run folder `run` next to the bicubic baseline that keeps as many values
+    (the reference, first): writes run/bicubic/ and run/viewer/; returns the page."""
+    write_bicubic_run(run, run / "bicubic", ratio)
+    return build_viewer(
+        [run / "bicubic", run],
+        run / VIEWER,
+        labels=["bicubic", label],
+        title=f"{title} vs bicubic resampling (both {ratio:g}:1)",
+        overwrite=True,
+    )
+
+
 def write_metrics_rows(out: Path, rows: list[dict[str, Any]], settings: dict[str, Any]) -> None:
     """metrics.json and metrics.csv of a run written here (not by `reconstruct`)."""
     from .metrics import ImageResult

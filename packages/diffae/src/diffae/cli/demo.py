@@ -10,7 +10,7 @@ from ..console import Console
 from ..images import fit_image, read_image, sample_photos
 from ..metrics import bicubic_baseline, psnr_8bit
 from ..models import EMBEDDED_FAMILY, EMBEDDED_MODEL, available_families
-from ..viewer import VIEWER, build_viewer, compression_ratio, write_bicubic_run
+from ..viewer import build_viewer_with_bicubic, compression_ratio
 from .reconstruction import reconstruct
 
 
@@ -49,8 +49,9 @@ def demo(args: argparse.Namespace, console: Console) -> int:
         rows.append((Path(row["image"]).name, row["psnr_db"], bicubic))
     console.note(format_comparison(rows, ratio))
     console.note(f"comparison grids (original | reconstruction | error | latent PCA): {out}/grids/")
-    write_bicubic_run(out, out / "bicubic", ratio)
-    page = build_viewer([out / "bicubic", out], out / VIEWER, overwrite=True)
+    page = build_viewer_with_bicubic(
+        out, ratio, "embedded model", "diffae demo: the embedded model"
+    )
     console.note(f"look through the results in a browser (bicubic vs the model): {page}")
     return status
 
