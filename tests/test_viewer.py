@@ -18,6 +18,7 @@ from diffae import __version__
 from diffae.cli import main
 from diffae.images import read_image, sample_photos, write_png
 from diffae.metrics import psnr_8bit, summarize
+from diffae.models import EMBEDDED_MODEL
 from diffae.viewer import (
     STATISTICS,
     build_viewer,
@@ -268,3 +269,34 @@ def test_demo_page_shows_the_model_next_to_bicubic(tmp_path: Path, capsys, monke
         report["images"][0]["psnr_db"],
     ]
     assert data["photos"][0]["pca"][0] is None and data["photos"][0]["pca"][1] is not None
+
+
+def test_bundle_carries_the_viewer_and_links_it_from_the_card(tmp_path: Path, capsys):
+    run = write_run(tmp_path / "run", 0.05)
+    out = tmp_path / "bundle"
+    assert (
+        main(
+            [
+                "bundle",
+                str(EMBEDDED_MODEL),
+                "--family",
+                "fcdm_diffae",
+                "--out",
+                str(out),
+                "--viewer",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    assert "viewer/index.html" in capsys.readouterr().out
+    assert embedded_data(out / "viewer" / "index.html")["photos"][0]["name"] == "cat"
+    assert "[`viewer/index.html`](viewer/index.html)" in (out / "README.md").read_text()
+    # A bad run stops the bundle before it is in place.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["bundle", str(EMBEDDED_MODEL), "--family", "fcdm_diffae", "--out", str(tmp_path / "b2")]
+    argv += ["--viewer", str(empty)]
+    assert main(argv) == 1
+    assert "no metrics.json" in capsys.readouterr().err
+    assert not (tmp_path / "b2").exists() and not list(tmp_path.glob(".b2.*"))

@@ -254,6 +254,13 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         "--repo-id",
         help="the Hub repo it will be uploaded to, for the card's usage (default: <user>/<repo>)",
     )
+    bundle.add_argument(
+        "--viewer",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="also put the results viewer of these runs (`reconstruct --viewer` folders, the "
+        "first the reference) in OUT/viewer/ and link it from the card",
+    )
     from .demo import add_demo_parser
     from .training import add_train_parser  # here: the training module imports torch's data
     from .viewing import add_viewer_parser
