@@ -191,6 +191,9 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     empty.mkdir()
     no_original = write_run(tmp_path / "no_original", 0.05)
     (no_original / "originals" / "dog.png").unlink()
+    foreign = tmp_path / "foreign"  # benchmarks.quality's results file is no run folder
+    foreign.mkdir()
+    (foreign / "metrics.json").write_text('{"images": [{"image": "a.png", "model": {}}]}')
     full = tmp_path / "full"
     full.mkdir()
     (full / "x.txt").write_text("x")
@@ -198,6 +201,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     return {
         "no metrics.json": ([str(empty), "--out", out], "no metrics.json"),
         "no folder": ([str(tmp_path / "nope"), "--out", out], "no such folder"),
+        "other metrics": ([str(foreign), "--out", out], "expected output, width, height"),
         "other photos": ([str(good), str(other), "--out", out], "different photos"),
         "other size": ([str(good), str(resized), "--out", out], "32x32"),
         "no original": ([str(no_original), "--out", out], "missing originals/dog.png"),
@@ -212,6 +216,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     [
         "no metrics.json",
         "no folder",
+        "other metrics",
         "other photos",
         "other size",
         "no original",

@@ -198,8 +198,15 @@ def load_run(folder: Path) -> ViewerRun:
     if not report["images"]:
         raise CliError(f"RUN_DIR {folder}: metrics.json lists no images")
     photos: dict[str, RunPhoto] = {}
-    for row in report["images"]:
-        name = Path(row["output"]).stem
+    for index, row in enumerate(report["images"]):
+        try:
+            name, width, height = Path(row["output"]).stem, int(row["width"]), int(row["height"])
+            value = float(row["psnr_db"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CliError(
+                f"RUN_DIR {folder}: image {index} of metrics.json: expected output, width, "
+                f"height and psnr_db as `diffae reconstruct` writes them, got {error!r}"
+            ) from None
         original = folder / ORIGINALS / f"{name}.png"
         for path in (folder / row["output"], original):
             if not path.is_file():
@@ -208,11 +215,10 @@ def load_run(folder: Path) -> ViewerRun:
                     "viewer with `diffae reconstruct ... --viewer`)"
                 )
         pca = folder / PCA / f"{name}.png"
-        value = float(row["psnr_db"])
         photos[name] = RunPhoto(
             name=name,
-            width=int(row["width"]),
-            height=int(row["height"]),
+            width=width,
+            height=height,
             psnr_db=value if math.isfinite(value) else None,
             reconstruction=folder / row["output"],
             original=original,
