@@ -12,7 +12,12 @@ also adds the FLUX.2 VAE's own reconstructions to the table.
 
     uv run python -m benchmarks.quality data-archetype/semdisdiffae_p32_v2 --dtype bf16
 
-writes benchmarks/results/quality-<model>-<machine>.md and .json.
+writes benchmarks/results/quality-<model>-<machine>.md and .json. `--runs DIR` also keeps each
+model's reconstructions as a run folder of the results viewer (DIR/<model>/, DIR/flux-2-vae/), so
+
+    uv run diffae viewer DIR/flux-2-vae DIR/<model> --out page/
+
+shows them side by side, photo by photo (folder names: `benchmarks.report.slug` of the labels).
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffae import __version__ as diffae_version
 from diffae.console import CliError
-from diffae.images import BadImage, find_images, fit_image, read_image, sample_photos
+from diffae.images import BadImage, find_images, fit_image, read_image, sample_photos, write_png
 from diffae.metrics import psnr_8bit, summarize
 from diffae.models import DTYPES, choose_model, patch_multiple
+from diffae.viewer import compression_ratio, save_viewer_inputs, write_metrics_rows
+from diffae.visuals import latent_pca
 from diffae_core.families import Family
 
 from .flux2 import (
@@ -52,6 +60,8 @@ from .report import (
 
 FLUX2_PATCHIFIED_CELL = 2 * FLUX2_DOWNSAMPLING
 """Pixels per cell of the patchified FLUX.2 latents that capacitor_decoder takes."""
+FLUX2_COMPRESSION = 3 * FLUX2_PATCHIFIED_CELL**2 / 128
+"""Values per image over values per latent of the FLUX.2 VAE: 128 channels per 16x16 pixels."""
 METRICS = ("psnr_db", "ssim")
 
 
@@ -75,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flux2-subfolder", help="e.g. FLUX2-VAE for BiliSakura/VAEs")
     parser.add_argument("--machine", help="name in the results file names (default: device)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--runs", type=Path, help="also write a results-viewer run folder per model under RUNS"
+    )
     return parser.parse_args(argv)
 
 
@@ -85,8 +98,9 @@ def model_name(model: str) -> str:
 
 def reconstruct(
     model: Any, inference_config: Any, vae: Any, images: Tensor
-) -> tuple[Tensor, Tensor | None]:
-    """images [1, 3, H, W] in [-1, 1] -> (model's reconstruction, FLUX.2's or None), float32.
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """images [1, 3, H, W] in [-1, 1] -> (model's reconstruction, FLUX.2's or None) float32,
+    and the latents each decoded.
 
     A model without `encode` decodes the FLUX.2 VAE's posterior mean, patchified and whitened.
     """
@@ -100,7 +114,7 @@ def reconstruct(
     else:
         latents = flux2_whitened_patchified(vae, flux2_latents)
     decoded = model.decode(latents, height, width, inference_config=inference_config)
-    return decoded.float(), flux2_reconstruction
+    return decoded.float(), flux2_reconstruction, latents, flux2_latents
 
 
 def render_markdown(name: str, info: dict[str, Any], data: dict[str, Any]) -> str:
@@ -158,8 +172,10 @@ def score_image(
     multiple: int,
     device: torch.device,
     dtype: torch.dtype,
+    runs: Path | None = None,
 ) -> dict[str, Any]:
-    """One table row: the image's size and, per model, its 8-bit PSNR and SSIM."""
+    """One table row: the image's size and, per model, its 8-bit PSNR and SSIM; with `runs`,
+    each reconstruction is also kept in the model's viewer run folder."""
     try:
         fitted = fit_image(read_image(path)[0], multiple, "crop")
     except BadImage as error:
@@ -168,8 +184,18 @@ def score_image(
     original = fitted.image  # [1, 3, H, W] float32 in [-1, 1], on the CPU
     with torch.inference_mode():
         images = original.to(device=device, dtype=dtype)
-        recon, flux2_recon = reconstruct(model, inference_config, vae, images)
+        recon, flux2_recon, latents, flux2_latents = reconstruct(
+            model, inference_config, vae, images
+        )
     outputs = {name: recon} | ({FLUX2_NAME: flux2_recon} if vae is not None else {})
+    if runs is not None:
+        height, width = int(original.shape[-2]), int(original.shape[-1])
+        codes = {name: latents, FLUX2_NAME: flux2_latents}
+        for label, output in outputs.items():
+            folder = runs / slug(label)
+            write_png(folder / f"{path.stem}.png", output[0].cpu())
+            pca = latent_pca(codes[label][0].float().cpu(), height, width)
+            save_viewer_inputs(folder, path.stem, original[0], pca)
     row: dict[str, Any] = {
         "image": path.name,
         "width": int(original.shape[-1]),
@@ -202,7 +228,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for path in paths:
         row = score_image(
-            path, name, model, inference_config, vae, multiple=multiple, device=device, dtype=dtype
+            path,
+            name,
+            model,
+            inference_config,
+            vae,
+            multiple=multiple,
+            device=device,
+            dtype=dtype,
+            runs=args.runs,
         )
         print(f"{path.name}: " + ", ".join(f"{k} {row[k]['psnr_db']:.2f} dB" for k in labels))
         rows.append(row)
@@ -217,16 +251,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "family": f"{family.name} ({reason})",
         "dtype": str(dtype).removeprefix("torch."),
         "inference": repr(inference_config),
+        "steps": args.steps,
         "images": f"{len(rows)} from {', '.join(args.images)} (centre-cropped to x{multiple})",
         "flux2": args.flux2,
         "protocol": "8-bit quantised images, per-image PSNR; SSIM 11x11 Gaussian sigma 1.5",
     }
     data = {"machine": machine, "info": info, "settings": settings, "summary": summary}
     data["images"] = rows
+    if args.runs is not None:
+        ratios = {name: compression_ratio(model.config), FLUX2_NAME: FLUX2_COMPRESSION}
+        for label in labels:
+            write_viewer_run(args.runs / slug(label), label, rows, settings, ratios[label])
     markdown = render_markdown(name, info, data)
     print(markdown)
     write_results(args.out_dir, f"quality-{slug(name)}-{machine}", markdown, data)
     return data
+
+
+def write_viewer_run(
+    folder: Path, label: str, rows: list[dict[str, Any]], settings: dict[str, Any], ratio: Any
+) -> None:
+    """metrics.json of one model's viewer run folder (its PNGs are written per image)."""
+    metrics = [
+        {
+            "image": row["image"],
+            "output": f"{Path(row['image']).stem}.png",
+            "width": row["width"],
+            "height": row["height"],
+            "fit": "crop",
+            "psnr_db": row[label]["psnr_db"],
+        }
+        for row in rows
+    ]
+    flux2 = label == FLUX2_NAME
+    run_settings = {
+        "model": settings["flux2"] if flux2 else settings["model"],
+        "family": "FLUX.2 VAE (diffusers)" if flux2 else settings["family"],
+        "dtype": settings["dtype"],
+        "steps": None if flux2 else settings["steps"],
+        "compression_ratio": ratio,
+        "diffae_version": diffae_version,
+    }
+    write_metrics_rows(folder, metrics, run_settings)
 
 
 if __name__ == "__main__":

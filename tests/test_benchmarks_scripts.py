@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from diffae.images import write_png
+from diffae.viewer import build_viewer
 from diffae_core.families import installed_families
 from diffae_core.testing import randomize_weights
 
@@ -113,10 +115,17 @@ def test_quality_of_a_decode_only_model_uses_the_flux2_encoder(tmp_path: Path) -
     arguments += ["--images", str(_images(tmp_path / "images", count=1))]
     with pytest.raises(SystemExit, match="--flux2"):
         quality.main(arguments)
-    data = quality.main(
-        [*arguments, "--flux2", str(tmp_path / "flux2"), "--out-dir", str(tmp_path / "out")]
-    )
+    runs = tmp_path / "runs"
+    out = ["--out-dir", str(tmp_path / "out"), "--runs", str(runs)]
+    data = quality.main([*arguments, "--flux2", str(tmp_path / "flux2"), *out])
     assert set(data["summary"]) == {"model", FLUX2_NAME}
+    # The reconstructions kept as results-viewer runs: FLUX.2 VAE against the model on one page.
+    page = build_viewer([runs / "flux-2-vae", runs / "model"], tmp_path / "page")
+    shown = json.loads(re.search(r'json">(.*?)</script>', page.read_text(), re.S).group(1))
+    assert shown["runs"][0]["compression_ratio"] == 6.0  # 128 channels per 16x16 pixels
+    assert shown["photos"][0]["psnr"] == [
+        data["images"][0][k]["psnr_db"] for k in (FLUX2_NAME, "model")
+    ]
 
 
 def test_speed_stops_at_a_failing_model_and_names_it(

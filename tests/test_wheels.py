@@ -123,6 +123,11 @@ with contextlib.redirect_stdout(usage), contextlib.suppress(SystemExit):
 for family in families.values():
     for switch in family.decode_switches:
         assert f"--{switch.flag}" in usage.getvalue(), (switch.flag, usage.getvalue())
+
+# The results viewer's page template ships in the wheel (package data, not a .py file).
+from diffae.viewer import DATA_MARKER, TEMPLATE
+from importlib.resources import files
+assert DATA_MARKER in files("diffae").joinpath(TEMPLATE).read_text(encoding="utf-8")
 """
 
 

@@ -6,6 +6,8 @@
     README.md                        the model card: front matter, usage, parameters, provenance
     <package>/                       the family's package; the diffae_core modules it imports
                                      are vendored as <package>/_core/ (imports made relative)
+    viewer/                          optional: the results viewer of runs of the model
+                                     (`diffae.viewer`), linked from the card
 
 so `sys.path.insert(0, folder); from <package> import <Model>` works with no diffae package
 installed, and the folder adds exactly one top-level name.
@@ -23,7 +25,7 @@ import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from diffae_core.pretrained import IDENTITY_NAME
 
 from . import __version__
 from .models import choose_family, patch_multiple, read_config, resolve_model
+from .viewer import VIEWER, build_viewer
 
 CORE = "diffae_core"
 VENDORED_CORE = "_core"
@@ -308,8 +311,21 @@ def card_usage(family: Family, config: Any, package: str, repo_id: str) -> str:
     return "\n".join(lines)
 
 
-def model_card(family: Family, config: Any, package: str, repo_id: str, commit: str) -> str:
-    """README.md: YAML front matter, what the folder holds, usage, parameters, provenance."""
+VIEWER_SECTION = """
+## Results viewer
+
+[`viewer/index.html`](viewer/index.html) is a static page of this model's reconstructions
+(original, reconstruction, RGB error and latent PCA per photo, with the PSNR table): open it from
+a download of this repository, or publish the folder as a Hugging Face static Space with
+`hf upload <user>/<space> viewer/ . --repo-type space`.
+"""
+
+
+def model_card(
+    family: Family, config: Any, package: str, repo_id: str, commit: str, viewer: bool = False
+) -> str:
+    """README.md: YAML front matter, what the folder holds, usage, parameters, provenance, and
+    with `viewer` a link to the results viewer."""
     front_matter = ModelCardData(
         license="apache-2.0",
         library_name=package,
@@ -336,7 +352,7 @@ vendored as `{package}/_core`. It needs only `torch`, `safetensors` and `hugging
 ```
 
 `from_pretrained` takes this folder or, once the package is importable, the repo id itself.
-
+{VIEWER_SECTION if viewer else ""}
 ## Provenance
 
 Bundled by `diffae bundle` (diffae {__version__}) from the diffae sources at git commit
@@ -374,11 +390,13 @@ def export_bundle(
     family: str | None = None,
     *,
     repo_id: str | None = None,
+    viewer_runs: Sequence[Path] = (),
 ) -> Path:
     """Write the bundle of `model` (a local directory or a Hub repo id) to the new folder `out`.
 
     family: the family's name when the config does not tell (as `--family`). repo_id: the Hub
     repo the folder will be uploaded to, used in the card's usage (default a placeholder).
+    viewer_runs: run folders of `diffae reconstruct --viewer`, whose page goes in out/viewer/.
     The folder is built next to `out` and renamed into place, so `out` is complete or absent.
     Returns `out`.
     """
@@ -399,7 +417,11 @@ def export_bundle(
         identity = json.dumps({"family": chosen.name}, indent=2) + "\n"
         (building / IDENTITY_NAME).write_text(identity, encoding="utf-8")
         write_package(package, building / package)
-        card = model_card(chosen, config, package, repo_id or PLACEHOLDER_REPO_ID, commit)
+        if viewer_runs:
+            build_viewer(viewer_runs, building / VIEWER)
+        card = model_card(
+            chosen, config, package, repo_id or PLACEHOLDER_REPO_ID, commit, bool(viewer_runs)
+        )
         (building / "README.md").write_text(card, encoding="utf-8")
         # rename() replaces an empty folder and fails on a non-empty one: no check-then-act race.
         building.rename(out)

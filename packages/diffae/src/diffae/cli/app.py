@@ -23,6 +23,7 @@ from .inspection import inspect
 from .reconstruction import reconstruct
 from .training import train_command
 from .verification import verify
+from .viewing import viewer
 
 COMMANDS = {
     "reconstruct": reconstruct,
@@ -34,6 +35,7 @@ COMMANDS = {
     "encode-dataset": encode_dataset,
     "train": train_command,
     "demo": demo,
+    "viewer": viewer,
 }
 USER_ERRORS = (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
 """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported

@@ -24,6 +24,7 @@ Run the diffae diffusion autoencoders over image files.
   diffae inspect MODEL_OR_FILE
   diffae verify MODEL [IMAGES ...]
   diffae bundle MODEL --out bundle/    # a folder to `hf upload`, with the code that runs it
+  diffae viewer recon-a/ recon-b/ --out page/   # one page comparing reconstruct --viewer runs
   torchrun --nproc-per-node 8 -m diffae encode-dataset photos/ --model MODEL --out dataset/
   diffae train images/ --config config.json --out run/    # or --init MODEL; torchrun works
 """
@@ -155,6 +156,12 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         action="store_true",
         help="also write original | reconstruction | error map | latent PCA per image",
     )
+    reconstruct.add_argument(
+        "--viewer",
+        action="store_true",
+        help="also write OUT/viewer/index.html, a page to look through the results (and keep "
+        "the originals and latent PCA it needs, for `diffae viewer`)",
+    )
 
     encode = commands.add_parser(
         "encode", parents=[common, model, fit], help="images -> latents in safetensors"
@@ -261,9 +268,18 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         "--repo-id",
         help="the Hub repo it will be uploaded to, for the card's usage (default: <user>/<repo>)",
     )
+    bundle.add_argument(
+        "--viewer",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="also put the results viewer of these runs (`reconstruct --viewer` folders, the "
+        "first the reference) in OUT/viewer/ and link it from the card",
+    )
     from .demo import add_demo_parser
     from .training import add_train_parser  # here: the training module imports torch's data
+    from .viewing import add_viewer_parser
 
     add_train_parser(commands, common)
     add_demo_parser(commands, common)
+    add_viewer_parser(commands, common)
     return parser

@@ -10,12 +10,9 @@ from ..console import Console
 from ..images import fit_image, read_image, sample_photos
 from ..metrics import bicubic_baseline, psnr_8bit
 from ..models import EMBEDDED_FAMILY, EMBEDDED_MODEL, available_families
+from ..viewer import build_viewer_with_bicubic, compression_ratio
 from .reconstruction import reconstruct
-
-
-def compression_ratio(config) -> float:
-    """Values per image over values per latent: in_channels * p^2 / latent channels."""
-    return config.in_channels * config.effective_patch_size**2 / config.latent_channels
+from .runs import earlier_run_of
 
 
 def demo(args: argparse.Namespace, console: Console) -> int:
@@ -31,6 +28,10 @@ def demo(args: argparse.Namespace, console: Console) -> int:
             "batch_size": 1,
             "fit": "crop",
             "grid": True,
+            "viewer": False,
+            "viewer_inputs": True,
+            # Running the demo again replaces its own earlier outputs, nothing else.
+            "overwrite": earlier_run_of(Path(args.out), "embedded"),
             "steps": None,
             "sampler": None,
             "schedule": None,
@@ -51,6 +52,10 @@ def demo(args: argparse.Namespace, console: Console) -> int:
         rows.append((Path(row["image"]).name, row["psnr_db"], bicubic))
     console.note(format_comparison(rows, ratio))
     console.note(f"comparison grids (original | reconstruction | error | latent PCA): {out}/grids/")
+    page = build_viewer_with_bicubic(
+        out, ratio, "embedded model", "diffae demo: the embedded model"
+    )
+    console.note(f"look through the results in a browser (bicubic vs the model): {page}")
     return status
 
 

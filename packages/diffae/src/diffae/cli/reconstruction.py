@@ -12,6 +12,7 @@ from ..console import Console
 from ..images import write_png
 from ..metrics import ImageResult, format_table, psnr_8bit, summarize, write_metrics
 from ..models import choose_device, choose_model, inference_config, load_model, require_encoder
+from ..viewer import VIEWER, build_viewer, save_viewer_inputs
 from ..visuals import comparison_grid, latent_pca
 from .runs import (
     ImageItem,
@@ -40,6 +41,9 @@ def reconstruct(args: argparse.Namespace, console: Console) -> int:
     refuse_overwriting([path for path, _ in named], planned)
     claim_output_folder(out, args.overwrite)
     loaded = load_model(choice, args, device, console)
+    # What the viewer needs is kept for --viewer, and for callers that build the page
+    # themselves (`demo`: the model next to the bicubic baseline).
+    viewer_inputs = args.viewer or getattr(args, "viewer_inputs", False)
     rows: list[ImageResult] = []
     with console.progress(len(named), "reconstruct") as bar:
         for batch in batched(
@@ -58,7 +62,9 @@ def reconstruct(args: argparse.Namespace, console: Console) -> int:
             result = run_model(run, [str(item.path) for item in batch], step)
             if result is not None:
                 for item, latents, decoded in zip(batch, *result, strict=True):
-                    rows.append(write_reconstruction(out, item, latents, decoded, args.grid))
+                    rows.append(
+                        write_reconstruction(out, item, latents, decoded, args.grid, viewer_inputs)
+                    )
             bar.update(len(batch))
     if rows or run.skipped:
         summary = summarize([row.psnr_db for row in rows]) if rows else {}
@@ -67,22 +73,29 @@ def reconstruct(args: argparse.Namespace, console: Console) -> int:
     if rows:
         console.note(format_table(rows, summary))
         console.note(f"wrote {len(rows)} reconstructions to {out}/, table: {paths[0]}, {paths[1]}")
+    if rows and args.viewer:
+        page = build_viewer([out], out / VIEWER, overwrite=True)
+        console.note(f"viewer (open in a browser): {page}")
     return run.exit_status()
 
 
 def write_reconstruction(
-    out: Path, item: ImageItem, latents: Tensor, decoded: Tensor, grid: bool
+    out: Path, item: ImageItem, latents: Tensor, decoded: Tensor, grid: bool, viewer: bool = False
 ) -> ImageResult:
-    """Write one reconstruction (and its grid), cropped back to the source's pixels; its row."""
+    """Write one reconstruction (and its grid; with `viewer` the original and latent PCA the
+    page needs), cropped back to the source's pixels; its row."""
     original = item.fitted.content(item.fitted.image[0])
     reconstruction = item.fitted.content(decoded)
     write_png(out / f"{item.name}.png", reconstruction)
-    if grid:
+    if grid or viewer:
         height, width = item.fitted.image.shape[-2:]
         pca = item.fitted.content(latent_pca(latents, int(height), int(width)))
+    if grid:
         write_png(
             out / "grids" / f"{item.name}.png", comparison_grid(original, reconstruction, pca)
         )
+    if viewer:
+        save_viewer_inputs(out, item.name, original, pca)
     return ImageResult(
         image=str(item.path),
         output=f"{item.name}.png",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +16,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from .. import __version__
 from ..console import CliError, Console
 from ..images import BadImage, Fitted, find_images, fit_image, read_image, unique_names
 from ..models import LoadedModel
+from ..viewer import VIEWER, compression_ratio
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -62,8 +66,17 @@ def output_folder(out: str) -> Path:
     return path
 
 
-OUR_OUTPUTS = ("*.png", "grids/*.png", "metrics.csv", "metrics.json", "*.safetensors")
-"""What `reconstruct`, `encode` and `decode` write in --out; what --overwrite removes."""
+OUR_OUTPUTS = (
+    "*.png",
+    "grids/*.png",
+    "originals/*.png",
+    "pca/*.png",
+    "metrics.csv",
+    "metrics.json",
+    "*.safetensors",
+)
+"""What `reconstruct`, `encode` and `decode` write in --out; what --overwrite removes (with the
+results viewer's folder, `viewer/`)."""
 
 
 def claim_output_folder(path: Path, overwrite: bool) -> None:
@@ -82,6 +95,18 @@ def claim_output_folder(path: Path, overwrite: bool) -> None:
         for old in path.glob(pattern):
             if old.is_file():
                 old.unlink()
+    shutil.rmtree(path / VIEWER, ignore_errors=True)
+
+
+def earlier_run_of(path: Path, source: str) -> bool:
+    """Whether `path` is empty or holds a run of the model `source` (its metrics.json says so)."""
+    if not path.is_dir() or not any(path.iterdir()):
+        return True
+    try:
+        report = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        return report["settings"]["model"] == source
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def claim_output_file(path: Path, overwrite: bool) -> None:
@@ -173,4 +198,6 @@ def settings_of(loaded: LoadedModel, args: argparse.Namespace, decoding: Any) ->
         "inference_config": dataclasses.asdict(decoding)
         if dataclasses.is_dataclass(decoding)
         else repr(decoding),
+        "compression_ratio": compression_ratio(loaded.model.config),
+        "diffae_version": __version__,
     }
