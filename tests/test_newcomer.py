@@ -404,3 +404,16 @@ def test_the_readme_snippet_runs_as_printed(monkeypatch):
     assert asked == ["data-archetype/semdisdiffae_p32_v2"]
     assert namespace["recon"].shape == (1, 3, 512, 512)
     assert namespace["recon"].dtype == torch.float32
+
+
+def test_demo_runs_again_over_its_own_outputs_only(tmp_path: Path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out)]) == 0  # a newcomer runs it twice
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "holiday.png").write_bytes(b"not ours")
+    capsys.readouterr()
+    assert main(["demo", "--out", str(theirs)]) == 1
+    assert f"--out: {theirs} is not empty" in capsys.readouterr().err
+    assert (theirs / "holiday.png").read_bytes() == b"not ours"
