@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,54 @@ def processor_name() -> str:
 
 
 CPU_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+IDLE_LOAD_PER_CPU = 0.25
+"""A machine counts as idle when the 1-minute load average of other work stays below this per
+CPU: at the start (nothing of ours running yet) and at the end (less our own torch threads)."""
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, with '+dirty' when tracked files differ from it; None outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if changes else "")
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the OS has none)."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def other_load_is_idle(load: list[float] | None, own_threads: int) -> bool | None:
+    """Whether the 1-minute load, less `own_threads`, is below IDLE_LOAD_PER_CPU per CPU."""
+    if load is None:
+        return None
+    return load[0] - own_threads < IDLE_LOAD_PER_CPU * (os.cpu_count() or 1)
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """Device, its name, threads, torch/diffusers versions and the date, for every header."""
+    """Device, its name, threads, torch/diffusers versions, the date, the commit and the load
+    average at the start, for every header (`write_results` adds the load at the end and the
+    verdict `idle`)."""
+    load = load_average()
     info: dict[str, Any] = {
+        "commit": git_commit(),
+        "load_average_start": load,
+        "idle_at_start": other_load_is_idle(load, own_threads=0),
         "device": str(device),
         "device_name": (
             torch.cuda.get_device_name(device) if device.type == "cuda" else processor_name()
@@ -100,8 +144,30 @@ def header_lines(info: dict[str, Any]) -> list[str]:
     return [f"- {key}: `{value}`" for key, value in info.items()]
 
 
+def load_record(data: dict[str, Any]) -> dict[str, Any]:
+    """The load at the end of the run and whether the run was idle throughout, from the start
+    figures `machine_info` put in `data` (under any key) and the load now."""
+    info = next(
+        (value for value in data.values() if isinstance(value, dict) and "idle_at_start" in value),
+        {},
+    )
+    end = load_average()
+    threads = info.get("torch_threads", torch.get_num_threads())
+    at_end = other_load_is_idle(end, own_threads=threads)
+    verdicts = [info.get("idle_at_start"), at_end]
+    idle = None if None in verdicts else all(verdicts)
+    return {"load_average_end": end, "idle": idle}
+
+
 def write_results(out_dir: Path, stem: str, markdown: str, data: dict[str, Any]) -> list[Path]:
-    """Write `<stem>.md` and `<stem>.json` in `out_dir` (atomically), saying so; returns both."""
+    """Write `<stem>.md` and `<stem>.json` in `out_dir` (atomically), saying so; returns both.
+
+    Both get (and `data` is updated with) the load at the end and the verdict `idle`
+    (`load_record`): a figure measured while other work ran says so in its own file.
+    """
+    record = load_record(data)
+    data.update(record)
+    markdown = markdown.rstrip("\n") + "\n\n" + "\n".join(header_lines(record)) + "\n"
     markdown_path, json_path = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
     atomic_write_text(markdown_path, markdown)
     atomic_write_text(json_path, json.dumps(data, indent=2) + "\n")

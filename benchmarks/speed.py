@@ -6,8 +6,8 @@ its default config, and all are timed side by side in this one process on the sa
 encode of a batch of random images in [-1, 1], and batch-1 decode of random latents with one
 sampling step and PDG off. Each case is warmed up, then the repeats are interleaved across the
 models (round-robin) so that load from elsewhere on a shared machine hits all of them alike;
-the median is reported. FLOPs of Conv2d/Linear layers are counted during an eager warm-up and
-set against the machine's GEMM peak, measured here with a large matrix product.
+the median is reported. FLOPs are counted during an eager warm-up call and set against the
+fastest GEMM measured here (a large matrix product: a yardstick, not the machine's peak).
 
     uv run python -m benchmarks.speed --resolutions 256 512 --dtypes fp32 bf16 --repeats 3
 
@@ -18,7 +18,6 @@ stops the run.
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -94,7 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--warmup",
         type=int,
         default=5,
-        help="untimed calls before timing (at least 1: it counts FLOPs and peak memory)",
+        help="untimed calls before timing (at least 1: the first counts FLOPs); then one more "
+        "measures peak memory, after a plain warm-up call",
     )
     parser.add_argument(
         "--encode-batch",
@@ -211,22 +211,21 @@ def warm_up(
     flop_key = (candidate.name, Case(case.task, case.resolution, case.batch, "", ""))
     timed = compiled(candidate, case.task, compile_cache) if case.mode == "compile" else candidate
     call = case_input(timed, case, device, dtype)
-    first_call_s, growth = None, None
+    first_call_s, plain_calls = None, 0
     with torch.inference_mode():
         for index in range(args.warmup):
-            # The first call counts FLOPs (eager) and the last one measures memory, so a
-            # slow model on a CPU can run with a single warm-up call.
+            # The first call counts FLOPs (eager; the counter's hooks change what it allocates
+            # and how fast it runs) and compiles (compile mode).
             counting = index == 0 and flop_key not in flop_counts
             with count_flops() if counting else nullcontext() as flops:
-                if index == args.warmup - 1:
-                    start = time.perf_counter()
-                    growth = peak_growth_bytes(call, device)
-                    seconds = time.perf_counter() - start
-                else:
-                    seconds = time_call(call, device)
+                seconds = time_call(call, device)
             if counting:
                 flop_counts[flop_key] = flops.total
+            plain_calls += not counting
             first_call_s = seconds if index == 0 else first_call_s
+        if not plain_calls:
+            time_call(call, device)  # memory is measured after a plain call, never the first
+        growth = peak_growth_bytes(call, device)
     weights = tensor_bytes(candidate.module)
     weight_dtype = next(candidate.module.parameters()).dtype
     row = {

@@ -59,6 +59,43 @@ def test_speed_runs_every_family_and_flux2_on_tiny_configs(tmp_path: Path) -> No
     page = (tmp_path / "speed-smoke.md").read_text()
     assert "## Speedup vs FLUX.2" in page and "## Compiled and tiled against eager" in page
     assert "native_bf16" in data["info"]
+    # Traceable: the commit, and the load at the start and end with a verdict.
+    assert data["info"]["commit"] and len(data["info"]["load_average_start"]) == 3
+    assert len(data["load_average_end"]) == 3 and data["idle"] in (True, False)
+    assert "- idle: `" in page and "- commit: `" in page
+
+
+def test_speed_measures_memory_after_a_plain_warm_up_call(tmp_path: Path, monkeypatch) -> None:
+    """With one warm-up call (which counts FLOPs), a plain call comes before the measuring one."""
+    calls: list[str] = []
+    count_flops, peak_growth_bytes = speed.count_flops, speed.peak_growth_bytes
+    time_call = speed.time_call
+
+    class Counting:
+        def __enter__(self):
+            calls.append("counting")
+            self.inner = count_flops()
+            return self.inner.__enter__()
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+    def measuring(call, device):
+        calls.append("memory")
+        return peak_growth_bytes(call, device)
+
+    def timed(call, device):
+        calls.append("call")
+        return time_call(call, device)
+
+    monkeypatch.setattr(speed, "count_flops", Counting)
+    monkeypatch.setattr(speed, "peak_growth_bytes", measuring)
+    monkeypatch.setattr(speed, "time_call", timed)
+    options = f"--tiny --families fcdm_diffae --no-flux2 --resolutions {TINY_SIDE} --dtypes fp32"
+    options += " --modes eager --tasks decode --repeats 1 --warmup 1 --machine smoke"
+    speed.main([*options.split(), "--out-dir", str(tmp_path)])
+    # counting call, plain call, memory call, timed repeat (per preset)
+    assert calls[:5] == ["counting", "call", "call", "memory", "call"]
 
 
 def test_tiling_script_on_a_tiny_decoder(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from diffae.cli import main
 from diffae.console import CliError
+from diffae.images import read_image
 from diffae.models import choose_family, decode_accepts, patch_multiple, read_config
 from diffae.visuals import GAP
 from diffae_core.families import Family, installed_families
@@ -182,6 +183,11 @@ def test_encode_decode_round_trip(
     assert (rgba["source_width"], rgba["source_height"], rgba["fit"]) == (2 * p + 3, p + 1, "pad")
     assert rgb_latents.dtype == torch.float32 and rgb_latents.shape[0] == 1
     assert tuple(rgb_latents.shape[-2:]) == (2, 2)
+    # The written values are `model.encode`'s (rgb.png is 2p x 2p: nothing to pad).
+    model = family.model_class.from_pretrained(model_dir)
+    with torch.no_grad():
+        expected = model.encode(read_image(image_dir / "rgb.png")[0])
+    torch.testing.assert_close(rgb_latents, expected.float())
 
     decoded = tmp_path / "decoded"
     assert main(["decode", str(latents_file), "--out", str(decoded), "--steps", "2", *common]) == 0

@@ -158,7 +158,9 @@ def test_flux2_vae_adapter_keeps_encoder_config_and_statistics(flux2_vae, decode
     assert not hasattr(vae, "decoder"), "the FLUX.2 decoder is not carried along"
     assert vae.dtype == torch.float32 and vae.device.type == "cpu"
 
-    images = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    # Non-square (H != W), so that a swapped height and width cannot pass.
+    height, width = SIZE, SIZE + 16
+    images = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(3)) * 2 - 1
     with torch.no_grad():
         theirs = flux2_vae.encode(images).latent_dist
         ours = vae.encode(images).latent_dist
@@ -169,8 +171,13 @@ def test_flux2_vae_adapter_keeps_encoder_config_and_statistics(flux2_vae, decode
     vae.inference_config = settings
     output = vae.decode(z)
     assert isinstance(output, DecoderOutput) and output.sample.dtype == torch.float32
+    assert output.sample.shape == (1, 3, height, width)
     expected = decoder.decode(
-        flux2_patchify(z), SIZE, SIZE, inference_config=settings, latents_are_flux2_whitened=False
+        flux2_patchify(z),
+        height,
+        width,
+        inference_config=settings,
+        latents_are_flux2_whitened=False,
     )
     assert torch.equal(output.sample, expected)
     assert torch.equal(vae.decode(z, return_dict=False)[0], expected)
@@ -238,7 +245,8 @@ def test_autoencoder_wrapper_equals_the_family(family_name: str, config) -> None
     assert vae.config.spatial_compression_ratio == patch
     assert 2 ** (len(vae.config.block_out_channels) - 1) == patch
 
-    images = torch.rand(2, 3, 2 * patch, 2 * patch, generator=torch.Generator().manual_seed(5))
+    height, width = 2 * patch, 3 * patch  # non-square: a swapped height and width cannot pass
+    images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(5))
     images = images * 2 - 1
     with torch.no_grad():
         distribution = vae.encode(images).latent_dist
@@ -257,8 +265,8 @@ def test_autoencoder_wrapper_equals_the_family(family_name: str, config) -> None
         assert torch.equal(draw, latents)
 
     decoded = vae.decode(latents).sample
-    expected = model.decode(latents, 2 * patch, 2 * patch, inference_config=settings)
-    assert decoded.dtype == torch.float32
+    expected = model.decode(latents, height, width, inference_config=settings)
+    assert decoded.dtype == torch.float32 and decoded.shape == (2, 3, height, width)
     assert torch.equal(decoded, expected)
 
 

@@ -190,6 +190,36 @@ def test_interrupted_run_resumes_without_lost_or_doubled_rows(
         assert manifest[key] == expected[key], key
 
 
+def test_a_resume_encodes_only_the_missing_shards(
+    model_dir, image_dir, reference, tmp_path, monkeypatch
+):
+    """A finished run with its middle shard deleted: the resume writes that shard alone and
+    encodes only its images; the other shards are left as they were."""
+    shutil.copytree(reference[1], tmp_path, dirs_exist_ok=True)
+    missing = tmp_path / "data" / "shard-00001-of-00003.parquet"
+    missing_rows = pq.read_table(missing).num_rows
+    missing.unlink()
+    kept = {path: path.stat().st_mtime_ns for path in (tmp_path / "data").iterdir()}
+    written, encoded = [], []
+    write_shard, encode = dataset_encoding.write_shard, FAMILY.model_class.encode
+
+    def spy_write(path, rows, record):
+        written.append(path)
+        write_shard(path, rows, record)
+
+    def spy_encode(model, images):
+        encoded.append(int(images.shape[0]))
+        return encode(model, images)
+
+    monkeypatch.setattr(dataset_encoding, "write_shard", spy_write)
+    monkeypatch.setattr(FAMILY.model_class, "encode", spy_encode)
+    assert encode_dataset(model_dir, image_dir, tmp_path, "--batch-size", "1") == 1
+    assert written == [missing]
+    assert sum(encoded) == missing_rows > 0
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept
+    assert rows_of(tmp_path) == rows_of(reference[1])
+
+
 def test_changed_options_are_refused(model_dir, image_dir, reference, capsys):
     _, out = reference
     before = sorted(out.rglob("*"))

@@ -19,6 +19,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save_file
 
 from diffae_core.checkpoint import CheckpointError, CheckpointMismatchError, read_header
 from diffae_core.config import ConfigError
@@ -111,10 +112,33 @@ def test_truncations_and_forged_lengths_are_refused(saved, tmp_path, data) -> No
     assert load_mutated(folder, tmp_path / "cut", weights) is None
 
 
+@pytest.fixture(scope="module")
+def saved_bf16(saved, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model with every tensor stored as bfloat16 (a file the loader accepts)."""
+    folder, state = saved
+    target = tmp_path_factory.mktemp("model_bf16")
+    shutil.copyfile(folder / "config.json", target / "config.json")
+    save_file({k: v.bfloat16() for k, v in state.items()}, target / "model.safetensors")
+    FAMILY.model_class.from_pretrained(target)
+    return target
+
+
+FORGED_DTYPES = [
+    *("F32", "F16", "BF16", "F64", "F8_E4M3", "F8_E5M2"),
+    *("I64", "I32", "U32", "I16", "U16", "I8", "U8", "BOOL"),
+    *("Q7", ""),
+]
+"""Every dtype safetensors names, and two it does not. Those of the stored dtype's width (I32
+and U32 for F32; F16, I16 and U16 for BF16) pass safetensors' own checks: ours refuse them."""
+
+
 @FUZZ
 @given(data=st.data())
-def test_forged_shapes_and_dtypes_are_refused_without_allocating(saved, tmp_path, data) -> None:
-    folder, _ = saved
+@pytest.mark.parametrize("stored", ["float32", "bfloat16"])
+def test_forged_shapes_and_dtypes_are_refused_without_allocating(
+    saved, saved_bf16, tmp_path, data, stored
+) -> None:
+    folder = saved[0] if stored == "float32" else saved_bf16
     header, tensors = header_and_data(folder / "model.safetensors")
     name = data.draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
     entry = dict(header[name])
@@ -123,18 +147,96 @@ def test_forged_shapes_and_dtypes_are_refused_without_allocating(saved, tmp_path
         dims = st.integers(0, 10**6)
         entry["shape"] = data.draw(st.lists(dims, min_size=0, max_size=3), label="shape")
     else:
-        entry["dtype"] = data.draw(
-            st.sampled_from(["F16", "BF16", "I64", "U8", "F8_E4M3", "BOOL", "Q7", ""])
-        )
+        entry["dtype"] = data.draw(st.sampled_from(FORGED_DTYPES), label="dtype")
     if entry == header[name]:
         return
     header[name] = entry
     assert load_mutated(folder, tmp_path / "forged", with_header(header, tensors)) is None
 
 
-def test_unsupported_and_newer_dtypes_are_read_through_safetensors(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
+@pytest.mark.parametrize(
+    ("stored", "forged"),
+    [("float32", "I32"), ("float32", "U32"), ("bfloat16", "F16"), ("bfloat16", "I16")],
+)
+@pytest.mark.parametrize("name", ["latent_norm_running_var", "decoder.out_proj.weight"])
+def test_same_width_dtype_forgeries_name_the_file_and_tensor(
+    saved, saved_bf16, tmp_path, stored, forged, name
+) -> None:
+    """A buffer or a parameter relabelled to a dtype of the same width: our error, naming the
+    file and the tensor, before any weight is read (else int32 statistics of ~1e9 would load)."""
+    folder = saved[0] if stored == "float32" else saved_bf16
+    header, tensors = header_and_data(folder / "model.safetensors")
+    header[name] = header[name] | {"dtype": forged}
+    target = tmp_path / "forged"
+    target.mkdir()
+    shutil.copyfile(folder / "config.json", target / "config.json")
+    (target / "model.safetensors").write_bytes(with_header(header, tensors))
+    with pytest.raises(CheckpointMismatchError, match="refused dtypes") as caught:
+        FAMILY.model_class.from_pretrained(target)
+    assert str(target) in str(caught.value) and f"  {name}: torch." in str(caught.value)
 
+
+class WeightsRead(AssertionError):
+    """Raised by the spies below when tensor data is read."""
+
+
+def forbid_reading_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every way the loader reads tensor data raise WeightsRead (headers stay readable):
+    safetensors' `load_file`/`load` and `get_tensor` of any `safe_open` handle."""
+    import safetensors
+    import safetensors.torch
+
+    import diffae_core.checkpoint
+
+    def refuse(*args, **kwargs):
+        raise WeightsRead("tensor data was read")
+
+    real_safe_open = safetensors.safe_open
+
+    class SpyingHandle:
+        def __init__(self, *args, **kwargs) -> None:
+            self.handle = real_safe_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def get_tensor(self, name):
+            refuse()
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    for module in (safetensors.torch, diffae_core.checkpoint):
+        monkeypatch.setattr(module, "load_file", refuse, raising=False)
+        monkeypatch.setattr(module, "safe_open", SpyingHandle, raising=False)
+    monkeypatch.setattr(safetensors.torch, "load", refuse)
+    monkeypatch.setattr(safetensors, "safe_open", SpyingHandle)
+
+
+def test_a_mismatched_header_is_refused_before_any_weight_is_read(saved, tmp_path, monkeypatch):
+    folder, _ = saved
+    header, tensors = header_and_data(folder / "model.safetensors")
+    name = sorted(key for key in header if key != "__metadata__")[0]
+    header[name + "_renamed"] = header.pop(name)
+    target = tmp_path / "renamed"
+    target.mkdir()
+    shutil.copyfile(folder / "config.json", target / "config.json")
+    (target / "model.safetensors").write_bytes(with_header(header, tensors))
+    forbid_reading_weights(monkeypatch)
+    # The spies see a load that reads weights (else this test would prove nothing) ...
+    with pytest.raises(WeightsRead):
+        FAMILY.model_class.from_pretrained(folder)
+    # ... and none when the header does not match the model.
+    with pytest.raises(CheckpointMismatchError, match="1 missing keys") as caught:
+        FAMILY.model_class.from_pretrained(target)
+    assert str(target) in str(caught.value) and name in str(caught.value)
+
+
+def test_unsupported_and_newer_dtypes_are_read_through_safetensors(tmp_path: Path) -> None:
     path = tmp_path / "fp8.safetensors"
     save_file({"w": torch.zeros(2, 3, dtype=torch.float8_e4m3fn), "s": torch.tensor(1.0)}, path)
     header = read_header(path)

@@ -34,21 +34,25 @@ INDICES = {
     "latents": [0, 5, -1],
     "one_step": [0, 100, -1],
     "three_steps_pdg": [0, 100, -1],
+    "three_steps_ddim_pdg": [0, 100, -1],
     "class_token": [0, 17, -1],
 }
 # name: {output: values at INDICES} of the float64 run: whitened latents, 1-step DDIM decode,
-# 3-step DPM++(2M) cosine PDG decode, the class head's class token (float64, no autocast).
+# 3-step DPM++(2M) cosine PDG decode, 3-step DDIM linear PDG decode, the class head's class
+# token (float64, no autocast).
 GOLDEN = {
     "dinac_ae": {
         "latents": (-0.3685685, -0.3002337, -0.5340444),
         "one_step": (-0.07704502, 0.1311271, 0.05385942),
         "three_steps_pdg": (-0.07711314, 0.07821211, -0.05491452),
+        "three_steps_ddim_pdg": (-0.06449331, 0.1350465, 0.03278868),
         "class_token": (-0.08086653, -1.148127, -1.729535),
     },
     "dinac_ae_d2": {
         "latents": (-0.6149495, -0.5549909, -0.6024365),
         "one_step": (0.1021378, 0.1055552, -0.01848385),
         "three_steps_pdg": (0.2042696, -0.05476274, -0.1167041),
+        "three_steps_ddim_pdg": (0.1108634, 0.02860259, -0.04348163),
         "class_token": (1.316514, 2.293153, -0.2818198),
     },
 }
@@ -73,11 +77,13 @@ def golden_outputs(name: str, *, float64: bool = False) -> dict[str, Tensor]:
     settings = DinacAEInferenceConfig(
         num_steps=3, sampler="dpmpp_2m", schedule="cosine", pdg=True, seed=42
     )
+    ddim = DinacAEInferenceConfig(num_steps=3, sampler="ddim", pdg=True, seed=42)
     raw_latents = model.dewhiten(latents).to(model.ordinary_weight_storage_dtype)
     outputs = {
         "latents": latents,
         "one_step": one_step,
         "three_steps_pdg": model.decode(latents, height, width, inference_config=settings),
+        "three_steps_ddim_pdg": model.decode(latents, height, width, inference_config=ddim),
         "class_token": model.dino_token_alignment_head(raw_latents).class_token,
     }
     if not float64:

@@ -21,12 +21,21 @@ DECODE_SETTINGS = {
     "three_steps_pdg": MDiffAEInferenceConfig(
         num_steps=3, sampler="dpmpp_2m", schedule="cosine", pdg=True, pdg_strength=1.2, seed=42
     ),
+    "three_steps_ddim_pdg": MDiffAEInferenceConfig(
+        num_steps=3, sampler="ddim", pdg=True, pdg_strength=1.2, seed=42
+    ),
 }
-INDICES = {"latents": [0, 5, -1], "one_step": [0, 100, -1], "three_steps_pdg": [0, 100, -1]}
+INDICES = {
+    "latents": [0, 5, -1],
+    "one_step": [0, 100, -1],
+    "three_steps_pdg": [0, 100, -1],
+    "three_steps_ddim_pdg": [0, 100, -1],
+}
 GOLDEN = {
     "latents": (-0.1260688, -0.06436926, 0.2039726),
     "one_step": (-0.61207, -0.3847153, 0.47473),
     "three_steps_pdg": (-0.5919389, 0.1337898, 0.5739234),
+    "three_steps_ddim_pdg": (-0.440918, -0.09325266, 0.5206583),
 }
 """The float64 run: randomize_weights(seed 0, scale 0.2; outputs |x| < 1), images from seed 11."""
 

@@ -21,6 +21,12 @@ from torch import Tensor, nn
 V = TypeVar("V")
 MAX_LISTED = 10
 """How many keys of each kind a mismatch report names."""
+STORED_FLOAT_DTYPES = (torch.float32, torch.bfloat16)
+"""The dtypes a floating tensor of a model may be stored in: float32 (every published file) and
+bfloat16 (dinac_ae's storage; what a bf16 model saves). A floating tensor stored as anything
+else (an integer, float16, an 8-bit float) is refused, as is a non-floating tensor stored in
+another dtype than the model's: a header forged to a dtype of the same width (F32 -> I32 or U32,
+BF16 -> F16) passes safetensors' own checks and would load the same bytes as other numbers."""
 
 
 @dataclass(frozen=True)
@@ -116,11 +122,14 @@ class StateDiff:
         default_factory=list
     )
     dtype_differences: list[tuple[str, torch.dtype, torch.dtype]] = field(default_factory=list)
+    """Accepted stored dtypes other than the model's (cast by the dtype policy on loading)."""
+    refused_dtypes: list[tuple[str, torch.dtype, torch.dtype]] = field(default_factory=list)
+    """Stored dtypes the model does not accept for that tensor (see `dtype_accepted`)."""
 
     @property
     def loadable(self) -> bool:
-        """True when strict loading succeeds (dtypes may differ: they are cast by policy)."""
-        return not (self.missing or self.unexpected or self.shape_mismatches)
+        """True when strict loading succeeds (accepted dtypes are cast by policy)."""
+        return not (self.missing or self.unexpected or self.shape_mismatches or self.refused_dtypes)
 
     def report(self, limit: int = MAX_LISTED) -> str:
         """Counts of each kind of difference and the first `limit` keys of each, sorted."""
@@ -138,10 +147,23 @@ class StateDiff:
             [f"{k}: {tuple(a)} vs {tuple(b)}" for k, a, b in self.shape_mismatches],
         )
         lines += section(
+            "refused dtypes (checkpoint vs model; floating tensors are stored as float32 or "
+            "bfloat16, other tensors in the model's dtype)",
+            [f"{k}: {a} vs {b}" for k, a, b in self.refused_dtypes],
+        )
+        lines += section(
             "dtype differences (checkpoint vs model)",
             [f"{k}: {a} vs {b}" for k, a, b in self.dtype_differences],
         )
         return "\n".join(lines) if lines else "checkpoint matches the model"
+
+
+def dtype_accepted(stored: torch.dtype, expected: torch.dtype) -> bool:
+    """Whether a tensor the model holds as `expected` may be stored as `stored`: one of
+    STORED_FLOAT_DTYPES for a floating tensor, the same dtype for any other."""
+    if expected.is_floating_point:
+        return stored in STORED_FLOAT_DTYPES
+    return stored == expected
 
 
 def diff_state(
@@ -149,6 +171,11 @@ def diff_state(
 ) -> StateDiff:
     """Compare a checkpoint listing with a model's (see `state_info`)."""
     shared = sorted(set(checkpoint) & set(expected))
+    different = [
+        (k, checkpoint[k].dtype, expected[k].dtype)
+        for k in shared
+        if checkpoint[k].dtype != expected[k].dtype
+    ]
     return StateDiff(
         missing=sorted(set(expected) - set(checkpoint)),
         unexpected=sorted(set(checkpoint) - set(expected)),
@@ -157,16 +184,13 @@ def diff_state(
             for k in shared
             if checkpoint[k].shape != expected[k].shape
         ],
-        dtype_differences=[
-            (k, checkpoint[k].dtype, expected[k].dtype)
-            for k in shared
-            if checkpoint[k].dtype != expected[k].dtype
-        ],
+        dtype_differences=[row for row in different if dtype_accepted(row[1], row[2])],
+        refused_dtypes=[row for row in different if not dtype_accepted(row[1], row[2])],
     )
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint's keys or shapes do not match the model it is loaded into."""
+    """A checkpoint's keys, shapes or dtypes do not match the model it is loaded into."""
 
     def __init__(self, source: str, diff: StateDiff) -> None:
         self.diff = diff
