@@ -297,3 +297,22 @@ def test_no_pickle_is_ever_read() -> None:
                 if any(n.split(".")[0] in {"pickle", "dill", "joblib"} for n in names):
                     found.append(f"{path.name}: imports {names}")
     assert not found, found
+
+
+def test_a_float16_model_saves_and_loads_but_mixed_halves_are_refused(saved, tmp_path) -> None:
+    """float16 storage is what an fp16 model saves; a file mixing bf16 and f16 is a forgery."""
+    folder, _ = saved
+    model = FAMILY.model_class.from_pretrained(folder, dtype=torch.float16)
+    model.save_pretrained(tmp_path / "fp16")
+    again = FAMILY.model_class.from_pretrained(tmp_path / "fp16", dtype=torch.float16)
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), again.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    header, tensors = header_and_data(tmp_path / "fp16" / "model.safetensors")
+    halves = [k for k in header if header[k].get("dtype") == "F16"]
+    header[halves[0]] = header[halves[0]] | {"dtype": "BF16"}
+    (tmp_path / "fp16" / "model.safetensors").write_bytes(with_header(header, tensors))
+    with pytest.raises(CheckpointMismatchError, match="refused dtypes") as caught:
+        FAMILY.model_class.from_pretrained(tmp_path / "fp16")
+    assert f"  {halves[0]}: torch.bfloat16" in str(caught.value)

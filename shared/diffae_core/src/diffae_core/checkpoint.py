@@ -8,6 +8,7 @@ same comparison guards `load_state_strict`, so a mismatch is reported once, with
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,15 @@ from torch import Tensor, nn
 V = TypeVar("V")
 MAX_LISTED = 10
 """How many keys of each kind a mismatch report names."""
-STORED_FLOAT_DTYPES = (torch.float32, torch.bfloat16)
-"""The dtypes a floating tensor of a model may be stored in: float32 (every published file) and
-bfloat16 (dinac_ae's storage; what a bf16 model saves). A floating tensor stored as anything
-else (an integer, float16, an 8-bit float) is refused, as is a non-floating tensor stored in
-another dtype than the model's: a header forged to a dtype of the same width (F32 -> I32 or U32,
-BF16 -> F16) passes safetensors' own checks and would load the same bytes as other numbers."""
+STORED_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+"""The dtypes a floating tensor of a model may be stored in: float32 (every published file),
+bfloat16 (dinac_ae's storage; what a bf16 model saves) and float16 (what an fp16 model saves).
+A floating tensor stored as anything else (an integer, an 8-bit float) is refused, as is a
+non-floating tensor stored in another dtype than the model's, and a file that mixes the two
+16-bit floats (no model saves both: one is a forgery). A header forged to a dtype of the same
+width (F32 -> I32 or U32, BF16 -> F16) passes safetensors' own checks and would load the same
+bytes as other numbers."""
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,15 @@ def diff_state(
         for k in shared
         if checkpoint[k].dtype != expected[k].dtype
     ]
+    halves = Counter(dtype for _, dtype, _ in different if dtype in HALF_DTYPES)
+    # Both 16-bit floats in one file: the rarer one (both on a tie) is the forgery.
+    forged_halves = (
+        {d for d, n in halves.items() if n == min(halves.values())} if len(halves) > 1 else set()
+    )
+
+    def accepted(stored: torch.dtype, wanted: torch.dtype) -> bool:
+        return dtype_accepted(stored, wanted) and stored not in forged_halves
+
     return StateDiff(
         missing=sorted(set(expected) - set(checkpoint)),
         unexpected=sorted(set(checkpoint) - set(expected)),
@@ -184,8 +197,8 @@ def diff_state(
             for k in shared
             if checkpoint[k].shape != expected[k].shape
         ],
-        dtype_differences=[row for row in different if dtype_accepted(row[1], row[2])],
-        refused_dtypes=[row for row in different if not dtype_accepted(row[1], row[2])],
+        dtype_differences=[row for row in different if accepted(row[1], row[2])],
+        refused_dtypes=[row for row in different if not accepted(row[1], row[2])],
     )
 
 
