@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .noise import sample_noise
+from .noise import host_to_device, sample_noise
 from .vp import alpha_sigma, broadcast_like, cosine_interpolated_logsnr
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -93,7 +93,7 @@ def run_sampler(
     """Start from sigma(t0) * noise (x0 taken as 0) and integrate the schedule to t = 0."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {SAMPLER_NAMES}, got {name!r}")
-    times = times.to(device=noise.device, dtype=torch.float32)
+    times = host_to_device(times.to(torch.float32), noise.device)  # no host sync on CUDA
     logsnrs = cosine_interpolated_logsnr(times, logsnr_min, logsnr_max)
     _, sigma_start = alpha_sigma(logsnrs[:1])
     x = broadcast_like(sigma_start.expand(noise.shape[0]), noise) * noise.float()
