@@ -274,7 +274,8 @@ def test_tiling_on_the_device(name: str, device) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_compile_on_the_device(name: str, device) -> None:
-    """`model.compile()` (the families' recipe: inductor, freezing) equals eager on CUDA.
+    """`model.compile()` (the families' recipe: inductor, freezing) equals eager on CUDA, also
+    with CUDA graphs.
 
     On a CPU inductor's C++ build costs 10-30 s per graph, too much for the default run:
     tests/test_compile.py captures every family's graphs there, and `benchmarks/gpu_check.py`
@@ -296,16 +297,20 @@ def test_compile_on_the_device(name: str, device) -> None:
     if callable(getattr(model, "encode", None)):
         calls["encode"] = lambda: model.encode(given["images"])
     eager = {call_name: call() for call_name, call in calls.items()}
-    torch._dynamo.reset()
-    model.compile()
-    try:
-        for call_name, call in calls.items():
-            compiled = call()
-            scale = max(1.0, eager[call_name].abs().max().item())
-            torch.testing.assert_close(compiled, eager[call_name], rtol=0, atol=1e-4 * scale)
-    finally:
-        model.uncompile()
+    # The recipe, then CUDA graphs ("reduce-overhead"; gpu_check.py times "max-autotune"):
+    # with graphs, a result must stay valid after the next replay overwrote the graph's output.
+    for options in ({}, {"mode": "reduce-overhead"}):
         torch._dynamo.reset()
+        model.compile(**options)
+        try:
+            for call_name, call in calls.items():
+                compiled = [call() for _ in range(3)]  # records, then replays
+                scale = max(1.0, eager[call_name].abs().max().item())
+                for result in compiled:
+                    torch.testing.assert_close(result, eager[call_name], rtol=0, atol=1e-4 * scale)
+        finally:
+            model.uncompile()
+            torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
@@ -364,3 +369,37 @@ def test_flux2_pipeline_vae_swap_on_the_device(device) -> None:
         latents = wrapper.encode(images).latent_dist.mode()
         decoded = wrapper.decode(latents).sample
     assert decoded.device.type == device.type and decoded.shape == images.shape
+
+
+def test_cuda_graph_results_are_copied_out_of_the_graph(monkeypatch) -> None:
+    """With CUDA graphs each compiled call starts a new graph step and returns a copy: the
+    graph's own output memory is overwritten by the next replay. (The wrapper's logic, on any
+    device; test_compile_on_the_device replays real graphs on CUDA.)"""
+    from diffae_core.compiling import _compiled_method
+
+    steps = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    graph_output = torch.ones(1, 3, 2, 2)
+    call = _compiled_method(
+        lambda: graph_output,
+        freezing=False,
+        channels_last=False,
+        dynamic_batch=False,
+        options={"backend": "eager"},
+        cuda_graphs=True,
+    )
+    result = call()
+    assert steps == [1]
+    assert torch.equal(result, graph_output) and result.data_ptr() != graph_output.data_ptr()
+
+
+def test_gpu_check_without_a_gpu_says_so(capsys) -> None:
+    """`gpu_check.sh` asked for CUDA on a machine without it: one line, exit status 2."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    pytest.importorskip("diffusers")
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--device", "cuda"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("gpu_check: --device cuda: no CUDA device") and "\n" not in error
