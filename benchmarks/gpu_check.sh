@@ -11,4 +11,9 @@ cd "$(dirname "$0")/.."
 if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi || true
 fi
-exec uv run python -m benchmarks.gpu_check "$@"
+if command -v uv >/dev/null 2>&1; then
+    uv=(uv)
+else
+    uv=(python3 -m uv)  # as .ci/run installs it
+fi
+exec "${uv[@]}" run --locked python -m benchmarks.gpu_check "$@"
