@@ -336,12 +336,12 @@ def value_check_cost(profile: Profile, device: torch.device, dtype: str) -> dict
     check_ms = {
         name: Timer(
             "check_values(name, tensor, limit)",
-            globals={"check_values": check_values, "name": name, "tensor": tensor, "limit": 3.0},
+            globals={"check_values": check_values, "name": name, "tensor": tensor, "limit": limit},
         )
         .blocked_autorange(min_run_time=0.2)
         .median
         * 1000.0
-        for name, tensor in (("latents", latents), ("images", images))
+        for name, tensor, limit in (("latents", latents, None), ("images", images, 3.0))
     }
     return {
         "model": candidate.name,
