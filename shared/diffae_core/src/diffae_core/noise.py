@@ -42,9 +42,10 @@ def sample_noise(
 def host_to_device(tensor: Tensor, device: torch.device | str) -> Tensor:
     """A CPU `tensor` on `device`, queued without a host sync on CUDA (pinned, non-blocking).
 
-    Elsewhere (CPU, meta, or a tensor already off the CPU) it is a plain `.to(device)`.
+    Elsewhere (CPU, meta, a tensor already off the CPU, or inside a torch.compile graph, where
+    the copy is part of the graph) it is a plain `.to(device)`.
     """
     device = torch.device(device)
-    if device.type != "cuda" or tensor.device.type != "cpu":
+    if device.type != "cuda" or tensor.device.type != "cpu" or torch.compiler.is_compiling():
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
