@@ -68,9 +68,7 @@ def inputs(family: Family) -> dict[str, Tensor]:
     }
 
 
-def run_everything(
-    family: Family, model: torch.nn.Module, device: torch.device, skip: str = ""
-) -> dict[str, Tensor]:
+def run_everything(family: Family, model: torch.nn.Module, device: torch.device) -> dict:
     """encode, a seeded decode, predict_class and whiten where the family has them, moved to
     the CPU in float64 for comparison."""
     _, height, width = grid(family)
@@ -80,7 +78,7 @@ def run_everything(
     with torch.no_grad():
         if callable(getattr(model, "encode", None)):
             outputs["encode"] = model.encode(given["images"])
-        if callable(getattr(model, "predict_class", None)) and skip != "predict_class":
+        if callable(getattr(model, "predict_class", None)):
             outputs["predict_class"] = model.predict_class(given["latents"])
         if callable(getattr(model, "whiten", None)):
             outputs["whiten"] = model.whiten(given["raw_latents"])
