@@ -4,4 +4,15 @@ tests unset the variable."""
 
 import os
 
+import pytest
+import torch
+
 os.environ.setdefault("DIFFAE_CPU_BF16", "1")
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Each device a test should pass on: the CPU always, CUDA when there is one."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here (torch.cuda.is_available() is False)")
+    return torch.device(request.param)

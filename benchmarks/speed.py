@@ -87,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=["eager", "compile"])
+    parser.add_argument(
+        "--compile-mode",
+        help='torch.compile mode of the compiled rows, e.g. "max-autotune" (CUDA graphs on CUDA)',
+    )
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per case")
     parser.add_argument(
@@ -167,7 +171,12 @@ def runs(candidate: Candidate, case: Case) -> bool:
     return getattr(candidate, case.task) is not None
 
 
-def compiled(candidate: Candidate, task: str, cache: dict[tuple[str, str], Callable]) -> Candidate:
+def compiled(
+    candidate: Candidate,
+    task: str,
+    cache: dict[tuple[str, str], Callable],
+    options: dict[str, Any] | None = None,
+) -> Candidate:
     """The candidate with its `task` call wrapped by torch.compile once (kept in `cache`).
 
     A family model is compiled by its own recipe (`model.compile()`: inductor freezing,
@@ -177,18 +186,23 @@ def compiled(candidate: Candidate, task: str, cache: dict[tuple[str, str], Calla
         return candidate
     key = (candidate.name, task)
     if key not in cache:
-        cache[key] = torch.compile(getattr(candidate, task))
+        cache[key] = torch.compile(getattr(candidate, task), **(options or {}))
     return Candidate(**{**candidate.__dict__, task: cache[key]})
 
 
 @contextmanager
-def prepared(candidates: list[Candidate], case: Case, tile_tokens: int | None) -> Iterator[None]:
+def prepared(
+    candidates: list[Candidate],
+    case: Case,
+    tile_tokens: int | None,
+    compile_options: dict[str, Any] | None = None,
+) -> Iterator[None]:
     """Put the family models in the case's mode (compiled or tiled) and back afterwards."""
     families = [c.module for c in candidates if hasattr(c.module, "uncompile")]
     try:
         for model in families:
             if case.mode == "compile":
-                model.compile()
+                model.compile(**(compile_options or {}))
             elif case.mode == TILED:
                 model.enable_tiling(*(() if tile_tokens is None else (tile_tokens,)))
         yield
@@ -196,6 +210,12 @@ def prepared(candidates: list[Candidate], case: Case, tile_tokens: int | None) -
         for model in families:
             model.uncompile()
             model.disable_tiling()
+
+
+def compile_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The torch.compile options of the compiled rows (`--compile-mode`)."""
+    mode = getattr(args, "compile_mode", None)
+    return {} if mode is None else {"mode": mode}
 
 
 def warm_up(
@@ -209,7 +229,10 @@ def warm_up(
     """The call to time for one model and its row: FLOPs, first-call time and peak memory."""
     dtype = DTYPES[case.dtype]
     flop_key = (candidate.name, Case(case.task, case.resolution, case.batch, "", ""))
-    timed = compiled(candidate, case.task, compile_cache) if case.mode == "compile" else candidate
+    options = compile_options(args)
+    timed = candidate
+    if case.mode == "compile":
+        timed = compiled(candidate, case.task, compile_cache, options)
     call = case_input(timed, case, device, dtype)
     first_call_s, plain_calls = None, 0
     with torch.inference_mode():
@@ -266,7 +289,7 @@ def measure_case(
                 case_input(candidate, case, device, DTYPES[case.dtype])()
             flop_counts[flop_key] = flops.total
     calls, rows = [], []
-    with prepared(chosen, case, args.tile_tokens):
+    with prepared(chosen, case, args.tile_tokens, compile_options(args)):
         for candidate in chosen:
             try:
                 call, row = warm_up(candidate, case, args, device, flop_counts, compile_cache)

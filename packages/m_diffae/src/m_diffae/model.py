@@ -24,6 +24,7 @@ from diffae_core.adaln import (
 from diffae_core.autoencoder import VPDiffusionDecoderModel
 from diffae_core.checkpoint import TensorInfo, apply_key_aliases
 from diffae_core.inference import InferenceConfigBase
+from diffae_core.noise import host_to_device
 from diffae_core.patchify import Patchify
 from diffae_core.precision import compute_dtype
 from diffae_core.samplers import GuidedPredictor
@@ -235,7 +236,8 @@ class Decoder(RowTiled, nn.Module):
         if token_mask is not None and not mask_tokens:
             raise ValueError("token_mask: given with mask_tokens=False; pass mask_tokens=True")
         if mask_tokens and token_mask is None:
-            token_mask = self.draw_token_mask(latents, generator)
+            # Drawn on the CPU (seeded, device-independent), queued to the device once.
+            token_mask = host_to_device(self.draw_token_mask(latents, generator), latents.device)
         cond = self.time_embed(t.to(device=x_t.device, dtype=torch.float32))
         modulations = block_modulations(self.adaln_base, self.adaln_deltas, cond)  # [D, N, 4C]
         if self.tile_tokens is not None:

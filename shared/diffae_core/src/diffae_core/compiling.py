@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 COMPILED_METHODS = ("encode", "decode")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""torch.compile modes that replay CUDA graphs on a CUDA device."""
 
 
 def _memory_format_of(value: Any, channels_last: bool) -> Any:
@@ -35,8 +37,14 @@ def _compiled_method(
     channels_last: bool,
     dynamic_batch: bool,
     options: dict[str, Any],
+    cuda_graphs: bool = False,
 ) -> Callable[..., Any]:
-    """`method` under torch.compile, its inductor options patched in around every call."""
+    """`method` under torch.compile, its inductor options patched in around every call.
+
+    cuda_graphs: the mode replays CUDA graphs, whose outputs live in memory the next replay
+    overwrites; each call then starts a new graph step and returns a copy (one output-size
+    copy, small next to a decode) so results stay valid across calls, as in eager mode.
+    """
     compiled = torch.compile(method, **options)
 
     @functools.wraps(method)
@@ -52,8 +60,12 @@ def _compiled_method(
             import torch._inductor.config as inductor_config  # imported on first use only
 
             context = inductor_config.patch(freezing=True)
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with context, torch.no_grad():
             result = compiled(*args, **kwargs)
+        if cuda_graphs and isinstance(result, Tensor):
+            result = result.clone(memory_format=torch.contiguous_format)
         if isinstance(result, Tensor) and result.ndim == 4:
             return result.contiguous()  # plain NCHW strides for the caller, as eager returns
         return result
@@ -76,8 +88,10 @@ def compile_for_inference(
     by the compiled graphs; call `uncompile` first). channels_last: None chooses it where it
     measured faster (CPU). dynamic_batch: mark the batch dimension dynamic, one graph for
     every batch size (a size-1 batch still specialises). `options` go to `torch.compile`
-    (`mode`, `backend`, `fullgraph`, ...). Pass `noise=` to `decode` for one graph without an
-    RNG object; a seeded decode still works, with the noise draw outside the graph.
+    (`mode`, `backend`, `fullgraph`, ...); on CUDA, `mode="max-autotune"` or "reduce-overhead"
+    replays CUDA graphs (each result is then copied out of the graph's memory). Pass `noise=`
+    to `decode` for one graph without an RNG object; a seeded decode still works, with the
+    noise draw outside the graph.
     """
     parameter = next(model.parameters(), None)
     device_type = "cpu" if parameter is None else parameter.device.type
@@ -87,6 +101,7 @@ def compile_for_inference(
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    cuda_graphs = device_type == "cuda" and options.get("mode") in CUDA_GRAPH_MODES
     for name in COMPILED_METHODS:
         method = getattr(model, name, None)
         if method is None:
@@ -97,6 +112,7 @@ def compile_for_inference(
             channels_last=channels_last,
             dynamic_batch=dynamic_batch,
             options=options,
+            cuda_graphs=cuda_graphs,
         )
         object.__setattr__(model, name, wrapped)  # an instance attribute shadows the method
     return model

@@ -1,4 +1,11 @@
-"""Seeded Gaussian noise that does not depend on the device the model runs on (spec §8.2)."""
+"""Seeded Gaussian noise that does not depend on the device the model runs on (spec §8.2), and
+host-drawn tensors moved to the device without a host sync.
+
+On CUDA a copy from ordinary (pageable) host memory makes the host wait for the stream; a copy
+from pinned memory with `non_blocking=True` is queued like a kernel. So whatever the decode
+loop draws on the CPU (seeded noise, the schedule, m_diffae's PDG token masks) is pinned first,
+on CUDA only: pinning costs a page-locked allocation and buys nothing on a CPU.
+"""
 
 from __future__ import annotations
 
@@ -30,3 +37,15 @@ def sample_noise(
     pinned = device.type == "cuda" and torch.cuda.is_available()
     noise = torch.randn(shape, dtype=torch.float32, generator=generator, pin_memory=pinned)
     return noise.mul_(noise_std).to(device=device, dtype=dtype, non_blocking=pinned)
+
+
+def host_to_device(tensor: Tensor, device: torch.device | str) -> Tensor:
+    """A CPU `tensor` on `device`, queued without a host sync on CUDA (pinned, non-blocking).
+
+    Elsewhere (CPU, meta, a tensor already off the CPU, or inside a torch.compile graph, where
+    the copy is part of the graph) it is a plain `.to(device)`.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu" or torch.compiler.is_compiling():
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .noise import sample_noise
+from .noise import host_to_device, sample_noise
 from .vp import alpha_sigma, broadcast_like, cosine_interpolated_logsnr
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -93,8 +93,11 @@ def run_sampler(
     """Start from sigma(t0) * noise (x0 taken as 0) and integrate the schedule to t = 0."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {SAMPLER_NAMES}, got {name!r}")
-    times = times.to(device=noise.device, dtype=torch.float32)
+    # The schedule is computed where `times` are (the CPU for every inference config: the same
+    # values on every device), then queued to the device without a host sync.
+    times = times.to(torch.float32)
     logsnrs = cosine_interpolated_logsnr(times, logsnr_min, logsnr_max)
+    times, logsnrs = host_to_device(times, noise.device), host_to_device(logsnrs, noise.device)
     _, sigma_start = alpha_sigma(logsnrs[:1])
     x = broadcast_like(sigma_start.expand(noise.shape[0]), noise) * noise.float()
     return SAMPLERS[name](denoise, x, times, logsnrs)

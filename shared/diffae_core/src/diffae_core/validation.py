@@ -52,7 +52,8 @@ def check_values(name: str, tensor: Tensor, limit: float | None = None) -> None:
     """Raise ValueError naming `name` if `tensor` holds NaN or inf, or values beyond +-limit."""
     if not _checking_values(tensor):
         return
-    low, high = (float(v) for v in torch.aminmax(tensor.detach()))  # NaN propagates to both
+    # One read-back of the (min, max) pair: one host sync on CUDA. NaN propagates to both.
+    low, high = torch.stack(torch.aminmax(tensor.detach())).tolist()
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"{name}: expected finite values, got NaN or inf (min {low}, max {high})")
     if limit is not None and (low < -limit or high > limit):
