@@ -18,6 +18,13 @@ FLUX2_LATENT_CHANNELS = 32
 FLUX2_DOWNSAMPLING = 8
 TINY_FLUX2_CONFIG = {"block_out_channels": (32, 32, 32, 32), "layers_per_block": 1}
 """The FLUX.2 structure (4 levels, 8x downsampling, 32 latent channels) small, for smoke tests."""
+FLUX2_SMALL_DECODER_NAME = "FLUX.2 small decoder"
+FLUX2_SMALL_DECODER_CHANNELS = (96, 192, 384, 384)
+"""Decoder widths of BFL's FLUX.2 small decoder (Apache-2.0, hf.co/black-forest-labs/
+FLUX.2-small-decoder; diffusers PR #13428 added `decoder_block_out_channels` for it). The widths
+are as stated in VincentGourbin/flux-2-swift-mlx PR #76 (96, 192, 384, 384 against the full
+decoder's 128, 256, 512, 512) and agree with the model card's "~28M decoder parameters": they give
+27.9M against 49.6M, 44% fewer. Same encoder, latents and BatchNorm as the full VAE."""
 
 
 def _flux2_class() -> type:
@@ -40,15 +47,24 @@ def build_flux2_vae(
     *,
     subfolder: str | None = None,
     tiny: bool = False,
+    small_decoder: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.nn.Module:
     """`AutoencoderKLFlux2` in eval mode: its default config (or `TINY_FLUX2_CONFIG`) with random
     weights when `source` is None, else `from_pretrained(source, subfolder=...)` (a folder or a
-    Hub repo id)."""
+    Hub repo id). `small_decoder`: random weights with the FLUX.2 small decoder's widths
+    (`FLUX2_SMALL_DECODER_CHANNELS`); a saved small decoder brings them in its own config."""
+    if small_decoder and (source is not None or tiny):
+        raise ValueError(
+            "small_decoder: builds random weights at the published widths; expected no "
+            f"source and tiny=False, got source={source!r}, tiny={tiny}"
+        )
     vae_class = _flux2_class()
     if source is not None:
         vae = vae_class.from_pretrained(source, subfolder=subfolder)
+    elif small_decoder:
+        vae = vae_class(decoder_block_out_channels=FLUX2_SMALL_DECODER_CHANNELS)
     else:
         vae = vae_class(**TINY_FLUX2_CONFIG) if tiny else vae_class()
     return vae.to(device=device, dtype=dtype).eval()
