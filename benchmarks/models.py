@@ -24,6 +24,7 @@ from .flux2 import (
     FLUX2_DOWNSAMPLING,
     FLUX2_LATENT_CHANNELS,
     FLUX2_NAME,
+    FLUX2_SMALL_DECODER_NAME,
     build_flux2_vae,
     flux2_decode,
     flux2_encode,
@@ -124,9 +125,12 @@ def family_candidate(
     )
 
 
-def flux2_candidate(*, device: torch.device, dtype: torch.dtype, tiny: bool = False) -> Candidate:
-    """The FLUX.2 VAE from its default config (or a tiny one) with random weights."""
-    vae = build_flux2_vae(device=device, dtype=dtype, tiny=tiny)
+def flux2_candidate(
+    *, device: torch.device, dtype: torch.dtype, tiny: bool = False, small_decoder: bool = False
+) -> Candidate:
+    """The FLUX.2 VAE from its default config (or a tiny one) with random weights; with
+    `small_decoder`, BFL's small decoder (decode only: its encoder is the full VAE's)."""
+    vae = build_flux2_vae(device=device, dtype=dtype, tiny=tiny, small_decoder=small_decoder)
 
     def encode(images: Tensor) -> Tensor:
         return flux2_encode(vae, images)
@@ -135,10 +139,10 @@ def flux2_candidate(*, device: torch.device, dtype: torch.dtype, tiny: bool = Fa
         return flux2_decode(vae, latents)
 
     return Candidate(
-        name=FLUX2_NAME,
+        name=FLUX2_SMALL_DECODER_NAME if small_decoder else FLUX2_NAME,
         module=vae,
         latent_channels=FLUX2_LATENT_CHANNELS,
         pixels_per_latent=FLUX2_DOWNSAMPLING,
-        encode=encode,
+        encode=None if small_decoder else encode,
         decode=lambda latents, height, width: decode(latents),
     )

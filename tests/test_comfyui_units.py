@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from comfyui_diffae.flux2 import check_flux2_vae
 from comfyui_diffae.loading import ModelFileError, choose_dtype, identify, load_identified
 from comfyui_diffae.vae import DiffaeVAE, crop_pixels
-from diffae_core.families import installed_families
+from diffae_core.families import Family, installed_families
 from diffae_core.testing import randomize_weights, randomize_whitening
 
 FAMILIES = installed_families()
@@ -186,14 +186,7 @@ def test_a_saved_model_folder_is_identified_by_its_config(family_name: str, tmp_
 
 
 def test_a_renamed_single_file_is_identified_by_its_preset(tmp_path) -> None:
-    """A preset stands for a published size; a tiny one keeps the test small."""
-    family = FAMILIES["capacitor_decoder"]
-    tiny_fields = dataclasses.asdict(family.tiny_config)
-
-    class PresetConfig(family.config_class):
-        PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny_capacitor": tiny_fields}
-
-    families = {family.name: dataclasses.replace(family, config_class=PresetConfig)}
+    families = {"capacitor_decoder": with_tiny_preset("capacitor_decoder", "tiny_capacitor")}
     tiny_model("capacitor_decoder").save_pretrained(tmp_path)
     renamed = tmp_path / "my decoder.safetensors"
     (tmp_path / "model.safetensors").rename(renamed)
@@ -231,3 +224,23 @@ def test_the_folder_form_loads_the_v3_entry_point_without_comfyui() -> None:
     assert callable(module.comfy_entrypoint)
     assert not hasattr(module, "NODE_CLASS_MAPPINGS")
     assert importlib.util.find_spec("comfy") is None, "the workspace never installs ComfyUI"
+
+
+def with_tiny_preset(family_name: str, preset: str) -> Family:
+    """The family with its tiny config as a published preset (a preset stands for a
+    published size; a tiny one keeps the tests small)."""
+    family = FAMILIES[family_name]
+    tiny_fields = dataclasses.asdict(family.tiny_config)
+
+    class PresetConfig(family.config_class):
+        PRESETS: ClassVar[dict[str, dict[str, Any]]] = {preset: tiny_fields}
+
+    return dataclasses.replace(family, config_class=PresetConfig)
+
+
+def test_a_published_config_names_its_family_through_its_preset(tmp_path) -> None:
+    """fcdm_diffae and full_capacitor configs share their fields; a preset's values decide."""
+    families = dict(FAMILIES, full_capacitor=with_tiny_preset("full_capacitor", "full_capacitor"))
+    tiny_model("full_capacitor").save_pretrained(tmp_path)
+    identified = identify(tmp_path / "model.safetensors", families)
+    assert identified.family.name == "full_capacitor"

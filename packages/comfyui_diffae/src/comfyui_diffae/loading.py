@@ -59,6 +59,11 @@ def header_fits(family: Family, config: Any, header: dict[str, Any]) -> bool:
     return diff_state(model_class.canonical_checkpoint_keys(header), expected).loadable
 
 
+def is_a_preset(family: Family, config: Any) -> bool:
+    """Whether `config` is one of the family's published presets."""
+    return any(config == family.config_class.preset(name) for name in family.presets())
+
+
 def read_model_header(path: Path) -> dict[str, Any]:
     try:
         return read_header(path)
@@ -106,6 +111,8 @@ def identify(
                 continue
             if header_fits(candidate, config, header):
                 accepted.append(Identified(path, candidate, config, CONFIG_NAME))
+        if len(accepted) > 1:  # a published config names its family through its preset
+            accepted = [a for a in accepted if is_a_preset(a.family, a.config)] or accepted
         if len(accepted) == 1:
             return accepted[0]
         if accepted:
