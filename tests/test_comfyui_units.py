@@ -7,6 +7,7 @@ in tests/test_comfyui_server.py (marker `comfyui`).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 from pathlib import Path
@@ -244,3 +245,36 @@ def test_a_published_config_names_its_family_through_its_preset(tmp_path) -> Non
     tiny_model("full_capacitor").save_pretrained(tmp_path)
     identified = identify(tmp_path / "model.safetensors", families)
     assert identified.family.name == "full_capacitor"
+
+
+COMFYUI_MODULES = {"comfy", "comfy_api", "folder_paths", "nodes"}
+"""ComfyUI's own top-level modules (GPL-3.0), importable only inside ComfyUI."""
+
+
+def test_only_the_node_module_imports_comfyui_at_import_time() -> None:
+    """`nodes.py` (imported by `comfy_entrypoint`, inside ComfyUI) may; everything else imports
+    ComfyUI inside functions, so the package imports and is tested without it."""
+    source = PACK_FOLDER / "src" / "comfyui_diffae"
+    for path in sorted(source.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top_level = set()
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                top_level |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top_level.add(node.module.split(".")[0])
+        expected = COMFYUI_MODULES & top_level if path.name == "nodes.py" else set()
+        assert COMFYUI_MODULES & top_level == expected, path.name
+
+
+@pytest.mark.parametrize("family_name", ENCODER_FAMILIES)
+def test_loaded_and_run_under_inference_mode_as_comfyui_runs_nodes(family_name, tmp_path) -> None:
+    tiny_model(family_name).save_pretrained(tmp_path)
+    family = FAMILIES[family_name]
+    with torch.inference_mode():
+        identified = identify(tmp_path / "model.safetensors", {family_name: family})
+        model = load_identified(identified, torch.float32)
+        vae = DiffaeVAE(model, family, FakeRuntime(), name=family_name)
+        patch = vae.downscale_ratio
+        images = vae.decode(vae.encode(comfy_image(1, 2 * patch, 2 * patch)))
+    assert images.shape == (1, 2 * patch, 2 * patch, 3)

@@ -138,6 +138,8 @@ def load_identified(identified: Identified, dtype: torch.dtype) -> torch.nn.Modu
     """The model, on the CPU in `dtype` (ComfyUI's model management moves it), eval mode."""
     model_class = identified.family.model_class
     try:
-        return model_class.from_weights(identified.config, identified.path, dtype=dtype)
+        # Not as inference tensors, though ComfyUI loads under inference mode (see vae.py).
+        with torch.inference_mode(False):
+            return model_class.from_weights(identified.config, identified.path, dtype=dtype)
     except (CheckpointError, ValueError) as error:
         raise ModelFileError(f"{identified.path}: {error}") from None

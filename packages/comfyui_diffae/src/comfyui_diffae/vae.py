@@ -99,6 +99,15 @@ def activation_bytes(config: Any, tokens: int, pixels: int, dtype: torch.dtype) 
 
 
 @contextmanager
+def outside_inference_mode() -> Iterator[None]:
+    """No autograd, and no inference mode: ComfyUI runs nodes under `torch.inference_mode()`,
+    whose tensors keep no version counter, which some families' caches read (dinac_ae's RoPE
+    tables). The models are loaded, moved and run out of it; their inputs are cloned first."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
+@contextmanager
 def row_tiling(model: torch.nn.Module, tile_tokens: int | None) -> Iterator[None]:
     """Run `model` with exact row tiling of `tile_tokens` cells per chunk (None: as it is),
     then restore each module's own setting."""
@@ -236,6 +245,11 @@ class DiffaeVAE:
         `DEFAULT_TILE_TOKENS` when the device runs out of memory)."""
         inference_config.validate()
         samples_in = check_latents(samples_in, self.latent_channels, self.name)
+        with outside_inference_mode():
+            images = self._decode(samples_in.clone(), inference_config, tile_tokens)
+        return to_comfy_image(images).to(self.output_device, self.vae_output_dtype())
+
+    def _decode(self, samples_in: Tensor, inference_config: Any, tile_tokens: int | None) -> Tensor:
         model, device = self.first_stage_model, self.device
         count, height, width = samples_in.shape[0], samples_in.shape[-2], samples_in.shape[-1]
         image_height, image_width = height * self.upscale_ratio, width * self.upscale_ratio
@@ -256,8 +270,7 @@ class DiffaeVAE:
                 noise=noise[start:stop],
             )
 
-        images = self._run(samples_in.shape, self.memory_used_decode, decode_batch, tile_tokens)
-        return to_comfy_image(images).to(self.output_device, self.vae_output_dtype())
+        return self._run(samples_in.shape, self.memory_used_decode, decode_batch, tile_tokens)
 
     # -- encode ---------------------------------------------------------------------------
     def encode(self, pixel_samples: Tensor) -> Tensor:
@@ -291,13 +304,15 @@ class DiffaeVAE:
         model = self.first_stage_model
         if not callable(getattr(model, "encode", None)):
             raise ValueError(DECODE_ONLY.format(name=self.name))
-        images = to_model_images(crop_pixels(pixel_samples, self.downscale_ratio))
+        cropped = crop_pixels(pixel_samples, self.downscale_ratio)
+        with outside_inference_mode():
+            images = to_model_images(cropped.clone())
 
-        def encode_batch(start: int, stop: int) -> Tensor:
-            batch = images[start:stop].to(device=self.device, dtype=self.vae_dtype)
-            return model.encode(batch)
+            def encode_batch(start: int, stop: int) -> Tensor:
+                batch = images[start:stop].to(device=self.device, dtype=self.vae_dtype)
+                return model.encode(batch)
 
-        latents = self._run(images.shape, self.memory_used_encode, encode_batch, tile_tokens)
+            latents = self._run(images.shape, self.memory_used_encode, encode_batch, tile_tokens)
         return latents.to(self.output_device, self.vae_output_dtype())
 
     # -- running ----------------------------------------------------------------------------
@@ -319,7 +334,7 @@ class DiffaeVAE:
         batch = max(1, min(count, runtime.free_memory(self.patcher, self.device) // per_item))
         spans = [(start, min(start + batch, count)) for start in range(0, count, batch)]
         outputs = []
-        with torch.no_grad():
+        with outside_inference_mode():
             try:
                 with row_tiling(self.first_stage_model, tile_tokens):
                     outputs = [
