@@ -2,15 +2,16 @@
 capacitor_decoder through our node, side by side in one ComfyUI process.
 
 Each decoder decodes the same random FLUX.2 LATENT [1, 128, H/16, W/16] through the stock
-`VAEDecode` node's function (`nodes.VAEDecode().decode`), so ComfyUI's own model management,
-batching and output handling are in the measurement; fp32 on the CPU (`--cpu --fp32-vae`).
+`VAEDecode` node's function (`nodes.VAEDecode().decode`, under `torch.inference_mode()` as
+ComfyUI runs nodes), so ComfyUI's own model management, batching and output handling are in
+the measurement; fp32 on the CPU (`--cpu --fp32-vae`).
 Weights are random: the FLUX.2 VAE from diffusers' default config, the small decoder at its
 published widths (`benchmarks.flux2`), taef2 as ComfyUI builds it from a state dict (TAESD with
 128 latent channels, `tae_latent_channels`), and capacitor_decoder's published config through
 our `Capacitor decoder (FLUX.2)` node with the FLUX.2 VAE connected (1 DDIM step, its default).
-Calls are interleaved round-robin and the median kept; FLOPs (FlopCounterMode) and peak
-resident-set growth come from one extra call each. The load average is recorded: on a shared
-machine the time ratios move, the FLOP ratios do not.
+Calls are interleaved round-robin and the median kept; FLOPs (FlopCounterMode, during the
+warm-up call) and peak resident-set growth (one more call) come first. The load average is
+recorded: on a shared machine the time ratios move, the FLOP ratios do not.
 
 ComfyUI is not a dependency of the workspace: this runs in two processes. From the workspace,
 
@@ -177,6 +178,16 @@ def decoder_parameters(name: str, vae: Any) -> int:
     return sum(p.numel() for m in modules if m is not None for p in m.parameters())
 
 
+def decode_call(decode_node: Any, vae: Any, latents: torch.Tensor) -> Any:
+    """The stock node's decode, under inference mode as ComfyUI's executor runs every node."""
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return decode_node.decode(vae, {"samples": latents})
+
+    return call
+
+
 def child(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,16 +201,12 @@ def child(args: argparse.Namespace) -> None:
     for side in args.resolutions:
         generator = torch.Generator().manual_seed(side)
         latents = torch.randn(1, 128, side // 16, side // 16, generator=generator)
-        calls = {
-            name: (lambda vae=vae, latents=latents: decode_node.decode(vae, {"samples": latents}))
-            for name, vae in decoders.items()
-        }
+        calls = {name: decode_call(decode_node, vae, latents) for name, vae in decoders.items()}
         measured: dict[str, dict[str, Any]] = {}
         for name, call in calls.items():
-            images = call()[0]  # warm-up; also checks the output
+            with count_flops() as flops:  # the warm-up call
+                images = call()[0]
             assert tuple(images.shape) == (1, side, side, 3), (name, tuple(images.shape))
-            with count_flops() as flops:
-                call()
             peak = peak_growth_bytes(call, cpu)
             measured[name] = {"flops": flops.total, "peak_mib": (peak or 0) / MIB, "seconds": []}
         for _ in range(args.repeats):

@@ -327,6 +327,20 @@ def diffae_vae(file: str, family: str = "auto") -> dict[str, Any]:
     }
 
 
+def empty_flux2_latent(width: int, height: int, batch_size: int) -> dict[str, Any]:
+    size = {"width": width, "height": height, "batch_size": batch_size}
+    return {"class_type": "EmptyFlux2LatentImage", "inputs": size}
+
+
+def capacitor(flux2_vae: list | None = None) -> dict[str, Any]:
+    """The Capacitor decoder (FLUX.2) node with the tiny capacitor saved here."""
+    inputs: dict[str, Any] = {"decoder_name": "tiny_capacitor_decoder/model.safetensors"}
+    inputs["dtype"] = "fp32"
+    if flux2_vae is not None:
+        inputs["flux2_vae"] = flux2_vae
+    return {"class_type": "DiffaeCapacitorFlux2VAE", "inputs": inputs}
+
+
 def save(images: list, prefix: str) -> dict[str, Any]:
     return {"class_type": "SaveImage", "inputs": {"images": images, "filename_prefix": prefix}}
 
@@ -370,14 +384,8 @@ def test_embedded_model_in_stock_encode_decode_equals_diffae_reconstruct(
 
 def test_capacitor_decodes_flux2_latents_in_stock_decode_and_tiled_decode(setup: Setup) -> None:
     graph = {
-        "1": {
-            "class_type": "EmptyFlux2LatentImage",
-            "inputs": {"width": 128, "height": 96, "batch_size": 2},
-        },
-        "2": {
-            "class_type": "DiffaeCapacitorFlux2VAE",
-            "inputs": {"decoder_name": "tiny_capacitor_decoder/model.safetensors", "dtype": "fp32"},
-        },
+        "1": empty_flux2_latent(128, 96, 2),
+        "2": capacitor(),
         "3": {"class_type": "VAEDecode", "inputs": {"samples": ["1", 0], "vae": ["2", 0]}},
         "4": {
             "class_type": "VAEDecodeTiled",
@@ -403,13 +411,10 @@ def test_capacitor_decodes_flux2_latents_in_stock_decode_and_tiled_decode(setup:
 
 
 def flux2_graph(with_vae: bool) -> dict[str, Any]:
-    capacitor = {"decoder_name": "tiny_capacitor_decoder/model.safetensors", "dtype": "fp32"}
-    if with_vae:
-        capacitor["flux2_vae"] = ["2", 0]
     return {
         "1": load_image("small.png"),
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": "flux2_random.safetensors"}},
-        "3": {"class_type": "DiffaeCapacitorFlux2VAE", "inputs": capacitor},
+        "3": capacitor(["2", 0] if with_vae else None),
         "4": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["3", 0]}},
         "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["3", 0]}},
         "6": save(["5", 0], "flux2" if with_vae else "flux2_alone"),
@@ -429,14 +434,8 @@ def test_advanced_decode_with_three_steps_and_pdg(setup: Setup) -> None:
     options = {"steps": 3, "sampler": "dpmpp_2m", "schedule": "cosine", "pdg": True}
     options |= {"pdg_strength": 1.5, "strength": 1.0, "seed": 7, "tile_size": 0}
     graph = {
-        "1": {
-            "class_type": "EmptyFlux2LatentImage",
-            "inputs": {"width": 64, "height": 48, "batch_size": 1},
-        },
-        "2": {
-            "class_type": "DiffaeCapacitorFlux2VAE",
-            "inputs": {"decoder_name": "tiny_capacitor_decoder/model.safetensors", "dtype": "fp32"},
-        },
+        "1": empty_flux2_latent(64, 48, 1),
+        "2": capacitor(),
         "3": {
             "class_type": "DiffaeVAEDecodeAdvanced",
             "inputs": {"samples": ["1", 0], "vae": ["2", 0], **options},
@@ -490,10 +489,7 @@ def test_missing_and_forged_files_are_clear_errors_and_the_server_keeps_serving(
         "class_type": "VAEDecode",
         "inputs": {"samples": ["4", 0], "vae": ["1", 0]},
     }
-    missing["4"] = {
-        "class_type": "EmptyFlux2LatentImage",
-        "inputs": {"width": 64, "height": 64, "batch_size": 1},
-    }
+    missing["4"] = empty_flux2_latent(64, 64, 1)
     status, answer = setup.server.submit(missing)
     assert status == 400 and "absent.safetensors" in json.dumps(answer)
 
