@@ -9,8 +9,9 @@ Weights are random: the FLUX.2 VAE from diffusers' default config, the small dec
 published widths (`benchmarks.flux2`), taef2 as ComfyUI builds it from a state dict (TAESD with
 128 latent channels, `tae_latent_channels`), and capacitor_decoder's published config through
 our `Capacitor decoder (FLUX.2)` node with the FLUX.2 VAE connected (1 DDIM step, its default).
-Calls are interleaved round-robin and the median kept; FLOPs (FlopCounterMode, during the
-warm-up call) and peak resident-set growth (one more call) come first. The load average is
+Per decoder: a warm-up call counting FLOPs (FlopCounterMode), one measuring peak resident-set
+growth, then the timed calls (median kept); results are kept decoder by decoder, so
+`--time-limit` can stop a run on a loaded machine without losing what finished. The load average is
 recorded: on a shared machine the time ratios move, the FLOP ratios do not.
 
 ComfyUI is not a dependency of the workspace: this runs in two processes. From the workspace,
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads in ComfyUI")
     parser.add_argument("--machine", default="cpu")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--time-limit", type=float, help="stop ComfyUI's process after this many seconds"
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is None and args.comfyui_python is None:
@@ -101,12 +105,16 @@ def render(data: dict[str, Any]) -> str:
         "| FLOPs vs small decoder |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ratio(value: float | None, form: str) -> str:
+        return "n/a" if value is None else format(value, form)
+
     for row in data["results"]:
         lines.append(
             f"| {row['resolution']}² | {row['decoder']} | {row['parameters'] / 1e6:.1f} "
             f"| {row['ms']:.0f} | {row['flops'] / 1e9:.0f} | {row['peak_mib']:.0f} "
-            f"| {row['speedup_vs_full']:.2f}x | {row['speedup_vs_small']:.2f}x "
-            f"| {row['flops_vs_full']:.3f} | {row['flops_vs_small']:.3f} |"
+            f"| {ratio(row['speedup_vs_full'], '.2f')}x | {ratio(row['speedup_vs_small'], '.2f')}x "
+            f"| {ratio(row['flops_vs_full'], '.3f')} | {ratio(row['flops_vs_small'], '.3f')} |"
         )
     lines += [
         "",
@@ -132,8 +140,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         command += ["--resolutions", *map(str, args.resolutions), "--repeats", str(args.repeats)]
         if args.threads:
             command += ["--threads", str(args.threads)]
-        subprocess.run(command, cwd=ROOT, check=True)
-        data = json.loads((folder / "results.json").read_text())
+        try:
+            subprocess.run(command, cwd=ROOT, check=True, timeout=args.time_limit)
+        except subprocess.TimeoutExpired:
+            print(f"stopped after --time-limit {args.time_limit} s; keeping what finished")
+        results = folder / "results.json"
+        if not results.is_file():
+            raise SystemExit("no decoder finished: nothing to report")
+        data = json.loads(results.read_text())
     markdown = render(data)
     print(markdown)
     write_results(args.out_dir, f"comfyui-decode-{args.machine}", markdown, data)
@@ -189,6 +203,8 @@ def decode_call(decode_node: Any, vae: Any, latents: torch.Tensor) -> Any:
 
 
 def child(args: argparse.Namespace) -> None:
+    """Measure in ComfyUI's process; results.json is rewritten after each decoder, so a run
+    stopped by `--time-limit` keeps what it finished."""
     if args.threads:
         torch.set_num_threads(args.threads)
     decoders = comfy_decoders(args.child, args.comfyui)
@@ -197,50 +213,53 @@ def child(args: argparse.Namespace) -> None:
     decode_node = nodes.VAEDecode()
     cpu = torch.device("cpu")
     load_before = os.getloadavg()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for side in args.resolutions:
         generator = torch.Generator().manual_seed(side)
         latents = torch.randn(1, 128, side // 16, side // 16, generator=generator)
-        calls = {name: decode_call(decode_node, vae, latents) for name, vae in decoders.items()}
-        measured: dict[str, dict[str, Any]] = {}
-        for name, call in calls.items():
+        for name, vae in decoders.items():  # cheapest last would lose the reference: in order
+            call = decode_call(decode_node, vae, latents)
             with count_flops() as flops:  # the warm-up call
                 images = call()[0]
             assert tuple(images.shape) == (1, side, side, 3), (name, tuple(images.shape))
             peak = peak_growth_bytes(call, cpu)
-            measured[name] = {"flops": flops.total, "peak_mib": (peak or 0) / MIB, "seconds": []}
-        for _ in range(args.repeats):
-            for name, call in calls.items():
-                measured[name]["seconds"].append(time_call(call, cpu))
-        for name, row in measured.items():
+            seconds = [time_call(call, cpu) for _ in range(args.repeats)]
             rows.append(
                 {
                     "resolution": side,
                     "decoder": name,
-                    "parameters": decoder_parameters(name, decoders[name]),
-                    "ms": median_ms(row["seconds"]),
-                    "seconds": row["seconds"],
-                    "flops": row["flops"],
-                    "peak_mib": row["peak_mib"],
+                    "parameters": decoder_parameters(name, vae),
+                    "ms": median_ms(seconds),
+                    "seconds": seconds,
+                    "flops": flops.total,
+                    "peak_mib": (peak or 0) / MIB,
                 }
             )
-        print(f"timed {side}²", flush=True)
-    references = {(r["resolution"], r["decoder"]): r for r in rows}
-    for row in rows:
-        full, small = (references[(row["resolution"], name)] for name in (FULL, SMALL))
-        row["speedup_vs_full"] = full["ms"] / row["ms"]
-        row["speedup_vs_small"] = small["ms"] / row["ms"]
-        row["flops_vs_full"] = row["flops"] / full["flops"]
-        row["flops_vs_small"] = row["flops"] / small["flops"]
+            write_child_results(args, rows, load_before)
+            print(f"timed {name} at {side}²", flush=True)
+
+
+def write_child_results(
+    args: argparse.Namespace, rows: list[dict[str, Any]], load_before: tuple[float, ...]
+) -> None:
+    """Ratios to the FLUX.2 rows of the same resolution (None until measured); results.json."""
     from .report import machine_info
 
-    info = machine_info(cpu)
+    references = {(r["resolution"], r["decoder"]): r for r in rows}
+    for row in rows:
+        for label, name in (("full", FULL), ("small", SMALL)):
+            reference = references.get((row["resolution"], name))
+            has = reference is not None
+            row[f"speedup_vs_{label}"] = reference["ms"] / row["ms"] if has else None
+            row[f"flops_vs_{label}"] = row["flops"] / reference["flops"] if has else None
+    info = machine_info(torch.device("cpu"))
     info.update(
         {
             "comfyui": str(args.comfyui),
             "load average before (1, 5, 15 min)": [round(x, 2) for x in load_before],
             "load average after (1, 5, 15 min)": [round(x, 2) for x in os.getloadavg()],
-            "repeats (median of)": args.repeats,
+            "timed calls (median of)": args.repeats,
+            "order": "per resolution, each decoder: FLOP-counted warm-up, peak, timed calls",
             "weights": "random; capacitor_decoder 1 DDIM step (its default), seed 0",
         }
     )
