@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -278,3 +279,18 @@ def test_loaded_and_run_under_inference_mode_as_comfyui_runs_nodes(family_name, 
         patch = vae.downscale_ratio
         images = vae.decode(vae.encode(comfy_image(1, 2 * patch, 2 * patch)))
     assert images.shape == (1, 2 * patch, 2 * patch, 3)
+
+
+OUR_NODES = {"DiffaeVAELoader", "DiffaeCapacitorFlux2VAE", "DiffaeVAEDecodeAdvanced"}
+STOCK_NODES = {"LoadImage", "VAELoader", "VAEEncode", "VAEDecode", "SaveImage"}
+STOCK_NODES |= {"EmptyFlux2LatentImage"}
+
+
+@pytest.mark.parametrize("path", sorted((PACK_FOLDER / "example_workflows").glob("*.json")))
+def test_example_workflows_are_editor_workflows_of_our_and_stock_nodes(path: Path) -> None:
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    types = {node["type"] for node in workflow["nodes"]}
+    assert types & OUR_NODES and types <= OUR_NODES | STOCK_NODES, types
+    ids = {node["id"] for node in workflow["nodes"]}
+    for _, source, _, target, _, _ in workflow["links"]:
+        assert {source, target} <= ids
