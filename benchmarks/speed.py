@@ -2,7 +2,8 @@
 
 Every preset of every family chosen is built full size with PyTorch's default initialisation
 (weights' values do not change the work done) next to diffusers' `AutoencoderKLFlux2()` with
-its default config, and all are timed side by side in this one process on the same inputs:
+its default config and BFL's FLUX.2 small decoder (`decoder_block_out_channels`, decode only),
+and all are timed side by side in this one process on the same inputs:
 encode of a batch of random images in [-1, 1], and batch-1 decode of random latents with one
 sampling step and PDG off. Each case is warmed up, then the repeats are interleaved across the
 models (round-robin) so that load from elsewhere on a shared machine hits all of them alike;
@@ -129,7 +130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_candidates(
     args: argparse.Namespace, device: torch.device, dtype: torch.dtype
 ) -> list[Candidate]:
-    """Every chosen preset of every chosen family, then the FLUX.2 VAE, in `dtype`."""
+    """Every chosen preset of every chosen family, then the FLUX.2 VAE and (full size only) its
+    small decoder, in `dtype`."""
     candidates = []
     for family_name, family in select_families(args.families).items():
         for preset in ["tiny"] if args.tiny else family.presets():
@@ -146,6 +148,9 @@ def build_candidates(
         raise SystemExit("--presets: no preset of the chosen families matches")
     if not args.no_flux2:
         candidates.append(flux2_candidate(device=device, dtype=dtype, tiny=args.tiny))
+        if not args.tiny:
+            small = flux2_candidate(device=device, dtype=dtype, small_decoder=True)
+            candidates.append(small)
     return candidates
 
 

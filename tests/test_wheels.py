@@ -48,8 +48,9 @@ FAMILY_DISTRIBUTIONS = {
     entry.name: entry.dist.metadata["Name"] for entry in entry_points(group=ENTRY_POINT_GROUP)
 }
 """Family name -> its distribution, from the workspace's entry points."""
-MEMBERS = ["diffae", "diffae-core", *FAMILY_DISTRIBUTIONS.values()]
-"""Every distribution the workspace builds (the tools, the core and one per family)."""
+MEMBERS = ["diffae", "diffae-core", "comfyui-diffae", *FAMILY_DISTRIBUTIONS.values()]
+"""Every distribution the workspace builds (the tools, the core, the ComfyUI node pack and one
+per family); tests/test_comfyui_server.py installs the node pack's wheel into ComfyUI."""
 WORKSPACE_DISTRIBUTIONS = {*MEMBERS, "diffae-workspace"}
 TIMEOUT_SECONDS = 300
 
