@@ -175,14 +175,17 @@ def test_a_saved_model_folder_is_identified_by_its_config(family_name: str, tmp_
     model = tiny_model(family_name)
     model.save_pretrained(tmp_path / "tiny")
     path = tmp_path / "tiny" / "model.safetensors"
+    identified = identify(path)  # save_pretrained's diffae.json names the family
+    assert identified.family.name == family_name and identified.how == "config.json"
     if family_name in ("fcdm_diffae", "full_capacitor"):
-        # Their small configs have the same fields and tensors: the family must be chosen.
+        other = {"fcdm_diffae": "full_capacitor", "full_capacitor": "fcdm_diffae"}[family_name]
+        with pytest.raises(ModelFileError, match=f"is a {family_name} model"):
+            identify(path, family=other)
+        # Without it, their small configs have the same fields and tensors: one must choose.
+        (tmp_path / "tiny" / "diffae.json").unlink()
         with pytest.raises(ModelFileError, match="fits several families"):
             identify(path)
-        identified = identify(path, family=family_name)
-    else:
-        identified = identify(path)
-    assert identified.family.name == family_name and identified.how == "config.json"
+        assert identify(path, family=family_name).family.name == family_name
     loaded = load_identified(identified, torch.bfloat16)
     assert next(loaded.parameters()).dtype == torch.bfloat16
 

@@ -21,6 +21,7 @@ import torch
 from diffae_core.checkpoint import CheckpointError, diff_state, read_header, state_info
 from diffae_core.config import ConfigError
 from diffae_core.families import Family, installed_families
+from diffae_core.pretrained import IDENTITY_NAME, saved_family
 
 CONFIG_NAME = "config.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -92,6 +93,17 @@ def identify(
     fields and tensors, e.g. small fcdm_diffae and full_capacitor models).
     """
     families = installed_families() if families is None else families
+    try:
+        # A folder saved by diffae (save_pretrained, train, bundle) names its family.
+        saved = saved_family(path.parent)
+    except ValueError as error:
+        raise ModelFileError(str(error)) from None
+    if saved is not None and saved in families:
+        if family not in (AUTO, saved):
+            raise ModelFileError(
+                f"family: {path} is a {saved} model (its {IDENTITY_NAME} says so), not {family}"
+            )
+        family = saved
     if family != AUTO:
         if family not in families:
             raise ModelFileError(
