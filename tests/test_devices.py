@@ -42,6 +42,8 @@ SEED = 5
 SETTINGS = {"num_steps": 2, "pdg": True, "seed": SEED}
 """Two steps with PDG: both decoder paths (full and weak), m_diffae's token masks, the loop."""
 
+pytestmark = pytest.mark.devices  # run by benchmarks/gpu_check.sh (see pyproject.toml)
+
 
 def make_model(family: Family) -> torch.nn.Module:
     model = randomize_weights(family.model_class(family.tiny_config), scale=WEIGHT_SCALE)
