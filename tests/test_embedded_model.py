@@ -63,7 +63,7 @@ def test_demo_writes_grids_and_compares_with_bicubic(tmp_path, capsys, monkeypat
     monkeypatch.setattr("diffae.cli.demo.sample_photos", lambda: [photo("chelsea.png")])
     assert main(["demo", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "bicubic" in printed and "mean" in printed
+    assert "bicubic" in printed and "mean" in printed and "the model wins on 1 of 1" in printed
     assert (tmp_path / "grids" / "chelsea.png").is_file()
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["settings"]["model"] == "embedded"
