@@ -112,3 +112,38 @@ def bicubic_baseline(image: Tensor, ratio: float) -> Tensor:
     down = F.interpolate(batch, size=small, mode="bicubic", antialias=True, align_corners=False)
     up = F.interpolate(down, size=(height, width), mode="bicubic", align_corners=False)
     return up[0]
+
+
+def patch_grid_db(error: Tensor, period: int, neighbours: int = 4) -> float:
+    """How much a reconstruction error [C, H, W] repeats with the patch `period` (dB).
+
+    Along each axis: the power spectrum of the error (lines' means removed), averaged over the
+    other axis and the channels; the energy in the bins of the period's harmonics (k n / period,
+    k = 1 .. period / 2) over the mean energy of the `neighbours` bins on each side of each
+    harmonic (other harmonics excluded), summed over the harmonics, as 10 log10. 0 dB: no more
+    error at the patch period than at nearby frequencies (no grid); a visible grid is several
+    dB. The larger of the two axes is returned. Both sides must be at least 4 periods.
+    """
+    if error.dim() != 3:
+        raise ValueError(f"error: expected [C, H, W], got shape {list(error.shape)}")
+    values = []
+    for axis in (-1, -2):
+        length = int(error.shape[axis])
+        if length < 4 * period:
+            raise ValueError(f"error: each side must be >= {4 * period} pixels, got {length}")
+        centred = error.double() - error.double().mean(dim=axis, keepdim=True)
+        spectrum = torch.fft.rfft(centred, dim=axis).abs().square()
+        spectrum = spectrum.movedim(axis, -1).flatten(0, -2).mean(0)  # [length // 2 + 1]
+        harmonics = {round(k * length / period) for k in range(1, period // 2 + 1)}
+        peak, around = 0.0, 0.0
+        for centre in harmonics:
+            near = [
+                b
+                for offset in range(1, neighbours + 1)
+                for b in (centre - offset, centre + offset)
+                if 0 < b < len(spectrum) and b not in harmonics
+            ]
+            peak += float(spectrum[centre])
+            around += float(spectrum[near].mean())
+        values.append(10.0 * math.log10(max(peak, 1e-30) / max(around, 1e-30)))
+    return max(values)

@@ -75,6 +75,15 @@ class TrainingSettings:
     """Fraction of steps that train the PDG weak path (middle blocks replaced by the mask)."""
     stats_momentum: float = 0.01
     """Momentum of the whitening running statistics (mean, var of the posterior mode)."""
+    color_augmentation: float = 0.0
+    """Fraction of samples whose colours are changed (`random_color_matrix`): channels
+    permuted, hue rotated by any angle, saturation and brightness scaled."""
+    rotation_augmentation: float = 0.0
+    """Fraction of samples rotated by a random multiple of 90 degrees."""
+    max_zoom_out: float = 1.0
+    """Each crop is cut from a square of side crop_size x z, z log-uniform in [1, max_zoom_out]
+    (at most the image's short side), and downscaled (antialiased) to crop_size: the scene at
+    coarser scales than the files hold (1: crops at the files' own scale)."""
     train: str = "all"
     seed: int = 0
     workers: int = 2
@@ -89,6 +98,11 @@ class TrainingSettings:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay: expected in [0, 1), got {self.ema_decay}")
+        for name in ("color_augmentation", "rotation_augmentation", "one_step_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: expected in [0, 1], got {getattr(self, name)}")
+        if self.max_zoom_out < 1.0:
+            raise ValueError(f"max_zoom_out: expected >= 1, got {self.max_zoom_out}")
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -109,13 +123,63 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + index) % (2**63))
 
 
+AUGMENTATION_STREAM = 0x5EED_A6
+"""Added to the seed for the augmentation draws, so that a run without augmentation draws
+exactly the samples it drew before augmentation existed."""
+SATURATION_RANGE = (0.4, 2.0)
+BRIGHTNESS_RANGE = (0.6, 1.4)
+"""Log-uniform factors of `random_color_matrix`: from muted to strongly saturated, dim to bright."""
+
+
+def color_matrix(permutation: Tensor, hue_angle: float, saturation: float, brightness: float):
+    """[3, 3] float64 matrix M acting on RGB in [0, 1] (rgb_new = M @ rgb): pick the channels in
+    `permutation` order, rotate the hue by `hue_angle` radians (a rotation about the grey axis
+    (1, 1, 1), which keeps grey grey; 2 pi / 3 is a cyclic channel shift), scale the distance
+    from grey by `saturation` and everything by `brightness`."""
+    grey = torch.full((3, 3), 1.0 / 3.0, dtype=torch.float64)  # projection onto the grey axis
+    axis = torch.ones(3, dtype=torch.float64) / math.sqrt(3.0)
+    cross = torch.tensor(
+        [[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]],
+        dtype=torch.float64,
+    )
+    rotation = (
+        math.cos(hue_angle) * torch.eye(3, dtype=torch.float64)
+        + math.sin(hue_angle) * cross
+        + (1.0 - math.cos(hue_angle)) * grey
+    )  # Rodrigues' formula about `axis`
+    identity = torch.eye(3, dtype=torch.float64)
+    return brightness * (grey + saturation * rotation @ (identity - grey)) @ identity[permutation]
+
+
+def random_color_matrix(generator: torch.Generator) -> Tensor:
+    """`color_matrix` with a uniform permutation and hue angle, and log-uniform saturation and
+    brightness in SATURATION_RANGE and BRIGHTNESS_RANGE."""
+
+    def log_uniform(low: float, high: float) -> float:
+        return low * (high / low) ** float(torch.rand((), generator=generator))
+
+    permutation = torch.randperm(3, generator=generator)
+    angle = 2.0 * math.pi * float(torch.rand((), generator=generator))
+    return color_matrix(
+        permutation, angle, log_uniform(*SATURATION_RANGE), log_uniform(*BRIGHTNESS_RANGE)
+    )
+
+
+def apply_color_matrix(image: Tensor, matrix: Tensor) -> Tensor:
+    """[3, H, W] in [-1, 1] -> the same with RGB (in [0, 1]) mapped by `matrix`, clamped."""
+    unit = (image + 1.0) * 0.5
+    mapped = torch.einsum("ij,jhw->ihw", matrix.to(image.dtype), unit)
+    return mapped.clamp(0.0, 1.0) * 2.0 - 1.0
+
+
 class CropDataset(Dataset):
     """Sample index -> dict of one training sample, all draws from `sample_generator(seed, i)`.
 
     image [3, S, S] float32 in [-1, 1] (a random crop of a random file, flipped left-right half
-    the time), t [] in [0, 1], pixel_noise [3, S, S] of std `noise_std`, latent_noise [C, h, w]
-    standard normal. Files are visited in a fresh permutation per pass. Decoded files are kept
-    in memory (uint8) in each worker.
+    the time; zoomed out, rotated and recoloured as `augmentation` says), t [] in [0, 1],
+    pixel_noise [3, S, S] of std `noise_std`, latent_noise [C, h, w] standard normal. Files are
+    visited in a fresh permutation per pass. Decoded files are kept in memory (uint8) in each
+    worker.
     """
 
     def __init__(
@@ -126,9 +190,11 @@ class CropDataset(Dataset):
         noise_std: float,
         seed: int,
         one_step_fraction: float = 0.0,
+        augmentation: Augmentation | None = None,
     ) -> None:
         self.files, self.crop_size, self.seed = files, crop_size, seed
         self.one_step_fraction = one_step_fraction
+        self.augmentation = augmentation or Augmentation()
         self.latent_shape, self.noise_std = latent_shape, noise_std
         self.cache: dict[int, Tensor] = {}
         self.order, self.order_pass = torch.empty(0, dtype=torch.long), -1
@@ -156,13 +222,25 @@ class CropDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         pixels = self.pixels(self.file_at(index))
         generator = sample_generator(self.seed, index)
+        augmentation = self.augmentation
+        extra = sample_generator(self.seed + AUGMENTATION_STREAM, index)  # augmentation draws
         size = self.crop_size
         height, width = pixels.shape[-2:]
-        top = int(torch.randint(0, height - size + 1, (), generator=generator))
-        left = int(torch.randint(0, width - size + 1, (), generator=generator))
-        crop = pixels[:, top : top + size, left : left + size].float() / 127.5 - 1.0
+        zoom = augmentation.max_zoom_out ** float(torch.rand((), generator=extra))
+        side = min(height, width, round(size * zoom))
+        top = int(torch.randint(0, height - side + 1, (), generator=generator))
+        left = int(torch.randint(0, width - side + 1, (), generator=generator))
+        crop = pixels[:, top : top + side, left : left + side].float() / 127.5 - 1.0
+        if side != size:
+            crop = F.interpolate(
+                crop[None], size=(size, size), mode="bicubic", antialias=True, align_corners=False
+            )[0].clamp(-1.0, 1.0)
         if bool(torch.rand((), generator=generator) < 0.5):
             crop = crop.flip(-1)
+        if bool(torch.rand((), generator=extra) < augmentation.rotation):
+            crop = crop.rot90(1 + int(torch.randint(0, 3, (), generator=extra)), (-2, -1))
+        if bool(torch.rand((), generator=extra) < augmentation.color):
+            crop = apply_color_matrix(crop, random_color_matrix(extra))
         t = torch.rand((), generator=generator)
         if bool(torch.rand((), generator=generator) < self.one_step_fraction):
             t = torch.ones(())
@@ -172,6 +250,21 @@ class CropDataset(Dataset):
             "pixel_noise": torch.randn(crop.shape, generator=generator) * self.noise_std,
             "latent_noise": torch.randn(self.latent_shape, generator=generator),
         }
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What `CropDataset` varies beyond crop position and flip (TrainingSettings fields)."""
+
+    color: float = 0.0
+    rotation: float = 0.0
+    max_zoom_out: float = 1.0
+
+    @classmethod
+    def of(cls, settings: TrainingSettings) -> Augmentation:
+        return cls(
+            settings.color_augmentation, settings.rotation_augmentation, settings.max_zoom_out
+        )
 
 
 class StepSampler(Sampler[int]):
@@ -480,6 +573,7 @@ def train(
         config.pixel_noise_std,
         settings.seed,
         settings.one_step_fraction,
+        Augmentation.of(settings),
     )
     local_batch = settings.batch_size // processes.world
     loader = DataLoader(

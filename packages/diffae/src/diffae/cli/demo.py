@@ -60,7 +60,7 @@ def demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def format_comparison(rows: list[tuple[str, float, float]], ratio: float) -> str:
-    """image | model PSNR | bicubic PSNR | difference, then the means."""
+    """image | model PSNR | bicubic PSNR | gain, then the means and how many photos it wins."""
     width = max(len("image"), *(len(name) for name, _, _ in rows))
     lines = [
         f"compression {ratio:g}:1; bicubic keeps as many values (each side / {ratio**0.5:.2f})",
@@ -71,6 +71,11 @@ def format_comparison(rows: list[tuple[str, float, float]], ratio: float) -> str
     model = sum(row[1] for row in rows) / len(rows)
     bicubic = sum(row[2] for row in rows) / len(rows)
     lines.append(f"{'mean':<{width}}  {model:8.2f}  {bicubic:10.2f}  {model - bicubic:+6.2f}")
+    name, worst = min(((name, m - b) for name, m, b in rows), key=lambda row: row[1])
+    wins = sum(m > b for _, m, b in rows)
+    lines.append(
+        f"the model wins on {wins} of {len(rows)} photos; worst gain {worst:+.2f} ({name})"
+    )
     return "\n".join(lines)
 
 
