@@ -421,3 +421,47 @@ def test_demo_runs_again_over_its_own_outputs_only(tmp_path: Path, capsys):
     assert main(["demo", "--out", str(theirs)]) == 1
     assert f"--out: {theirs} is not empty" in capsys.readouterr().err
     assert (theirs / "holiday.png").read_bytes() == b"not ours"
+
+
+# -- a quick start: help and argument errors without torch -------------------------------------
+
+NO_TORCH_SCRIPT = """
+import sys
+from diffae.cli import main
+for argv in {argvs!r}:
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print("torch imported:", "torch" in sys.modules, file=sys.stderr)
+"""
+
+
+def test_help_and_argument_errors_do_not_import_torch():
+    """`diffae --help` took 2-6 s and 850 MB importing torch; now it answers at once."""
+    argvs = [
+        ["--help"],
+        ["reconstruct", "--help"],
+        ["encode", "--help"],
+        ["reconstruct", "x", "--out", "o", "--steps", "0"],
+        ["reconstruct", "x", "--out", "o", "--sampler", "euler"],
+        ["no-such-command"],
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_SCRIPT.format(argvs=argvs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "torch imported: False" in result.stderr, result.stderr
+    assert "usage: diffae" in result.stdout
+    assert "argument --steps: expected an integer >= 1, got 0" in result.stderr
+    assert "argument --sampler: invalid choice: 'euler'" in result.stderr
+
+
+def test_the_command_line_names_are_the_cores():
+    from diffae.cli import arguments
+    from diffae_core.samplers import SAMPLER_NAMES
+    from diffae_core.vp import SCHEDULE_KINDS
+
+    assert (arguments.SAMPLER_NAMES, arguments.SCHEDULE_KINDS) == (SAMPLER_NAMES, SCHEDULE_KINDS)

@@ -8,52 +8,63 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from importlib import import_module
 
-from diffae_core.checkpoint import CheckpointError, CheckpointMismatchError
-from diffae_core.config import ConfigError
 from diffae_core.families import installed_families
 
 from ..console import CliError, Console
 from .arguments import build_parser
-from .bundling import bundle
-from .coding import decode, encode
-from .dataset_encoding import encode_dataset
-from .demo import demo
-from .inspection import inspect
-from .reconstruction import reconstruct
-from .training import train_command
-from .verification import verify
-from .viewing import viewer
 
 COMMANDS = {
-    "reconstruct": reconstruct,
-    "encode": encode,
-    "decode": decode,
-    "inspect": inspect,
-    "verify": verify,
-    "bundle": bundle,
-    "encode-dataset": encode_dataset,
-    "train": train_command,
-    "demo": demo,
-    "viewer": viewer,
+    "reconstruct": "reconstruction:reconstruct",
+    "encode": "coding:encode",
+    "decode": "coding:decode",
+    "inspect": "inspection:inspect",
+    "verify": "verification:verify",
+    "bundle": "bundling:bundle",
+    "encode-dataset": "dataset_encoding:encode_dataset",
+    "train": "training:train_command",
+    "demo": "demo:demo",
+    "viewer": "viewing:viewer",
 }
-USER_ERRORS = (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
-"""Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
-without a traceback; anything else is a bug and keeps its traceback."""
+"""Each command's function (module:name in this package), imported only when it runs: the
+modules import torch, which `--help` and argument errors do without."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
+    without a traceback; anything else is a bug and keeps its traceback."""
+    from diffae_core.checkpoint import CheckpointError, CheckpointMismatchError
+    from diffae_core.config import ConfigError
+
+    return (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
+
+
+def command_of(argv: Sequence[str]) -> str:
+    """The sub-command named in `argv` (its first word that is not an option), or ""."""
+    return next((word for word in argv if not word.startswith("-")), "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `diffae` with `argv` (default: sys.argv[1:]); returns the exit status."""
-    args = build_parser(installed_families().values()).parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = command_of(argv)
+    # Only decode has family switches; reading the families imports every family's torch code.
+    families = installed_families().values() if command == "decode" else ()
+    args = build_parser(families, only=command).parse_args(argv)
     console = Console(quiet=args.quiet)
+    errors: tuple[type[BaseException], ...] = (CliError,)
     try:
-        return COMMANDS[args.command](args, console)
+        errors = user_errors()
+        module, function = COMMANDS[args.command].split(":")
+        run = getattr(import_module(f"{__package__}.{module}"), function)
+        return run(args, console)
     except BrokenPipeError:
         # The reader went away (`diffae inspect MODEL | head`): stop quietly, and point stdout
         # at /dev/null so the interpreter's final flush does not fail again.
         silence_stdout()
         return 1
-    except USER_ERRORS as error:
+    except errors as error:
         console.problem(f"diffae {args.command}: error: {error}")
         return 1
     except KeyboardInterrupt:

@@ -4,10 +4,39 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-from diffae_core.families import DecodeSwitch
-from diffae_core.samplers import SAMPLER_NAMES
-from diffae_core.vp import SCHEDULE_KINDS
+if TYPE_CHECKING:
+    from diffae_core.families import DecodeSwitch
+
+# The core's names (`diffae_core.samplers.SAMPLER_NAMES`, `diffae_core.vp.SCHEDULE_KINDS`),
+# written here because importing those modules imports torch, seconds before `--help` could
+# answer; tests/test_newcomer.py holds them equal.
+SAMPLER_NAMES = ("ddim", "dpmpp_2m")
+SCHEDULE_KINDS = ("linear", "cosine")
+LAZY_COMMANDS = {
+    "train": (
+        "training",
+        "add_train_parser",
+        "train a new FCDM autoencoder (--config) or fine-tune one (--init) on image files; "
+        "runs under torchrun too",
+    ),
+    "demo": (
+        "demo",
+        "add_demo_parser",
+        "reconstruct the bundled sample photos with the embedded model (offline): PNGs, "
+        "comparison grids, PSNR vs bicubic resampling, a results viewer",
+    ),
+    "viewer": (
+        "viewing",
+        "add_viewer_parser",
+        "one static page comparing reconstruction runs over the same photos (folders written "
+        "by `diffae reconstruct --viewer`); opens from file:// or as a static Space",
+    ),
+}
+"""Sub-commands whose options are defined in their own modules, which import torch: `main`
+reads them only when that command runs (module, function, one-line help)."""
 
 FIT_MODES = ("crop", "pad")
 """How an image whose sides are not multiples of the model's patch size is made to fit."""
@@ -126,8 +155,13 @@ def switch_dest(flag: str) -> str:
     return "switch_" + flag.replace("-", "_")
 
 
-def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
-    """The `diffae` parser with its sub-commands; `families` add their decode switches."""
+def build_parser(
+    families: Iterable[object] = (), only: str | None = None
+) -> argparse.ArgumentParser:
+    """The `diffae` parser with its sub-commands; `families` add their decode switches.
+
+    only: the command about to run. The `LAZY_COMMANDS` other than it get only their name and
+    help, so `diffae --help` and the other commands' argument errors load no torch."""
     parser = argparse.ArgumentParser(
         prog="diffae",
         description=DESCRIPTION,
@@ -275,11 +309,10 @@ def build_parser(families: Iterable[object] = ()) -> argparse.ArgumentParser:
         help="also put the results viewer of these runs (`reconstruct --viewer` folders, the "
         "first the reference) in OUT/viewer/ and link it from the card",
     )
-    from .demo import add_demo_parser
-    from .training import add_train_parser  # here: the training module imports torch's data
-    from .viewing import add_viewer_parser
-
-    add_train_parser(commands, common)
-    add_demo_parser(commands, common)
-    add_viewer_parser(commands, common)
+    for name, (module, function, help_text) in LAZY_COMMANDS.items():
+        if only is None or only == name:
+            add_parser = getattr(import_module(f"{__package__}.{module}"), function)
+            add_parser(commands, common, help_text)
+        else:
+            commands.add_parser(name, help=help_text)
     return parser

@@ -79,14 +79,16 @@ def format_comparison(rows: list[tuple[str, float, float]], ratio: float) -> str
     return "\n".join(lines)
 
 
-def add_demo_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser):
+def add_demo_parser(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser, help_text: str
+):
     """The `demo` sub-command: no network, nothing to download."""
     parser = commands.add_parser(
         "demo",
         parents=[common],
-        help="reconstruct the bundled sample photos with the embedded model (offline): PNGs, "
-        "comparison grids, PSNR vs bicubic resampling",
+        help=help_text,
     )
+
     parser.add_argument("--out", default="diffae-demo", help="output folder (default diffae-demo)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     return parser

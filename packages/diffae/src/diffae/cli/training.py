@@ -93,14 +93,16 @@ def run_training(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def add_train_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser):
+def add_train_parser(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser, help_text: str
+):
     """The `train` sub-command's options (one per `TrainingSettings` field)."""
     parser = commands.add_parser(
         "train",
         parents=[common],
-        help="train a new FCDM autoencoder (--config) or fine-tune one (--init) on image files; "
-        "runs under torchrun too",
+        help=help_text,
     )
+
     parser.add_argument("data", metavar="FOLDER", help="a folder of images (searched recursively)")
     parser.add_argument("--out", required=True, help="run folder: model/, state and log.jsonl")
     parser.add_argument("--config", help="config.json of a new model (random initial weights)")

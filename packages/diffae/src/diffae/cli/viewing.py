@@ -22,14 +22,16 @@ def viewer(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def add_viewer_parser(commands: argparse._SubParsersAction, common: argparse.ArgumentParser):
+def add_viewer_parser(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser, help_text: str
+):
     """The `viewer` sub-command: no model is loaded."""
     parser = commands.add_parser(
         "viewer",
         parents=[common],
-        help="one static page comparing reconstruction runs over the same photos (folders "
-        "written by `diffae reconstruct --viewer`); opens from file:// or as a static Space",
+        help=help_text,
     )
+
     parser.add_argument(
         "runs",
         nargs="+",
