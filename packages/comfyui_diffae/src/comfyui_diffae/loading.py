@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from diffae_core.checkpoint import CheckpointError, diff_state, read_header, state_info
+from diffae_core.checkpoint import CheckpointError, read_header
 from diffae_core.config import ConfigError
 from diffae_core.families import Family, installed_families
 from diffae_core.pretrained import IDENTITY_NAME, saved_family
@@ -51,18 +51,6 @@ def choose_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"dtype: expected one of {DTYPE_CHOICES}, got {name!r}")
     return DTYPES[name]
-
-
-def header_fits(family: Family, config: Any, header: dict[str, Any]) -> bool:
-    """Whether a checkpoint header loads strictly into `family`'s model built from `config`."""
-    model_class = family.model_class
-    expected = state_info(model_class.from_config_on_meta(config).state_dict())
-    return diff_state(model_class.canonical_checkpoint_keys(header), expected).loadable
-
-
-def is_a_preset(family: Family, config: Any) -> bool:
-    """Whether `config` is one of the family's published presets."""
-    return any(config == family.config_class.preset(name) for name in family.presets())
 
 
 def read_model_header(path: Path) -> dict[str, Any]:
@@ -121,10 +109,12 @@ def identify(
                 config = candidate.config_class.from_dict(dict(data), source=str(config_path))
             except (ConfigError, ValueError, TypeError):
                 continue
-            if header_fits(candidate, config, header):
+            if candidate.fits_header(config, header):
                 accepted.append(Identified(path, candidate, config, CONFIG_NAME))
         if len(accepted) > 1:  # a published config names its family through its preset
-            accepted = [a for a in accepted if is_a_preset(a.family, a.config)] or accepted
+            accepted = [
+                a for a in accepted if a.family.preset_equal_to(a.config) is not None
+            ] or accepted
         if len(accepted) == 1:
             return accepted[0]
         if accepted:
@@ -137,7 +127,7 @@ def identify(
     for candidate in families.values():
         for preset in candidate.presets():
             config = candidate.config_class.preset(preset)
-            if header_fits(candidate, config, header):
+            if candidate.fits_header(config, header):
                 return Identified(path, candidate, config, f"preset {preset}")
     raise ModelFileError(
         f"{path}: its tensors match no published preset of the installed diffae families "

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from diffae_core.checkpoint import read_header
 from diffae_core.config import ConfigError
 from diffae_core.families import Family, installed_families
 from diffae_core.hub import resolve_model_dir
@@ -85,11 +86,11 @@ def families_matching(config_data: dict[str, Any], families: dict[str, Family]) 
 def weights_fit(family: Family, config_data: dict[str, Any], weights: Path) -> bool:
     """Whether `weights`' header (names, shapes) is what `family` builds from the config; reads
     no tensor data."""
-    config = family.config_class.from_dict(dict(config_data))
     try:
-        return family.model_class.inspect_checkpoint(weights, config).loadable
+        header = read_header(weights)
     except (OSError, ValueError):
         return False
+    return family.fits_header(family.config_class.from_dict(dict(config_data)), header)
 
 
 HUB_CACHE_FOLDER = re.compile(r"^models--(?P<owner>.+?)--(?P<name>.+)$")
@@ -120,24 +121,19 @@ def known_family(
         if saved is not None:
             return saved, f"{folder / IDENTITY_NAME}"
     if config_data is not None:
-        published = [
-            (family.name, preset)
-            for family in families.values()
-            for preset in family.presets()
-            if config_equals_preset(family, config_data, preset)
-        ]
+        published = []
+        for family in families.values():
+            try:
+                config = family.config_class.from_dict(dict(config_data))
+            except (ConfigError, ValueError, TypeError):
+                continue
+            preset = family.preset_equal_to(config)
+            if preset is not None:
+                published.append((family.name, preset))
         if len(published) == 1:
             name, preset = published[0]
             return name, f"config.json is the published {preset} config"
     return None
-
-
-def config_equals_preset(family: Family, config_data: dict[str, Any], preset: str) -> bool:
-    try:
-        config = family.config_class.from_dict(dict(config_data))
-    except (ConfigError, ValueError, TypeError):
-        return False
-    return config == family.config_class.preset(preset)
 
 
 def choose_family(

@@ -65,6 +65,22 @@ class Family:
         """Names of the published configs (`config_class.preset(name)`)."""
         return sorted(getattr(self.config_class, "PRESETS", {}))
 
+    def preset_equal_to(self, config: Any) -> str | None:
+        """The published preset whose config equals `config`, or None: how a published folder
+        names its family when another family's config class accepts the same fields."""
+        return next(
+            (name for name in self.presets() if config == self.config_class.preset(name)), None
+        )
+
+    def fits_header(self, config: Any, header: Mapping[str, Any]) -> bool:
+        """Whether a checkpoint header (`checkpoint.read_header`: names, shapes, dtypes) loads
+        strictly into this family's model built from `config`; reads no tensor data."""
+        from .checkpoint import diff_state, state_info
+
+        model_class = self.model_class
+        expected = state_info(model_class.from_config_on_meta(config).state_dict())
+        return diff_state(model_class.canonical_checkpoint_keys(header), expected).loadable
+
 
 def model_variant(model_class: type, **class_attributes: Any) -> type:
     """A subclass of `model_class` with some class attributes set: one reading of an open point
