@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffae_core.patchify import space_to_channels
-from diffae_core.whitening import whiten
+from diffae_core.diffusion import whiten
+from diffae_core.layers import space_to_channels
 
 FLUX2_NAME = "FLUX.2 VAE"
 FLUX2_LATENT_CHANNELS = 32

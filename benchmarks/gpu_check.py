@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch.utils.benchmark import Timer
 
-from diffae_core.validation import check_values, value_checks
+from diffae_core.runtime import check_values, value_checks
 
 from . import speed
 from .flops import gemm_peak_flops

@@ -259,7 +259,7 @@ def warm_up(
     row = {
         **case.__dict__,
         # What the weights are in after the cast: a family upcasts bf16 to float32 on a CPU
-        # without native bf16 (diffae_core.precision).
+        # without native bf16 (diffae_core.runtime).
         "compute_dtype": DTYPE_NAMES.get(weight_dtype, str(weight_dtype)),
         "model": candidate.name,
         "parameters": candidate.parameters(),

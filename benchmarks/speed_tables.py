@@ -35,7 +35,7 @@ def _dtype(row: Row) -> str:
     """'bf16 (native)' / 'bf16 (emulated)' where the run knew; other dtypes as they are."""
     native = row.get("native_bf16")
     if row["dtype"] == "bf16" and row.get("compute_dtype") == "fp32":
-        return "bf16 -> fp32 (no native bf16)"  # the models' upcast, diffae_core.precision
+        return "bf16 -> fp32 (no native bf16)"  # the models' upcast, diffae_core.runtime
     if row["dtype"] != "bf16" or native is None:
         return str(row["dtype"])
     return "bf16 (native)" if native else "bf16 (emulated)"

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from diffae_core.families import installed_families
-from diffae_core.testing import randomize_weights
+from diffae_testing import randomize_weights
 
 from .memory import peak_growth_bytes, tensor_bytes
 from .report import (

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = "packages/diffae/src/diffae/training.py"
-SAMPLERS = "shared/diffae_core/src/diffae_core/samplers.py"
+SAMPLERS = "shared/diffae_core/src/diffae_core/diffusion.py"
 GOLDEN_TESTS = (
     "packages/fcdm_diffae/tests/test_fcdm_diffae_golden.py",
     "packages/m_diffae/tests/test_m_diffae_golden.py",
@@ -143,7 +143,7 @@ MUTATIONS = (
     Mutation(
         12,
         "loader: no header-vs-model check before reading weights",
-        "shared/diffae_core/src/diffae_core/pretrained.py",
+        "shared/diffae_core/src/diffae_core/loading.py",
         "        if not diff.loadable:\n            raise CheckpointMismatchError(",
         "        if False:\n            raise CheckpointMismatchError(",
         ("tests/test_loader_trust.py", "-k", "before_any_weight"),

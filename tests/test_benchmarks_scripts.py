@@ -13,7 +13,7 @@ import torch
 from diffae.images import write_png
 from diffae.viewer import build_viewer
 from diffae_core.families import installed_families
-from diffae_core.testing import randomize_weights
+from diffae_testing import randomize_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the benchmarks are scripts beside the packages, not installed

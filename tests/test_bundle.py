@@ -29,7 +29,7 @@ from diffae.bundle import BundleError, export_bundle, rewrite_core_imports
 from diffae.cli import main
 from diffae.models import patch_multiple
 from diffae_core.families import Family, installed_families
-from diffae_core.testing import add_to_hub_cache, randomize_weights, randomize_whitening
+from diffae_testing import add_to_hub_cache, randomize_weights, randomize_whitening
 
 FAMILIES = installed_families()
 REPO_ID = "someone/repo"
@@ -330,7 +330,7 @@ def test_rewrite_keeps_everything_but_the_core_prefix():
         "# from diffae_core.x import y stays a comment\n"
         "from diffae_core.config import (\n    A,\n    B,\n)\n"
         "from diffae_core import posterior as core\n"
-        "def f():\n    from  diffae_core.hub import g  # é\n    return g\n"
+        "def f():\n    from  diffae_core.loading import g  # é\n    return g\n"
     ).encode()
     rewritten = rewrite_core_imports(source, depth=1, filename="m.py").decode()
     assert rewritten == (

@@ -26,7 +26,7 @@ from diffae.images import read_image
 from diffae.models import choose_family, decode_accepts, patch_multiple, read_config
 from diffae.visuals import GAP
 from diffae_core.families import Family, installed_families
-from diffae_core.testing import randomize_weights
+from diffae_testing import randomize_weights
 
 FAMILIES = installed_families()
 SUBPROCESS_TIMEOUT = 120

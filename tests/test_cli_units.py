@@ -20,7 +20,7 @@ from diffae.metrics import psnr_8bit, quantize_8bit, summarize
 from diffae.models import choose_family, inference_config
 from diffae.visuals import comparison_grid, latent_pca
 from diffae_core.families import installed_families
-from diffae_core.testing import add_to_hub_cache, randomize_weights
+from diffae_testing import add_to_hub_cache, randomize_weights
 
 FAMILIES = installed_families()
 SUBPROCESS_TIMEOUT = 120

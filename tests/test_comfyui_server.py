@@ -47,7 +47,7 @@ from safetensors.torch import save_file
 from diffae.cli import main as diffae_main
 from diffae.models import EMBEDDED_MODEL
 from diffae_core.families import installed_families
-from diffae_core.testing import randomize_weights, randomize_whitening
+from diffae_testing import randomize_weights, randomize_whitening
 
 pytestmark = pytest.mark.comfyui
 

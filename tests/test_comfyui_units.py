@@ -22,7 +22,7 @@ from comfyui_diffae.flux2 import check_flux2_vae
 from comfyui_diffae.loading import ModelFileError, choose_dtype, identify, load_identified
 from comfyui_diffae.vae import DiffaeVAE, crop_pixels
 from diffae_core.families import Family, installed_families
-from diffae_core.testing import randomize_weights, randomize_whitening
+from diffae_testing import randomize_weights, randomize_whitening
 
 FAMILIES = installed_families()
 ENCODER_FAMILIES = [

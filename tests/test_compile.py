@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffae_core.families import installed_families
-from diffae_core.testing import randomize_weights
+from diffae_testing import randomize_weights
 
 FLOAT32_ROUNDING = 1e-5
 FAMILIES = installed_families()

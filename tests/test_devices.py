@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from diffae_core.diffusion import host_to_device, sample_noise
 from diffae_core.families import Family, installed_families
-from diffae_core.noise import host_to_device, sample_noise
-from diffae_core.testing import randomize_weights, randomize_whitening
-from diffae_core.validation import value_checks
+from diffae_core.runtime import value_checks
+from diffae_testing import randomize_weights, randomize_whitening
 
 FAMILIES = installed_families()
 NAMES = sorted(FAMILIES)
@@ -376,7 +376,7 @@ def test_cuda_graph_results_are_copied_out_of_the_graph(monkeypatch) -> None:
     """With CUDA graphs each compiled call starts a new graph step and returns a copy: the
     graph's own output memory is overwritten by the next replay. (The wrapper's logic, on any
     device; test_compile_on_the_device replays real graphs on CUDA.)"""
-    from diffae_core.compiling import _compiled_method
+    from diffae_core.runtime import _compiled_method
 
     steps = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))

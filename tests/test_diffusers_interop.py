@@ -18,7 +18,7 @@ from PIL import Image
 from capacitor_decoder import CapacitorDecoder, CapacitorDecoderInferenceConfig, flux2_patchify
 from capacitor_decoder.family import TINY_CONFIG as CAPACITOR_TINY_CONFIG
 from diffae_core.families import installed_families
-from diffae_core.testing import randomize_weights
+from diffae_testing import randomize_weights
 
 pytest.importorskip("diffusers")
 from diffusers import (

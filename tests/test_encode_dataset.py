@@ -21,7 +21,7 @@ from diffae.cli import dataset_encoding, main
 from diffae.images import fit_image, read_image
 from diffae.latent_dataset import LatentDataset, latents_from_bytes, read_manifest
 from diffae_core.families import installed_families
-from diffae_core.testing import randomize_weights, randomize_whitening
+from diffae_testing import randomize_weights, randomize_whitening
 
 FAMILY = installed_families()["fcdm_diffae"]
 PATCH = 4

@@ -15,11 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffae_core.checkpoint import CheckpointMismatchError
 from diffae_core.families import Family, installed_families
-from diffae_core.hub import ModelNotAvailableError
-from diffae_core.pretrained import PretrainedModel
-from diffae_core.testing import add_to_hub_cache, randomize_weights, randomize_whitening
+from diffae_core.loading import CheckpointMismatchError, ModelNotAvailableError, PretrainedModel
+from diffae_testing import add_to_hub_cache, randomize_weights, randomize_whitening
 
 FLOAT32_RELATIVE = 1e-5
 """Two float32 computations of the same value (PDG at strength 1 vs none; a loaded model, whose

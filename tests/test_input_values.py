@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffae_core.families import Family, installed_families
-from diffae_core.validation import check_images, set_value_checks, value_checks
+from diffae_core.runtime import check_images, set_value_checks, value_checks
 
 FAMILIES = installed_families()
 

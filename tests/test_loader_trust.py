@@ -21,11 +21,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from diffae_core.checkpoint import CheckpointError, CheckpointMismatchError, read_header
 from diffae_core.config import ConfigError
 from diffae_core.families import installed_families
-from diffae_core.hub import ModelNotAvailableError
-from diffae_core.testing import randomize_weights
+from diffae_core.loading import (
+    CheckpointError,
+    CheckpointMismatchError,
+    ModelNotAvailableError,
+    read_header,
+)
+from diffae_testing import randomize_weights
 
 FAMILIES = installed_families()
 FAMILY = FAMILIES.get("fcdm_diffae") or next(iter(FAMILIES.values()))
@@ -186,7 +190,7 @@ def forbid_reading_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     import safetensors
     import safetensors.torch
 
-    import diffae_core.checkpoint
+    import diffae_core.loading
 
     def refuse(*args, **kwargs):
         raise WeightsRead("tensor data was read")
@@ -210,7 +214,7 @@ def forbid_reading_weights(monkeypatch: pytest.MonkeyPatch) -> None:
         def __getattr__(self, name):
             return getattr(self.handle, name)
 
-    for module in (safetensors.torch, diffae_core.checkpoint):
+    for module in (safetensors.torch, diffae_core.loading):
         monkeypatch.setattr(module, "load_file", refuse, raising=False)
         monkeypatch.setattr(module, "safe_open", SpyingHandle, raising=False)
     monkeypatch.setattr(safetensors.torch, "load", refuse)

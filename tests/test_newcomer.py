@@ -23,8 +23,8 @@ from diffae.images import TRUNCATED_16_BIT_NOTE, probe_image, read_image, sample
 from diffae.models import EMBEDDED_MODEL, patch_multiple
 from diffae_core.families import installed_families
 from diffae_core.io import atomic_write, atomic_write_text
-from diffae_core.pretrained import FamilyMismatchError
-from diffae_core.testing import randomize_weights
+from diffae_core.loading import FamilyMismatchError
+from diffae_testing import randomize_weights
 
 FAMILIES = installed_families()
 
@@ -461,7 +461,6 @@ def test_help_and_argument_errors_do_not_import_torch():
 
 def test_the_command_line_names_are_the_cores():
     from diffae.cli import arguments
-    from diffae_core.samplers import SAMPLER_NAMES
-    from diffae_core.vp import SCHEDULE_KINDS
+    from diffae_core.diffusion import SAMPLER_NAMES, SCHEDULE_KINDS
 
     assert (arguments.SAMPLER_NAMES, arguments.SCHEDULE_KINDS) == (SAMPLER_NAMES, SCHEDULE_KINDS)

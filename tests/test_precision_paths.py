@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from diffae_core import precision
+from diffae_core.diffusion import sample_noise
 from diffae_core.families import Family, installed_families
-from diffae_core.noise import sample_noise
-from diffae_core.precision import FORCE_CPU_BF16_ENV
-from diffae_core.testing import randomize_weights
+from diffae_core.runtime import FORCE_CPU_BF16_ENV
+from diffae_testing import randomize_weights
 
 FAMILIES = installed_families()
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffae_core.adaln import (
+from diffae_core.families import installed_families
+from diffae_core.fcdm import FCDMBlock
+from diffae_core.layers import (
     AdaLNScaleGateZeroLowRankDelta,
     AdaLNScaleGateZeroProjector,
     block_modulations,
+    channel_rms_norm,
+    global_response_norm,
     shared_modulation,
 )
-from diffae_core.families import installed_families
-from diffae_core.fcdm_block import FCDMBlock
-from diffae_core.norms import channel_rms_norm, global_response_norm
-from diffae_core.testing import randomize_weights
+from diffae_testing import randomize_weights
 
 FLOAT32_RELATIVE = 1e-5
 FAMILIES = installed_families()
@@ -113,7 +114,7 @@ def test_tiled_fcdm_block_never_overwrites_under_autograd() -> None:
 
 def test_query_chunked_dit_block_equals_plain() -> None:
     pytest.importorskip("dinac_ae")
-    from dinac_ae.dit import AxialRoPE2D, DitBlock
+    from dinac_ae.model import AxialRoPE2D, DitBlock
 
     block = randomize_weights(DitBlock(16, 2, 2.0, "gelu"))
     rope = AxialRoPE2D(8)(3, 5)
@@ -129,7 +130,7 @@ def test_query_chunked_dit_block_equals_plain() -> None:
 
 def test_rope_tables_are_cached_and_usable_outside_inference_mode() -> None:
     pytest.importorskip("dinac_ae")
-    from dinac_ae.dit import AxialRoPE2D, axial_rope_table
+    from dinac_ae.model import AxialRoPE2D, axial_rope_table
 
     rope = AxialRoPE2D(8)
     with torch.inference_mode():

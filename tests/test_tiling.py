@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from diffae_core.families import installed_families
-from diffae_core.testing import randomize_weights
-from diffae_core.tiling import row_spans
+from diffae_core.layers import row_spans
+from diffae_testing import randomize_weights
 
 FAMILIES = installed_families()
 FLOAT32_RELATIVE = 1e-5

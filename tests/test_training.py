@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from diffae.cli import main
 from diffae.console import Console
 from diffae.training import TrainingSettings, latent_kl, learning_rate_at, load_state, train
+from diffae_core.diffusion import EncoderPosterior
 from diffae_core.families import installed_families
-from diffae_core.posterior import EncoderPosterior
 
 FAMILIES = installed_families()
 TRAINABLE = ("fcdm_diffae", "full_capacitor")

@@ -31,8 +31,8 @@ from diffae.training import (
     update_ema,
     update_running_stats,
 )
+from diffae_core.diffusion import EncoderPosterior
 from diffae_core.families import installed_families
-from diffae_core.posterior import EncoderPosterior
 
 SINGLE = Processes(rank=0, world=1, device=torch.device("cpu"))
 FLOAT32 = {"rtol": 1e-5, "atol": 1e-6}

@@ -13,7 +13,7 @@ from diffae.cli import main
 from diffae.images import write_png
 from diffae.verify import ReadingResult, judge
 from diffae_core.families import installed_families
-from diffae_core.testing import randomize_weights
+from diffae_testing import randomize_weights
 
 FAMILIES = installed_families()
 WITH_READINGS = sorted(name for name, family in FAMILIES.items() if family.open_variants)

@@ -12,7 +12,7 @@ from capacitor_decoder import (
     flux2_whiten,
 )
 from capacitor_decoder.family import TINY_CONFIG
-from diffae_core.testing import randomize_weights, randomize_whitening
+from diffae_testing import randomize_weights, randomize_whitening
 
 WHITENING_ROUND_TRIP = 1e-5
 """whiten then dewhiten in float32 before the decoder: a few ulps of the latents, amplified."""

@@ -23,7 +23,7 @@ from capacitor_decoder import (
     flux2_whiten,
 )
 from capacitor_decoder.family import TINY_CONFIG
-from diffae_core.testing import randomize_weights
+from diffae_testing import randomize_weights
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.models import AutoencoderKLFlux2  # noqa: E402

@@ -17,9 +17,9 @@ from capacitor_decoder import (
 )
 from capacitor_decoder.family import FAMILY, TINY_CONFIG
 from capacitor_decoder.model import CHECKPOINT_KEY_ALIASES, DECODER_ATTRIBUTES
-from diffae_core.checkpoint import CheckpointMismatchError, apply_key_aliases, read_header
 from diffae_core.families import installed_families
-from diffae_core.testing import randomize_weights, randomize_whitening
+from diffae_core.loading import CheckpointMismatchError, apply_key_aliases, read_header
+from diffae_testing import randomize_weights, randomize_whitening
 
 PARAMETERS = {"capacitor_decoder": 61_933_184}
 """The spec's count (§2.5): 97 parameter tensors."""

@@ -18,7 +18,7 @@ from diffae.investigation.m_diffae import (
     explain_open_points,
     format_verdicts,
 )
-from diffae_core.checkpoint import state_info
+from diffae_core.loading import state_info
 from m_diffae import MDiffAE, MDiffAEConfig, OpenPoints
 from m_diffae.family import TINY_CONFIG
 from m_diffae.open_points import UNVERIFIED_KEYS

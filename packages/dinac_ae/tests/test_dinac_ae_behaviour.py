@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diffae_core.config import ConfigError
-from diffae_core.testing import randomize_weights, randomize_whitening
+from diffae_testing import randomize_weights, randomize_whitening
 from dinac_ae import DinacAE, DinacAEConfig, DinacAEInferenceConfig, EncoderPosterior
 from dinac_ae.family import FAMILY, TINY_CONFIG
 

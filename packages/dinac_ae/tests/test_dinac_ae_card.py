@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from diffae_core.testing import randomize_weights, randomize_whitening, run_card_snippet
+from diffae_testing import randomize_weights, randomize_whitening, run_card_snippet
 from dinac_ae import DinacAE
 from dinac_ae.family import TINY_CONFIG
 

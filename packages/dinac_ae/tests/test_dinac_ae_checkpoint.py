@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffae_core.checkpoint import CheckpointMismatchError, read_header
-from diffae_core.testing import randomize_weights, randomize_whitening
+from diffae_core.loading import CheckpointMismatchError, read_header
+from diffae_testing import randomize_weights, randomize_whitening
 from dinac_ae import DinacAE, DinacAEInferenceConfig
 from dinac_ae.family import FAMILY
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffae_core.testing import (
+from diffae_testing import (
     FLOAT32_GOLDEN_TOLERANCE,
     assert_matches_golden,
     golden_values,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dinac_ae.dit import (
+from dinac_ae.model import (
     AxialRoPE2D,
     CrossAttentionBlock,
     DitBlock,

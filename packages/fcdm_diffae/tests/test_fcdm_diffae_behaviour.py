@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffae_core.testing import randomize_weights, randomize_whitening
+from diffae_testing import randomize_weights, randomize_whitening
 from fcdm_diffae import EncoderPosterior, FCDMDiffAE, FCDMDiffAEConfig, FCDMDiffAEInferenceConfig
 from fcdm_diffae.family import TINY_VARIANTS
 
@@ -155,11 +155,13 @@ def test_p32_v1_decoder_sees_unpatchified_raw_latents() -> None:
     seen = {}
 
     def record(module, args, output) -> None:
-        seen["z"] = args[2]
+        seen["z"] = args[0]
 
-    model.decoder.register_forward_hook(record)
+    # The decoder un-patchifies the [N, 4B, h, w] latents before its first latent layer.
+    model.decoder.latent_up.register_forward_hook(record)
     latents = model.encode(images)  # [1, 16, 2, 3]: 4 x bottleneck 4, grid / 2
     model.decode(latents, *images.shape[-2:])
+    model.encoder.patchify_bottleneck = False  # the encoder's own layout, before patchifying
     raw = model.encoder.posterior(images).mode()
     assert latents.shape == (1, 16, 2, 3) and seen["z"].shape == raw.shape == (1, 4, 4, 6)
     torch.testing.assert_close(seen["z"], raw, rtol=0, atol=1e-5)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from diffae_core.testing import randomize_weights, randomize_whitening, run_card_snippet
+from diffae_testing import randomize_weights, randomize_whitening, run_card_snippet
 from fcdm_diffae import FCDMDiffAE
 from fcdm_diffae.family import TINY_CONFIG
 

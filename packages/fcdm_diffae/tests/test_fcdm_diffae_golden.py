@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffae_core.testing import (
+from diffae_testing import (
     assert_matches_golden,
     golden_values,
     randomize_weights,

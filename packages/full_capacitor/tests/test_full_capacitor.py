@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffae_core.families import installed_families
-from diffae_core.testing import randomize_weights, randomize_whitening
+from diffae_testing import randomize_weights, randomize_whitening
 from full_capacitor import (
     EncoderPosterior,
     FullCapacitor,

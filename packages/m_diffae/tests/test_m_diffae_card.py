@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from diffae_core.testing import add_to_hub_cache, randomize_weights, run_card_snippet
+from diffae_testing import add_to_hub_cache, randomize_weights, run_card_snippet
 from m_diffae import MDiffAE
 from m_diffae.family import TINY_CONFIG
 from m_diffae.open_points import REPO_ID_ALIASES

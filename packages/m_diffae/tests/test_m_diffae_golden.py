@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffae_core.testing import assert_matches_golden, golden_values, randomize_weights, to_float64
+from diffae_testing import assert_matches_golden, golden_values, randomize_weights, to_float64
 from m_diffae import MDiffAE, MDiffAEInferenceConfig
 from m_diffae.family import TINY_CONFIG
 

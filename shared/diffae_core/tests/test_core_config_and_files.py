@@ -9,14 +9,21 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from diffae_testing import add_to_hub_cache
 from safetensors.torch import save_file
 from torch import nn
 
-from diffae_core.checkpoint import TensorInfo, diff_state, read_header, state_info
 from diffae_core.config import ConfigError, JsonConfig
-from diffae_core.hub import ModelNotAvailableError, resolve_model_dir
-from diffae_core.precision import Float32BuffersModule, check_dtype
-from diffae_core.testing import add_to_hub_cache
+from diffae_core.loading import (
+    ModelNotAvailableError,
+    PretrainedModel,
+    TensorInfo,
+    diff_state,
+    read_header,
+    resolve_model_dir,
+    state_info,
+)
+from diffae_core.runtime import check_dtype
 
 
 @dataclass(frozen=True)
@@ -130,9 +137,16 @@ def test_uncached_repo_with_local_files_only(tmp_path: Path) -> None:
         )
 
 
-class WithBuffers(Float32BuffersModule):
+@dataclass(frozen=True)
+class BuffersConfig(JsonConfig):
+    pass
+
+
+class WithBuffers(PretrainedModel):
+    config_class = BuffersConfig
+
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(BuffersConfig())
         self.linear = nn.Linear(2, 2)
         self.register_buffer("stats", torch.tensor([1.0 + 2**-20, 3.0]))
         self.register_buffer("count", torch.tensor(3))

@@ -6,13 +6,18 @@ import math
 
 import pytest
 import torch
+from diffae_testing import randomize_weights
 
-from diffae_core.fcdm_block import FCDMBlock
-from diffae_core.norms import ChannelWiseRMSNorm, global_response_norm
-from diffae_core.samplers import run_sampler, sample_images, with_guidance
-from diffae_core.testing import randomize_weights
-from diffae_core.time_embed import sinusoidal_frequencies
-from diffae_core.vp import alpha_sigma, cosine_interpolated_logsnr, get_schedule
+from diffae_core.diffusion import (
+    alpha_sigma,
+    cosine_interpolated_logsnr,
+    get_schedule,
+    run_sampler,
+    sample_images,
+    with_guidance,
+)
+from diffae_core.fcdm import FCDMBlock
+from diffae_core.layers import ChannelWiseRMSNorm, global_response_norm, sinusoidal_frequencies
 
 FLOAT32_ROUNDING = 1e-6
 """Tolerance for results that differ from a reference only by float32 rounding."""
@@ -184,7 +189,7 @@ def test_sampler_on_a_real_block_is_finite(sampler: str) -> None:
 
 def test_seeded_noise_is_the_cpu_generator_stream_scaled() -> None:
     """Spec §14.7."""
-    from diffae_core.noise import sample_noise
+    from diffae_core.diffusion import sample_noise
 
     expected = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(42)) * 0.558
     assert torch.equal(sample_noise((2, 3, 4, 4), 0.558, seed=42), expected)

@@ -1,4 +1,4 @@
-"""Multi-step DDIM against closed forms and a float64 re-derivation (diffae_core.samplers).
+"""Multi-step DDIM against closed forms and a float64 re-derivation (diffae_core.diffusion).
 
 One-step decodes cannot tell a sampler that keeps sigma[i+1] / sigma[0] of the state, or that
 predicts x0 at t[0] on every step, from the right one: these tests run 2 to 10 steps.
@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffae_core.samplers import sample_ddim
-from diffae_core.vp import cosine_interpolated_logsnr, get_schedule
+from diffae_core.diffusion import cosine_interpolated_logsnr, get_schedule, sample_ddim
 
 pytestmark = pytest.mark.values  # rerun by CI with the baseline CPU kernels
 

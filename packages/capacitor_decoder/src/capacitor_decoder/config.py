@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.fcdm_config import FCDMConfig
-from diffae_core.inference import StrengthVPInferenceConfig
+from diffae_core.diffusion import StrengthVPInferenceConfig
+from diffae_core.fcdm import FCDMConfig
 
 from .flux2 import FLUX2_PATCHIFIED_CHANNELS, FLUX2_PIXELS_PER_CELL
 

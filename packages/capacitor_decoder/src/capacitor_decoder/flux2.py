@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffae_core.patchify import channels_to_space, space_to_channels
-from diffae_core.whitening import dewhiten, whiten
+from diffae_core.diffusion import dewhiten, whiten
+from diffae_core.layers import channels_to_space, space_to_channels
 
 FLUX2_LATENT_CHANNELS = 32
 FLUX2_PATCHIFIED_CHANNELS = 4 * FLUX2_LATENT_CHANNELS

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffae_core.autoencoder import WhitenedVPDecoder, build_fcdm_decoder
-from diffae_core.checkpoint import KeyAliases
-from diffae_core.inference import InferenceConfigBase
-from diffae_core.validation import check_size, check_tensor, check_values
+from diffae_core.autoencoder import DiffusionAutoencoder
+from diffae_core.diffusion import InferenceConfigBase
+from diffae_core.fcdm import build_fcdm_decoder
+from diffae_core.loading import KeyAliases
+from diffae_core.runtime import check_size, check_tensor, check_values
 
 from .config import CapacitorDecoderConfig, CapacitorDecoderInferenceConfig
 from .flux2 import FLUX2_LATENT_CHANNELS, FLUX2_PATCHIFIED_CHANNELS, Flux2Statistics
@@ -44,7 +45,7 @@ CHECKPOINT_KEY_ALIASES: KeyAliases = {
 spec's defaults, the author's exporter names) and accept these other spellings when loading."""
 
 
-class CapacitorDecoder(WhitenedVPDecoder):
+class CapacitorDecoder(DiffusionAutoencoder):
     """FLUX.2 latents [N, 128, H/16, W/16] -> images [N, 3, H, W] through a 1-step VP decoder.
 
     Holds the FCDM decoder and a float32 copy of FLUX.2's latent BatchNorm statistics
@@ -89,7 +90,7 @@ class CapacitorDecoder(WhitenedVPDecoder):
         settings.validate()
         check_flux2_latents(latents, height, width, whitened=latents_are_flux2_whitened)
         raw = self.dewhiten(latents) if latents_are_flux2_whitened else latents.float()
-        return self._sample(raw, height, width, settings, noise)
+        return self.sample(raw, height, width, settings, noise)
 
     def flux2_statistics(self) -> Flux2Statistics:
         """The FLUX.2 BatchNorm statistics this decoder un-whitens with (float32, on the CPU)."""

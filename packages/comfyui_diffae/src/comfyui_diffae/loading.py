@@ -18,10 +18,9 @@ from typing import Any
 
 import torch
 
-from diffae_core.checkpoint import CheckpointError, read_header
 from diffae_core.config import ConfigError
 from diffae_core.families import Family, installed_families
-from diffae_core.pretrained import IDENTITY_NAME, saved_family
+from diffae_core.loading import IDENTITY_NAME, CheckpointError, read_header, saved_family
 
 CONFIG_NAME = "config.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -16,9 +16,8 @@ from typing import Any
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
+from diffae_core.diffusion import SAMPLER_NAMES, SCHEDULE_KINDS
 from diffae_core.families import installed_families
-from diffae_core.samplers import SAMPLER_NAMES
-from diffae_core.vp import SCHEDULE_KINDS
 
 from .flux2 import check_flux2_vae
 from .loading import (

@@ -18,7 +18,7 @@ As `comfy.sd.VAE` does: pixels are cropped (centred) to multiples of the patch a
 mapped [0, 1] -> [-1, 1] and back (clamped); the model is loaded through ComfyUI's model
 management with a memory estimate, the batch is split by free memory, and results land on
 ComfyUI's intermediate device and dtype. Unlike it, tiling is the models' own exact row tiling
-(`diffae_core.tiling`: no seams, equal to the untiled result up to rounding, so `overlap` is not
+(`diffae_core.layers`: no seams, equal to the untiled result up to rounding, so `overlap` is not
 needed and is ignored), used by `decode_tiled` / `encode_tiled` and as the fallback when a pass
 runs out of memory.
 
@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffae_core.diffusion import sample_noise
 from diffae_core.families import Family
-from diffae_core.noise import sample_noise
-from diffae_core.tiling import DEFAULT_TILE_TOKENS, RowTiled
+from diffae_core.layers import DEFAULT_TILE_TOKENS, RowTiled
 
 from .runtime import Runtime
 

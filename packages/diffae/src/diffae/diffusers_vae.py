@@ -30,8 +30,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import Tensor
 
+from diffae_core.diffusion import EncoderPosterior, deterministic_posterior
 from diffae_core.families import Family, installed_families
-from diffae_core.posterior import EncoderPosterior, deterministic_posterior
 
 SCALING_FACTOR = 1.0
 SHIFT_FACTOR = 0.0

@@ -17,11 +17,9 @@ from typing import Any
 
 import torch
 
-from diffae_core.checkpoint import read_header
 from diffae_core.config import ConfigError
 from diffae_core.families import Family, installed_families
-from diffae_core.hub import resolve_model_dir
-from diffae_core.pretrained import IDENTITY_NAME, saved_family
+from diffae_core.loading import IDENTITY_NAME, read_header, resolve_model_dir, saved_family
 
 from .console import CliError, Console
 

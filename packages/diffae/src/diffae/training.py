@@ -37,9 +37,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from diffae_core.checkpoint import load_tensors
+from diffae_core.diffusion import cosine_interpolated_logsnr, diffuse
 from diffae_core.io import atomic_write
-from diffae_core.vp import cosine_interpolated_logsnr, diffuse
+from diffae_core.loading import load_tensors
 
 from .console import CliError, Console
 from .images import IMAGE_SUFFIXES, BadImage, find_image_tree, probe_image, read_image

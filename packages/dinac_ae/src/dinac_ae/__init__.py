@@ -7,7 +7,6 @@ recon = model.decode(latents, height=H, width=W)
 """
 
 from .config import DinacAEConfig, DinacAEInferenceConfig
-from .model import DinacAE
-from .posterior import EncoderPosterior
+from .model import DinacAE, EncoderPosterior
 
 __all__ = ["DinacAE", "DinacAEConfig", "DinacAEInferenceConfig", "EncoderPosterior"]

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from diffae_core.config import check_choice, check_multiple, check_positive
-from diffae_core.fcdm_config import FCDMConfig
-from diffae_core.inference import StrengthVPInferenceConfig
+from diffae_core.diffusion import StrengthVPInferenceConfig
+from diffae_core.fcdm import FCDMConfig
 
-from .dit import ACTIVATIONS
-
-MLP_TYPES = tuple(ACTIVATIONS)
+MLP_TYPES = ("gelu", "silu", "relu")
+"""The MLP activations a config may name (`model.ACTIVATIONS` maps each to its function)."""
 """The `encoder_mlp_type` / `class_head_mlp_type` values: "gelu", "silu", "relu"."""
 ATTENTION_HEAD_DIM = 64
 """Channels per encoder attention head; `model_dim` must be a multiple of it (spec §3.1)."""

@@ -1,4 +1,7 @@
-"""DinacAE: transformer encoder, FCDM diffusion decoder, DINO class/token head (spec §4-§7)."""
+"""DinacAE: transformer encoder, FCDM diffusion decoder, DINO class/token head (spec §4-§7).
+
+One file: the storage policy, the transformer pieces, the encoder, the DINO head and the model.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +9,20 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffae_core.autoencoder import WhitenedVPAutoencoder, build_fcdm_decoder
-from diffae_core.patchify import Patchify
-from diffae_core.posterior import deterministic_posterior, split_posterior
-from diffae_core.precision import compute_dtype
-from diffae_core.tiling import RowTiled
-from diffae_core.validation import check_tensor, check_values
+from diffae_core import diffusion
+from diffae_core.autoencoder import DiffusionAutoencoder
+from diffae_core.diffusion import deterministic_posterior, split_posterior
+from diffae_core.fcdm import build_fcdm_decoder, mlp_hidden_channels
+from diffae_core.layers import Patchify, RowTiled
+from diffae_core.runtime import check_tensor, check_values, compute_dtype
 
 from .config import DinacAEConfig, DinacAEInferenceConfig
-from .dit import (
-    AxialRoPE2D,
-    CrossAttentionBlock,
-    DitBlock,
-    RMSNorm,
-    from_tokens,
-    to_tokens,
-    with_identity_prefix,
-)
-from .posterior import EncoderPosterior
-from .precision import STORAGE_DTYPES, is_float32_island, storage_problems
 
 ALIASED_KEYS = (
     re.compile(
@@ -54,6 +47,348 @@ def alias_twin(key: str) -> tuple[str, bool] | None:
                 return f"{owner}.{leaf}.weight", False
             return f"{owner}.attn_core.{leaf}.weight", True
     return None
+
+
+# -- storage policy --------------------------------------------------------------------------
+# DINAC-AE's storage policy: bf16 weights with float32 "islands" (spec §4.3 and §7).
+#
+# With a bfloat16 base, norm weights, GRN gamma/beta, layer scales, the decoder's path-drop mask
+# feature and its `out_proj` stay float32; every floating buffer is float32 whatever the base. A
+# float32 base keeps everything float32; other base dtypes are refused.
+
+STORAGE_DTYPES = (torch.float32, torch.bfloat16)
+FLOAT32_PARAMETERS = (
+    "decoder.path_drop_mask_feature",
+    "decoder.out_proj.weight",
+    "decoder.out_proj.bias",
+)
+FLOAT32_SUFFIXES = (".layer_scale", ".grn.gamma", ".grn.beta")
+
+
+def is_float32_island(name: str) -> bool:
+    """True for a parameter (dotted name) that the bf16 policy keeps in float32."""
+    return (
+        any("norm" in part for part in name.split("."))
+        or name.endswith(FLOAT32_SUFFIXES)
+        or name in FLOAT32_PARAMETERS
+    )
+
+
+def storage_dtype(name: str, base: torch.dtype) -> torch.dtype:
+    """The dtype parameter `name` must have when ordinary weights are stored in `base`."""
+    return torch.float32 if is_float32_island(name) else base
+
+
+def storage_problems(model: nn.Module, base: torch.dtype, device: torch.device) -> list[str]:
+    """Every tensor whose dtype breaks the policy for `base` or that is not on `device`."""
+    if base not in STORAGE_DTYPES:
+        return [f"ordinary weights are {base}; expected one of {STORAGE_DTYPES}"]
+    problems = []
+    for name, parameter in model.named_parameters():
+        expected = storage_dtype(name, base)
+        if parameter.dtype != expected:
+            problems.append(f"parameter {name} is {parameter.dtype}, expected {expected}")
+    for name, buffer in model.named_buffers():
+        if buffer.is_floating_point() and buffer.dtype != torch.float32:
+            problems.append(f"buffer {name} is {buffer.dtype}, expected torch.float32")
+    for name, tensor in model.state_dict().items():
+        if tensor.device != device:
+            problems.append(f"{name} is on {tensor.device}, expected {device}")
+    return problems
+
+
+# -- transformer pieces ----------------------------------------------------------------------
+# DINAC-AE transformer pieces: RMSNorm, MLP, axial 2-D RoPE, attention, DiT block (spec §5.1-5.3).
+#
+# Tokens are [N, L, C]; attention heads are [N, heads, L, head_dim]. Attribute names are the
+# published state-dict names, including the alias spellings (`qkv` = `attn_core.qkv`, ...).
+
+NORM_EPS = 1e-6
+ROPE_BASE = 10000.0
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,  # exact (erf) GELU
+    "silu": F.silu,
+    "relu": F.relu,
+}
+
+RopeTable = tuple[Tensor, Tensor]
+"""(sin, cos), each float32 [L, head_dim]: the rotation angles of L tokens."""
+
+
+# -- primitives ------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim; its only child `_impl` (torch.nn.RMSNorm) holds the weight.
+
+    The float32 weight is cast to the input's dtype and the norm runs in that dtype, as in the
+    reference (no float32 upcast of the activations).
+    """
+
+    def __init__(self, channels: int, *, affine: bool = True, eps: float = NORM_EPS) -> None:
+        super().__init__()
+        self._impl = nn.RMSNorm(channels, eps=eps, elementwise_affine=affine)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., C] in any float dtype -> same shape and dtype, unit RMS over C times weight."""
+        weight = self._impl.weight
+        weight = None if weight is None else weight.to(x.dtype)
+        return F.rms_norm(x, self._impl.normalized_shape, weight, self._impl.eps)
+
+
+class MLP(nn.Module):
+    """down(act(up(x))) without biases; hidden width int(channels * mlp_ratio)."""
+
+    def __init__(self, channels: int, mlp_ratio: float, mlp_type: str) -> None:
+        super().__init__()
+        hidden = mlp_hidden_channels(channels, mlp_ratio)
+        self.activation = ACTIVATIONS[mlp_type]
+        self.up = nn.Linear(channels, hidden, bias=False)
+        self.down = nn.Linear(hidden, channels, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """tokens [..., C] -> [..., C] in the compute dtype (the weights' or autocast's)."""
+        return self.down(self.activation(self.up(x)))
+
+
+def to_tokens(x: Tensor) -> Tensor:
+    """[N, C, h, w] -> [N, h*w, C], row-major (token index y * w + x)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def from_tokens(tokens: Tensor, height: int, width: int) -> Tensor:
+    """[N, h*w, C] -> [N, C, h, w]; the inverse of `to_tokens`."""
+    return tokens.transpose(1, 2).unflatten(2, (height, width))
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """[N, L, heads * D] -> [N, heads, L, D] (channel = head * D + d)."""
+    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """[N, heads, L, D] -> [N, L, heads * D], head-major."""
+    return x.transpose(1, 2).flatten(2)
+
+
+# -- axial 2-D RoPE --------------------------------------------------------------------------
+def rope_periods(head_dim: int, base: float = ROPE_BASE) -> Tensor:
+    """periods[j] = base^(2j / (head_dim / 2)), j < head_dim / 4; float32 (10000^(j/16) at 64)."""
+    axis_dim = head_dim // 2
+    # Python floats: tensor maths on the `meta` device would route through torch._refs.
+    return torch.tensor([base ** (2 * j / axis_dim) for j in range(axis_dim // 2)])
+
+
+def axial_rope_table(periods: Tensor, height: int, width: int) -> RopeTable:
+    """(sin, cos) float32 [h*w, 4 * len(periods)] for integer patch coordinates (y, x).
+
+    Dim d of a head uses axis d // (head_dim / 2) (y first) and period j = (d mod head_dim/2) // 2:
+    both members of an adjacent pair share one angle, coord / periods[j].
+    """
+    periods = periods.float()
+    ys = torch.arange(height, dtype=torch.float32, device=periods.device)
+    xs = torch.arange(width, dtype=torch.float32, device=periods.device)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    coords = torch.stack([grid_y.flatten(), grid_x.flatten()], dim=1)  # [hw, 2], row-major
+    angles = coords[:, :, None] / periods  # [hw, 2, head_dim / 4]
+    angles = angles.repeat_interleave(2, dim=-1).flatten(1)  # [hw, head_dim]
+    return torch.sin(angles), torch.cos(angles)
+
+
+def with_identity_prefix(table: RopeTable, count: int) -> RopeTable:
+    """Prepend `count` rows that rotate by zero (sin 0, cos 1), e.g. for class/register tokens."""
+    sin, cos = table
+    return (
+        torch.cat([sin.new_zeros(count, sin.shape[1]), sin]),
+        torch.cat([cos.new_ones(count, cos.shape[1]), cos]),
+    )
+
+
+def apply_rope(x: Tensor, table: RopeTable) -> Tensor:
+    """Rotate adjacent pairs (a, b) of x [N, heads, L, D] by the table's angles, in float32.
+
+    a' = a cos - b sin, b' = b cos + a sin (EVA-02 pair convention); returned in x's dtype.
+    """
+    sin, cos = table
+    x_fp32 = x.float()
+    a, b = x_fp32.unflatten(-1, (-1, 2)).unbind(-1)  # [..., D] -> 2 x [..., D / 2]
+    rotated = torch.stack([-b, a], dim=-1).flatten(-2)  # (-b, a) interleaved, [..., D]
+    return (x_fp32 * cos + rotated * sin).to(x.dtype)
+
+
+ROPE_CACHE_SIZE = 8
+"""Tables kept per AxialRoPE2D: one per grid size recently used."""
+
+
+class AxialRoPE2D(nn.Module):
+    """Holds the RoPE `periods` buffer [head_dim / 4] (float32 whatever the model dtype: the
+    model's dtype policy keeps floating buffers float32).
+
+    Tables are cached per grid size, device and `periods` version (eager calls only; a
+    compiled graph folds the table into constants itself).
+    """
+
+    def __init__(self, head_dim: int, base: float = ROPE_BASE) -> None:
+        super().__init__()
+        self.register_buffer("periods", rope_periods(head_dim, base))
+        self._tables: dict[tuple[object, ...], RopeTable] = {}
+
+    def forward(self, height: int, width: int) -> RopeTable:
+        """(sin, cos) float32 [height * width, head_dim] for an h x w token grid."""
+        periods = self.periods
+        if torch.compiler.is_compiling() or periods.is_meta:
+            return axial_rope_table(periods, height, width)
+        key = (height, width, periods.device, periods.data_ptr(), periods._version)
+        table = self._tables.get(key)
+        if table is None:
+            # Ordinary tensors even under inference_mode, so a cached table can later enter
+            # an autograd graph.
+            with torch.inference_mode(False), torch.no_grad():
+                table = axial_rope_table(periods, height, width)
+            if len(self._tables) >= ROPE_CACHE_SIZE:
+                self._tables.pop(next(iter(self._tables)))
+            self._tables[key] = table
+        return table
+
+
+# -- attention -------------------------------------------------------------------------------
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Dense non-causal attention [N, heads, L, D] with scale 1/sqrt(D), no mask, no dropout."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+class DitSelfAttentionCore(nn.Module):
+    """Multi-head self-attention with per-head QK RMSNorm, then RoPE on q and k."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        head_dim = channels // heads
+        self.heads = heads
+        self.qkv = nn.Linear(channels, 3 * channels, bias=False)
+        self.proj_out = nn.Linear(channels, channels, bias=False)
+        self.q_norm = RMSNorm(head_dim)
+        self.k_norm = RMSNorm(head_dim)
+
+    def forward(self, x: Tensor, rope: RopeTable) -> Tensor:
+        """[N, L, C] -> [N, L, C]; `rope` holds L rows."""
+        q, k, v = (split_heads(part, self.heads) for part in self.qkv(x).chunk(3, dim=-1))
+        q = apply_rope(self.q_norm(q), rope)
+        k = apply_rope(self.k_norm(k), rope)
+        return self.proj_out(merge_heads(attention(q, k, v)))
+
+
+class DitBlock(nn.Module):
+    """Unconditioned DiT block with sandwich norms: x + norm2(f(norm1(x))) for attention, MLP."""
+
+    def __init__(self, channels: int, heads: int, mlp_ratio: float, mlp_type: str) -> None:
+        super().__init__()
+        self.attn_norm1 = RMSNorm(channels)
+        self.attn_norm2 = RMSNorm(channels)
+        self.mlp_norm1 = RMSNorm(channels)
+        self.mlp_norm2 = RMSNorm(channels)
+        self.attn_core = DitSelfAttentionCore(channels, heads)
+        # Second names of the same modules: the published state dict holds both spellings.
+        self.qkv = self.attn_core.qkv
+        self.proj_out = self.attn_core.proj_out
+        self.mlp = MLP(channels, mlp_ratio, mlp_type)
+
+    def forward(self, x: Tensor, rope: RopeTable) -> Tensor:
+        """tokens [N, L, C] -> [N, L, C], or a feature map [N, C, h, w] -> [N, C, h, w].
+
+        A feature map is tokenized row-major and restored; `rope` holds L (= h * w) rows.
+        """
+        if x.ndim == 4:
+            height, width = x.shape[-2:]
+            return from_tokens(self.forward(to_tokens(x), rope), height, width)
+        x = x + self.attn_norm2(self.attn_core(self.attn_norm1(x), rope))
+        return x + self.mlp_norm2(self.mlp(self.mlp_norm1(x)))
+
+    def forward_tiled(self, x: Tensor, rope: RopeTable, tile_tokens: int) -> Tensor:
+        """`forward` on tokens [N, L, C] in query chunks of <= tile_tokens; equal up to rounding.
+
+        Attention is global, so tiling cannot cut the image: the keys and values of all L
+        tokens are computed first (chunk by chunk; 2C wide, kept), then each chunk of queries
+        attends to all of them and goes through the per-token MLP. What is never full size:
+        the queries, the attention output and the 4x-wide MLP activation.
+        """
+        attention_core = self.attn_core
+        channels = x.shape[-1]
+        weight = attention_core.qkv.weight  # [3C, C], rows (q, k, v)
+        sin, cos = rope
+        spans = [
+            (start, min(start + tile_tokens, x.shape[1]))
+            for start in range(0, x.shape[1], tile_tokens)
+        ]
+        keys, values = [], []
+        for start, stop in spans:
+            k, v = F.linear(self.attn_norm1(x[:, start:stop]), weight[channels:]).chunk(2, dim=-1)
+            k = attention_core.k_norm(split_heads(k, attention_core.heads))
+            keys.append(apply_rope(k, (sin[start:stop], cos[start:stop])))
+            values.append(split_heads(v, attention_core.heads))
+        keys_all, values_all = torch.cat(keys, dim=2), torch.cat(values, dim=2)  # [N, heads, L, D]
+        del keys, values
+        out = torch.empty_like(x)
+        for start, stop in spans:
+            rows = x[:, start:stop]
+            q = F.linear(self.attn_norm1(rows), weight[:channels])
+            q = attention_core.q_norm(split_heads(q, attention_core.heads))
+            q = apply_rope(q, (sin[start:stop], cos[start:stop]))
+            attended = attention_core.proj_out(merge_heads(attention(q, keys_all, values_all)))
+            rows = rows + self.attn_norm2(attended)
+            out[:, start:stop] = rows + self.mlp_norm2(self.mlp(self.mlp_norm1(rows)))
+        return out
+
+
+class CrossAttentionCore(nn.Module):
+    """Attention of projected queries over a context: k, v from `kv_proj`, per-head QK norms."""
+
+    def __init__(self, channels: int, heads: int) -> None:
+        super().__init__()
+        head_dim = channels // heads
+        self.heads = heads
+        self.kv_proj = nn.Linear(channels, 2 * channels, bias=False)
+        self.out_proj = nn.Linear(channels, channels, bias=False)
+        self.q_norm_heads = RMSNorm(head_dim)
+        self.k_norm_heads = RMSNorm(head_dim)
+
+    def forward(self, q: Tensor, context: Tensor) -> Tensor:
+        """q [N, Lq, C] (already projected), context [N, L, C] -> [N, Lq, C]; no RoPE."""
+        k, v = (split_heads(part, self.heads) for part in self.kv_proj(context).chunk(2, dim=-1))
+        q = self.q_norm_heads(split_heads(q, self.heads))
+        k = self.k_norm_heads(k)
+        return self.out_proj(merge_heads(attention(q, k, v)))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention then MLP, both residual on the query tokens."""
+
+    def __init__(self, channels: int, heads: int, mlp_ratio: float, mlp_type: str) -> None:
+        super().__init__()
+        self.query_norm = RMSNorm(channels)
+        self.context_norm = RMSNorm(channels)
+        self.mlp_norm = RMSNorm(channels)
+        self.q_proj = nn.Linear(channels, channels, bias=False)
+        self.attn_core = CrossAttentionCore(channels, heads)
+        # Second names of the same modules: the published state dict holds both spellings.
+        self.kv_proj = self.attn_core.kv_proj
+        self.out_proj = self.attn_core.out_proj
+        self.mlp = MLP(channels, mlp_ratio, mlp_type)
+
+    def forward(self, query: Tensor, context: Tensor) -> Tensor:
+        """query [N, Lq, C], context [N, L, C] -> updated query [N, Lq, C]."""
+        q = self.q_proj(self.query_norm(query))
+        x = query + self.attn_core(q, self.context_norm(context))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# -- posterior -------------------------------------------------------------------------------
+class EncoderPosterior(diffusion.EncoderPosterior):
+    """Raw (unwhitened) `mean` and `logsnr` [N, C, h, w] in the model's compute dtype.
+
+    Unlike fcdm_diffae's, `mode()` and `sample()` stay float32: the DINAC-AE reference does not
+    cast them back to the mean's dtype (its `encode` rounds the mode itself before whitening).
+    """
+
+    float32_moments: ClassVar[bool] = True
 
 
 # -- encoder ---------------------------------------------------------------------------------
@@ -93,7 +428,7 @@ class TransformerEncoder(RowTiled, nn.Module):
         """images [N, 3, H, W] in [-1, 1] -> raw posterior, mean/logsnr [N, B, H/P, W/P].
 
         mean and logsnr are in the compute dtype (the weights', or bf16 under autocast); a
-        deterministic encoder reports `diffae_core.posterior.DETERMINISTIC_LOGSNR` (alpha 1,
+        deterministic encoder reports `diffae_core.diffusion.DETERMINISTIC_LOGSNR` (alpha 1,
         sigma 0).
         """
         features = self.patchify(images)
@@ -173,7 +508,7 @@ class DinoTokenAlignmentHead(nn.Module):
 
 
 # -- the model -------------------------------------------------------------------------------
-class DinacAE(WhitenedVPAutoencoder):
+class DinacAE(DiffusionAutoencoder):
     """DINAC-AE: transformer encoder -> VP posterior -> whitened latents -> FCDM decoder.
 
     Images are [N, 3, H, W] in [-1, 1] with H, W multiples of 16; latents are whitened
@@ -187,6 +522,8 @@ class DinacAE(WhitenedVPAutoencoder):
     config_class = DinacAEConfig
     family_name = "dinac_ae"
     inference_config_class = DinacAEInferenceConfig
+    encode_returns_float32 = True  # whitened in float32 and returned so, as the reference
+    bf16_autocast = True  # bf16 weights with float32 islands compute under bf16 autocast
     config: DinacAEConfig
 
     def __init__(self, config: DinacAEConfig) -> None:
@@ -228,7 +565,7 @@ class DinacAE(WhitenedVPAutoencoder):
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
         # Any cast keeps the float32 islands in float32 (device moves still apply), so
         # `model.to(torch.bfloat16)` gives exactly the published bf16 layout. The core's
-        # Float32BuffersModule._apply (super) then keeps every floating buffer float32.
+        # PretrainedModel._apply (super) then keeps every floating buffer float32.
         islands = set()
         for name, parameter in self.named_parameters():
             if is_float32_island(name):
@@ -247,18 +584,12 @@ class DinacAE(WhitenedVPAutoencoder):
     def validate_inference_storage(self) -> None:
         """Raise RuntimeError if a tensor's dtype breaks the storage policy or is off-device."""
         base = self.ordinary_weight_storage_dtype
-        problems = storage_problems(self, base, self.latent_norm_running_mean.device)
+        problems = storage_problems(self, base, self.device)
         if problems:
             listed = "\n  ".join(problems[:10])
             raise RuntimeError(
                 f"DinacAE storage: {len(problems)} tensors break the {base} policy:\n  {listed}"
             )
-
-    def _storage_autocast(self) -> torch.autocast:
-        """bf16 autocast when the ordinary weights are bf16, else a context that disables it."""
-        enabled = self.ordinary_weight_storage_dtype == torch.bfloat16
-        device_type = self.latent_norm_running_mean.device.type
-        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
 
     # -- loading and saving ------------------------------------------------------------------
     @classmethod
@@ -324,51 +655,6 @@ class DinacAE(WhitenedVPAutoencoder):
         return model
 
     # -- public API --------------------------------------------------------------------------
-    def _raw_posterior(self, images: Tensor) -> EncoderPosterior:
-        """Checked images [N, 3, H, W] on the model's device and dtype -> raw posterior.
-
-        mean/logsnr [N, 128, H/16, W/16] in the compute dtype (see `TransformerEncoder.posterior`).
-        """
-        return self.encoder.posterior(images)
-
-    def encode_posterior(self, images: Tensor) -> EncoderPosterior:
-        """images [N, 3, H, W] in [-1, 1] -> raw posterior (mean, logsnr) [N, 128, H/16, W/16].
-
-        Moved to the model's device and weight dtype; mean/logsnr come out in that dtype,
-        unwhitened (bf16 autocast for a bf16 model).
-        """
-        with self._storage_autocast():
-            return super().encode_posterior(images)
-
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
-        """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, 128, H/16, W/16], float32.
-
-        The posterior mode alpha * mean is rounded to the compute dtype before whitening, as in
-        the reference, so a bf16 model's latents carry bf16 rounding.
-        """
-        posterior = self.encode_posterior(images)
-        return self.whiten(posterior.mode().to(posterior.mean.dtype))
-
-    def decode(
-        self,
-        latents: Tensor,
-        height: int,
-        width: int,
-        *,
-        inference_config: DinacAEInferenceConfig | None = None,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """Whitened latents [N, 128, h, w] -> images [N, 3, height, width], float32, ~[-1, 1].
-
-        Not clamped. Runs on `latents.device`; `inference_config` defaults to one DDIM step
-        without PDG. `noise` ([N, 3, height, width], std 0.558) replaces the seeded draw.
-        """
-        with self._storage_autocast():
-            return super().decode(
-                latents, height, width, inference_config=inference_config, noise=noise
-            )
-
     def predict_class(self, latents: Tensor) -> Tensor:
         """Whitened latents [N, 128, h, w] -> DINO class-token prediction [N, 768], float32.
 
@@ -380,7 +666,7 @@ class DinacAE(WhitenedVPAutoencoder):
         if latents.ndim != 4 or latents.shape[1] != channels:
             raise ValueError(f"latents: expected [N, {channels}, h, w], got {tuple(latents.shape)}")
         check_values("latents", latents)
-        device = self.latent_norm_running_mean.device
+        device = self.device
         raw_latents = self.dewhiten(latents.to(device))
         with torch.autocast(device.type, dtype=torch.bfloat16):
             alignment = self.dino_token_alignment_head(raw_latents)

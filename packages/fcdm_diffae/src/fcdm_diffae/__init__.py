@@ -5,7 +5,7 @@
 >>> recon = model.decode(latents, height=H, width=W)  # float32 [N, 3, H, W]
 """
 
-from diffae_core.posterior import EncoderPosterior
+from diffae_core.diffusion import EncoderPosterior
 
 from .config import FCDMDiffAEConfig, FCDMDiffAEInferenceConfig
 from .model import FCDMDiffAE

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.fcdm_config import FCDMConfig
-from diffae_core.inference import VPInferenceConfig
+from diffae_core.diffusion import VPInferenceConfig
+from diffae_core.fcdm import FCDMConfig
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class FCDMDiffAEConfig(FCDMConfig):
     `bottleneck_patchify_mode` exists only in semdisdiffae_p32 (v1) and
     `latent_running_stats_eps` only in semdisdiffae_p32_v2: `None` means "not in this release's
     file", and such a field is not written back by `save`. Without it the whitening eps is
-    `diffae_core.fcdm_config.DEFAULT_WHITENING_EPS`.
+    `diffae_core.fcdm.DEFAULT_WHITENING_EPS`.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {

@@ -6,7 +6,7 @@ names it, binds its configs, and fixes the one open architectural point.
 
 from __future__ import annotations
 
-from diffae_core.fcdm_autoencoder import FCDMAutoencoder
+from diffae_core.fcdm import FCDMAutoencoder
 
 from .config import FCDMDiffAEConfig, FCDMDiffAEInferenceConfig
 

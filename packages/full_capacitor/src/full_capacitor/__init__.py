@@ -5,7 +5,7 @@ latents = model.encode(images)  # [N, 3, H, W] in [-1, 1] -> [N, 128, H/16, W/16
 recon = model.decode(latents, height=H, width=W)  # [N, 3, H, W], float32, ~[-1, 1]
 """
 
-from diffae_core.posterior import EncoderPosterior
+from diffae_core.diffusion import EncoderPosterior
 
 from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
 from .model import FullCapacitor

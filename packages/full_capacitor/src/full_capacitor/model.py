@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
-from diffae_core.checkpoint import KeyAliases
-from diffae_core.fcdm_autoencoder import FCDMAutoencoder
+from diffae_core.fcdm import FCDMAutoencoder
+from diffae_core.loading import KeyAliases
 
 from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
 
@@ -37,17 +34,8 @@ class FullCapacitor(FCDMAutoencoder):
     inference_config_class = FullCapacitorInferenceConfig
     checkpoint_key_aliases = CHECKPOINT_KEY_ALIASES
     encoder_normalizes_mean = ENCODER_NORMALIZES_MEAN
+    encode_returns_float32 = ENCODE_RETURNS_FLOAT32
     config: FullCapacitorConfig
-
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
-        """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, C, H/p, W/p], float32.
-
-        The posterior mode alpha * mean (in the compute dtype), whitened in float32.
-        """
-        posterior = self.encode_posterior(images)
-        latents = self.whiten(posterior.mode())
-        return latents if ENCODE_RETURNS_FLOAT32 else latents.to(posterior.mean.dtype)
 
 
 def normalized_mean_is_possible(model: FullCapacitor, tolerance: float = 1e-3) -> bool:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from diffae_core.config import JsonConfig, LatentLayout, check_architecture_fields
-from diffae_core.inference import VPInferenceConfig
+from diffae_core.diffusion import VPInferenceConfig
 
 
 @dataclass(frozen=True)

@@ -11,16 +11,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffae_core.config import check_choice
-from diffae_core.fcdm_block import mlp_hidden_channels
-from diffae_core.norms import ChannelWiseRMSNorm
-from diffae_core.tiling import row_spans
+from diffae_core.fcdm import mlp_hidden_channels
+from diffae_core.layers import ChannelWiseRMSNorm, row_spans
 
 from .open_points import MODULATION_ORDERS
 
 NORM_EPS = 1e-6
 GATE_INIT = 1e-3
 """Initial value of the encoder's residual gates. The spec gives none (loading overwrites it);
-borrowed from the FCDM block's `layer_scale_init` (diffae_core.fcdm_block), the same role."""
+borrowed from the FCDM block's `layer_scale_init` (diffae_core.fcdm), the same role."""
 
 
 class Float32RMSNorm(ChannelWiseRMSNorm):

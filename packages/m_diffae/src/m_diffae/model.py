@@ -16,21 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffae_core.adaln import (
+from diffae_core.autoencoder import DiffusionAutoencoder
+from diffae_core.diffusion import GuidedPredictor, InferenceConfigBase, host_to_device
+from diffae_core.layers import (
     AdaLNScaleGateZeroLowRankDelta,
     AdaLNScaleGateZeroProjector,
+    Patchify,
+    RowTiled,
+    SinusoidalTimeEmbeddingMLP,
     block_modulations,
+    row_spans,
 )
-from diffae_core.autoencoder import VPDiffusionDecoderModel
-from diffae_core.checkpoint import TensorInfo, apply_key_aliases
-from diffae_core.inference import InferenceConfigBase
-from diffae_core.noise import host_to_device
-from diffae_core.patchify import Patchify
-from diffae_core.precision import compute_dtype
-from diffae_core.samplers import GuidedPredictor
-from diffae_core.tiling import RowTiled, row_spans
-from diffae_core.time_embed import SinusoidalTimeEmbeddingMLP
-from diffae_core.validation import check_images
+from diffae_core.loading import TensorInfo, apply_key_aliases
+from diffae_core.runtime import check_images, compute_dtype
 
 from .config import MDiffAEConfig, MDiffAEInferenceConfig
 from .dico import NORM_EPS, DiCoBlock, Float32RMSNorm
@@ -326,18 +324,19 @@ def _renamed_keys(state: Mapping[str, Any], fragments: Mapping[str, str]) -> dic
     return apply_key_aliases(state, aliases)
 
 
-class MDiffAE(VPDiffusionDecoderModel):
+class MDiffAE(DiffusionAutoencoder):
     """mDiffAE v1. Images [N, 3, H, W] in [-1, 1], H and W multiples of `config.patch_size`;
     latents [N, config.bottleneck_dim, H/P, W/P]. Float32 weights as published; a bf16 model
     computes in bf16 with float32 norms, time sinusoids and sampler state.
 
-    `decode` is the core's (`VPDiffusionDecoderModel`); this class supplies the decoder call,
-    whose weak (PDG) path masks latent tokens.
+    `decode` is the core's (`DiffusionAutoencoder`, without whitening); this class supplies the
+    decoder call, whose weak (PDG) path masks latent tokens, and its deterministic `encode`.
     """
 
     config_class = MDiffAEConfig
     family_name = "m_diffae"
     inference_config_class = MDiffAEInferenceConfig
+    whitened_latents = False
     open_points: ClassVar[OpenPoints] = DEFAULT_OPEN_POINTS
     # A Hub id is tried as given (cache, then Hub), then its other spelling: the card writes
     # `mdiffae_v1`, the files were read under `mdiffae-v1` (open_points.REPO_ID_ALIASES).
@@ -381,17 +380,15 @@ class MDiffAE(VPDiffusionDecoderModel):
         reverse = {ours: published for published, ours in PUBLISHED_KEY_RENAMES.items()}
         return _renamed_keys(self.state_dict(), reverse)
 
-    # -- family hooks --------------------------------------------------------------------------
-    def _make_predictor(
-        self, decoder_latents: Tensor, settings: InferenceConfigBase
-    ) -> GuidedPredictor:
+    # -- decoding ------------------------------------------------------------------------------
+    def predictor(self, raw_latents: Tensor, settings: InferenceConfigBase) -> GuidedPredictor:
         """predict(x_t, t, *, weak) -> x0_hat; weak = PDG with a fresh token mask per call.
 
         The masks come from a CPU generator seeded with `settings.seed + MASK_SEED_OFFSET`
         (reproducible, yet apart from the noise stream); with `seed=None`, the global RNG.
         """
         dtype = compute_dtype(self)
-        latents_in = decoder_latents.to(dtype)
+        latents_in = raw_latents.to(dtype)
         generator = None
         if settings.seed is not None:
             generator = torch.Generator().manual_seed((settings.seed + MASK_SEED_OFFSET) % 2**63)
@@ -411,11 +408,3 @@ class MDiffAE(VPDiffusionDecoderModel):
         images = check_images(images, self.config.in_channels, self.config.effective_patch_size)
         weight = self.encoder.to_bottleneck.weight
         return self.encoder(images.to(device=weight.device, dtype=compute_dtype(self)))
-
-    @torch.no_grad()
-    def reconstruct(
-        self, images: Tensor, *, inference_config: MDiffAEInferenceConfig | None = None
-    ) -> Tensor:
-        """encode then decode: images [N, 3, H, W] in [-1, 1] -> float32 images, same size."""
-        height, width = int(images.shape[-2]), int(images.shape[-1])
-        return self.decode(self.encode(images), height, width, inference_config=inference_config)

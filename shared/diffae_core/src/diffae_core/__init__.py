@@ -1,8 +1,12 @@
 """diffae_core: what every diffae model family shares.
 
-Norms and FCDM blocks, AdaLN, time embedding, the FCDM encoder and decoder, VP schedule and
-samplers with path-drop guidance, latent whitening, the encoder posterior, loading/saving and
-the dtype policy. Images are [N, 3, H, W] RGB in [-1, 1]; latents are [N, C, h, w].
+`layers` (norms, AdaLN, time embedding, patchify, row tiling), `fcdm` (the FCDM block, encoder,
+decoder and autoencoder), `diffusion` (VP schedule, posterior, samplers with path-drop guidance,
+inference settings, whitening), `autoencoder` (the base class every model derives from),
+`config` and `io` (JSON configs, atomic files; no torch), `loading` (checkpoints, the Hub,
+from/save_pretrained), `runtime` (dtype policy, input checks, the compile recipe) and
+`families` (entry points); docs/architecture.md draws the layers. Images are [N, 3, H, W] RGB
+in [-1, 1]; latents are [N, C, h, w].
 """
 
 from __future__ import annotations
@@ -11,40 +15,42 @@ import importlib
 from typing import Any
 
 _WHERE = {
-    "WhitenedVPAutoencoder": "autoencoder",
-    "WhitenedVPDecoder": "autoencoder",
-    "build_fcdm_decoder": "autoencoder",
-    "CheckpointError": "checkpoint",
-    "CheckpointMismatchError": "checkpoint",
-    "StateDiff": "checkpoint",
-    "TensorInfo": "checkpoint",
-    "diff_state": "checkpoint",
-    "load_state_strict": "checkpoint",
-    "read_header": "checkpoint",
-    "state_info": "checkpoint",
+    "DiffusionAutoencoder": "autoencoder",
+    "FCDMAutoencoder": "fcdm",
+    "FCDMConfig": "fcdm",
+    "build_fcdm_decoder": "fcdm",
+    "CheckpointError": "loading",
+    "CheckpointMismatchError": "loading",
+    "StateDiff": "loading",
+    "TensorInfo": "loading",
+    "diff_state": "loading",
+    "load_state_strict": "loading",
+    "read_header": "loading",
+    "state_info": "loading",
+    "CompiledForInference": "runtime",
     "ConfigError": "config",
     "JsonConfig": "config",
     "DecodeSwitch": "families",
     "Family": "families",
     "installed_families": "families",
-    "FCDMBlock": "fcdm_block",
-    "FCDMDecoder": "fcdm_decoder",
-    "FCDMEncoder": "fcdm_encoder",
-    "ModelNotAvailableError": "hub",
-    "resolve_model_dir": "hub",
-    "VPInferenceConfig": "inference",
-    "ChannelWiseRMSNorm": "norms",
-    "GRN": "norms",
-    "EncoderPosterior": "posterior",
-    "PretrainedModel": "pretrained",
-    "sample_ddim": "samplers",
-    "sample_dpmpp_2m": "samplers",
-    "SinusoidalTimeEmbeddingMLP": "time_embed",
-    "alpha_sigma": "vp",
-    "cosine_interpolated_logsnr": "vp",
-    "get_schedule": "vp",
-    "dewhiten": "whitening",
-    "whiten": "whitening",
+    "FCDMBlock": "fcdm",
+    "FCDMDecoder": "fcdm",
+    "FCDMEncoder": "fcdm",
+    "ModelNotAvailableError": "loading",
+    "resolve_model_dir": "loading",
+    "VPInferenceConfig": "diffusion",
+    "ChannelWiseRMSNorm": "layers",
+    "GRN": "layers",
+    "EncoderPosterior": "diffusion",
+    "PretrainedModel": "loading",
+    "sample_ddim": "diffusion",
+    "sample_dpmpp_2m": "diffusion",
+    "SinusoidalTimeEmbeddingMLP": "layers",
+    "alpha_sigma": "diffusion",
+    "cosine_interpolated_logsnr": "diffusion",
+    "get_schedule": "diffusion",
+    "dewhiten": "diffusion",
+    "whiten": "diffusion",
 }
 """Each public name -> the module that defines it. Imported on first use (PEP 562), so that
 `diffae_core.families` and the command line's help load without torch."""

@@ -34,8 +34,8 @@ modules import torch, which `--help` and argument errors do without."""
 def user_errors() -> tuple[type[BaseException], ...]:
     """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
     without a traceback; anything else is a bug and keeps its traceback."""
-    from diffae_core.checkpoint import CheckpointError, CheckpointMismatchError
     from diffae_core.config import ConfigError
+    from diffae_core.loading import CheckpointError, CheckpointMismatchError
 
     return (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
 

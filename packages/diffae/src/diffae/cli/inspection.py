@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from diffae_core.checkpoint import read_header
+from diffae_core.loading import read_header
 
 from ..console import CliError, Console
 from ..latents import BadLatentFile, read_description

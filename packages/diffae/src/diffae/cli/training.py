@@ -17,7 +17,7 @@ from ..training import STATE_NAME, TrainingSettings, read_state_metadata, train
 from .arguments import positive_int
 
 TRAINABLE_FAMILIES = ("fcdm_diffae", "full_capacitor")
-"""Families whose model is an FCDM autoencoder (`diffae_core.fcdm_autoencoder`)."""
+"""Families whose model is an FCDM autoencoder (`diffae_core.fcdm`)."""
 SETTING_FLAGS = {field.name: field.name.replace("_", "-") for field in fields(TrainingSettings)}
 
 

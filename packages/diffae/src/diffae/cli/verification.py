@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffae_core.pretrained import CONFIG_NAME, WEIGHTS_NAME
+from diffae_core.loading import CONFIG_NAME, WEIGHTS_NAME
 
 from ..console import CliError, Console
 from ..images import BadImage, find_images, sample_photos

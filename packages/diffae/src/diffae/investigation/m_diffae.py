@@ -15,9 +15,9 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from diffae_core.checkpoint import TensorInfo, read_header
-from diffae_core.fcdm_block import mlp_hidden_channels
-from diffae_core.time_embed import sinusoidal_frequencies
+from diffae_core.fcdm import mlp_hidden_channels
+from diffae_core.layers import sinusoidal_frequencies
+from diffae_core.loading import TensorInfo, read_header
 from m_diffae.config import MDiffAEConfig
 from m_diffae.model import MDiffAE
 from m_diffae.open_points import DEFAULT_OPEN_POINTS, UNVERIFIED_KEYS

@@ -1,0 +1,582 @@
+"""The FCDM (ConvNeXt-style, GRN) networks: config, block, encoder, decoder and the FCDM
+diffusion autoencoder that fcdm_diffae and full_capacitor configure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .autoencoder import DiffusionAutoencoder
+from .config import (
+    JsonConfig,
+    LatentLayout,
+    check_architecture_fields,
+    check_choice,
+    check_positive,
+)
+from .diffusion import EncoderPosterior, deterministic_posterior, split_posterior
+from .layers import (
+    GRN,
+    AdaLNScaleGateZeroLowRankDelta,
+    AdaLNScaleGateZeroProjector,
+    ChannelWiseRMSNorm,
+    Patchify,
+    RowTiled,
+    SinusoidalTimeEmbeddingMLP,
+    block_modulations,
+    channel_rms_norm,
+    channels_to_space,
+    conv_rows,
+    global_response_norm,
+    grn_scale,
+    row_spans,
+    space_to_channels,
+)
+
+POSTERIOR_KINDS = ("diagonal_gaussian", "deterministic")
+"""How the encoder's projection is read: mean and logsnr halves, or a mean alone."""
+
+
+# ---- fcdm config -----------------------------------------------------------------------
+# `FCDMConfig`: the published `config.json` fields every FCDM family shares, declared once.
+#
+# fcdm_diffae, full_capacitor, capacitor_decoder and dinac_ae publish the same 18 architecture
+# fields (`in_channels`, `patch_size`, `model_dim`, ... `latent_running_stats_eps`), in that order.
+# A family's config subclasses `FCDMConfig`, re-declares only the fields whose default differs
+# (a re-declared dataclass field keeps its place), adds its own fields after them, and narrows the
+# accepted values through the `ALLOWED_*` class variables. Defaults here are the semdisdiffae (p16)
+# release's.
+
+BOTTLENECK_PATCHIFY_MODES = (None, "off", "patch_2x2")
+"""None: the release's file has no such field; "patch_2x2": latents are 2x2-patchified."""
+BOTTLENECK_NORM_MODES = ("disabled", "channel_wise")
+DEFAULT_WHITENING_EPS = 1e-4
+"""Whitening eps of the releases whose config has no `latent_running_stats_eps` (semdisdiffae
+p16 and p32 v1). Open point (fcdm_diffae spec §12.5): 1e-4 as in p32_v2, the value every other
+release writes; it changes latent values only, never a reconstruction."""
+
+
+@dataclass(frozen=True)
+class FCDMConfig(LatentLayout, JsonConfig):
+    """The shared FCDM architecture fields and their checks; defaults: semdisdiffae (p16).
+
+    A field whose default is None is optional in the file (see `JsonConfig`): a family whose
+    release may omit `encoder_depth` re-declares it `int | None = None`.
+    """
+
+    in_channels: int = 3
+    patch_size: int = 16
+    model_dim: int = 896
+    encoder_depth: int = 4
+    decoder_depth: int = 8
+    decoder_start_blocks: int = 2
+    decoder_end_blocks: int = 2
+    bottleneck_dim: int = 128
+    mlp_ratio: float = 4.0
+    depthwise_kernel_size: int = 7
+    adaln_low_rank_rank: int = 128
+    bottleneck_posterior_kind: str = "diagonal_gaussian"
+    bottleneck_norm_mode: str = "disabled"
+    bottleneck_patchify_mode: str | None = None
+    logsnr_min: float = -10.0
+    logsnr_max: float = 10.0
+    pixel_noise_std: float = 0.558
+    latent_running_stats_eps: float | None = None
+
+    ALLOWED_POSTERIOR_KINDS: ClassVar[tuple[Any, ...] | None] = POSTERIOR_KINDS
+    """Accepted `bottleneck_posterior_kind` values; None: not checked (a decoder ignores it)."""
+    ALLOWED_NORM_MODES: ClassVar[tuple[Any, ...] | None] = BOTTLENECK_NORM_MODES
+    """Accepted `bottleneck_norm_mode` values; None: not checked."""
+    ALLOWED_PATCHIFY_MODES: ClassVar[tuple[Any, ...]] = BOTTLENECK_PATCHIFY_MODES
+    """Accepted `bottleneck_patchify_mode` values (None: absent from the file)."""
+
+    def __post_init__(self) -> None:
+        check_architecture_fields(self)
+        start, end = self.decoder_start_blocks, self.decoder_end_blocks
+        for name, value in (("decoder_start_blocks", start), ("decoder_end_blocks", end)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+        if start + end > self.decoder_depth:
+            raise ValueError(
+                f"decoder_depth: expected >= decoder_start_blocks + decoder_end_blocks = "
+                f"{start + end}, got {self.decoder_depth}"
+            )
+        for name, allowed in (
+            ("bottleneck_posterior_kind", self.ALLOWED_POSTERIOR_KINDS),
+            ("bottleneck_norm_mode", self.ALLOWED_NORM_MODES),
+            ("bottleneck_patchify_mode", self.ALLOWED_PATCHIFY_MODES),
+        ):
+            if allowed is not None:
+                check_choice(name, getattr(self, name), allowed)
+        if self.latent_running_stats_eps is not None:
+            check_positive("latent_running_stats_eps", self.latent_running_stats_eps, float)
+
+    @property
+    def whitening_eps(self) -> float:
+        """The eps of sqrt(running_var + eps) in whiten/dewhiten."""
+        if self.latent_running_stats_eps is None:
+            return DEFAULT_WHITENING_EPS
+        return self.latent_running_stats_eps
+
+
+# ---- fcdm block ------------------------------------------------------------------------
+# The FCDM block: a ConvNeXt-style residual block with GRN (diffae_core spec §3).
+
+
+def _gated_residual(x: Tensor, gate: Tensor, h: Tensor, inplace: bool) -> Tensor:
+    """x + gate * h; `inplace` writes it over h with the same roundings."""
+    return h.mul_(gate).add_(x) if inplace else x + gate * h
+
+
+def mlp_hidden_channels(channels: int, mlp_ratio: float) -> int:
+    """Hidden width of a block's pointwise MLP: int(C * ratio), at least 1."""
+    return max(int(channels * mlp_ratio), 1)
+
+
+class FCDMBlock(nn.Module):
+    """Depthwise conv -> RMSNorm -> (AdaLN scale) -> 1x1 MLP with GRN, gated residual.
+
+    Two modes: unconditioned (encoder; the residual gate is a learned `layer_scale` [C]) and
+    external AdaLN (decoder; `forward` receives `adaln_m` [N, 2C] = (scale, gate) per sample).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        mlp_ratio: float = 4.0,
+        *,
+        depthwise_kernel_size: int = 7,
+        use_external_adaln: bool = False,
+        norm_eps: float = 1e-6,
+        layer_scale_init: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        hidden = mlp_hidden_channels(channels, mlp_ratio)
+        self.channels = channels
+        self.dwconv = nn.Conv2d(
+            channels,
+            channels,
+            depthwise_kernel_size,
+            padding=depthwise_kernel_size // 2,
+            groups=channels,
+        )
+        self.norm = ChannelWiseRMSNorm(channels, eps=norm_eps, affine=False)
+        self.pwconv1 = nn.Conv2d(channels, hidden, 1)
+        self.grn = GRN(hidden, eps=norm_eps)
+        self.pwconv2 = nn.Conv2d(hidden, channels, 1)
+        if use_external_adaln:
+            self.register_parameter("layer_scale", None)
+        else:
+            self.layer_scale = nn.Parameter(torch.full((channels,), layer_scale_init))
+
+    def forward(self, x: Tensor, *, adaln_m: Tensor | None = None) -> Tensor:
+        """[N, C, h, w] -> [N, C, h, w]; `adaln_m` [N, 2C] is required in AdaLN mode.
+
+        Without autograd each step writes over the fresh tensor it reads (x itself is never
+        written): one 4C-wide tensor alive instead of two, and fewer new allocations, which
+        on a CPU are fresh pages for large images. Same operations, same values.
+        """
+        scale, gate = self._modulation(x, adaln_m)
+        inplace = not torch.is_grad_enabled()
+        h = self._hidden(self.dwconv(x), scale, inplace)
+        grn = self.grn
+        h = self.pwconv2(global_response_norm(h, grn.gamma, grn.beta, grn.eps, inplace=inplace))
+        return _gated_residual(x, gate, h, inplace)
+
+    def _hidden(self, dwconv_out: Tensor, scale: Tensor | None, inplace: bool) -> Tensor:
+        """GELU(pwconv1(RMSNorm(depthwise conv output) * (1 + scale))): [N, 4C, h, w]."""
+        h = channel_rms_norm(dwconv_out, self.norm.eps, inplace=inplace)
+        if scale is not None:
+            h = h.mul_(1 + scale) if inplace else h * (1 + scale)
+        h = self.pwconv1(h)
+        return torch.ops.aten.gelu_(h) if inplace else F.gelu(h)
+
+    def _modulation(self, x: Tensor, adaln_m: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        """(scale [N, C, 1, 1] or None, gate [N or 1, C, 1, 1]) in x's dtype."""
+        if adaln_m is not None:
+            scale, gate = adaln_m.to(x.dtype).chunk(2, dim=1)  # [N, 2C] -> 2 x [N, C]
+            return scale[:, :, None, None], gate[:, :, None, None]
+        return None, self.layer_scale.view(1, -1, 1, 1).to(x.dtype)
+
+    def forward_tiled(
+        self,
+        x: Tensor,
+        *,
+        adaln_m: Tensor | None = None,
+        tile_tokens: int,
+        recompute: bool = True,
+        overwrite: bool = False,
+    ) -> Tensor:
+        """`forward` over row chunks of <= tile_tokens positions; equal up to float rounding.
+
+        Pass 1 accumulates GRN's per-channel sums of squares over the chunks (float32); pass 2
+        applies GRN with the whole image's statistics, then `pwconv2` and the gated residual.
+        The depthwise conv reads a halo of k // 2 rows. `recompute=True` recomputes each
+        chunk's hidden activations in pass 2 (one more `pwconv1` per block, no full-size
+        [N, 4C, h, w] tensor); `recompute=False` keeps them from pass 1 (about the untiled
+        time, one full-size 4C-wide tensor in memory). Pass 2 runs bottom-up, so the last
+        chunk's activations are reused either way. `overwrite=True` writes the output into x
+        itself (one full-size tensor fewer; the caller must not need x afterwards), keeping
+        the original halo rows each recomputed chunk reads from below; never under autograd.
+        """
+        spans = row_spans(x.shape[2], x.shape[3], tile_tokens)
+        if len(spans) == 1:  # one chunk: the plain pass, without recomputing anything
+            return self(x, adaln_m=adaln_m)
+        scale, gate = self._modulation(x, adaln_m)
+        halo = self.dwconv.padding[0]
+        inplace = not torch.is_grad_enabled()  # chunk temporaries are updated in place
+
+        def hidden(start: int, stop: int, below: Tensor | None = None) -> Tensor:
+            return self._hidden(conv_rows(self.dwconv, x, start, stop, below), scale, inplace)
+
+        kept: dict[int, Tensor] = {}
+        sum_of_squares = None
+        for index, (start, stop) in enumerate(spans):
+            chunk = hidden(start, stop)
+            squares = torch.linalg.vector_norm(
+                chunk, dim=(2, 3), keepdim=True, dtype=torch.float32
+            ).square()
+            sum_of_squares = squares if sum_of_squares is None else sum_of_squares + squares
+            if not recompute or index == len(spans) - 1:
+                kept[index] = chunk
+            del chunk
+        assert sum_of_squares is not None
+        grn = self.grn
+        factor = grn_scale(sum_of_squares.sqrt(), grn.gamma, grn.eps, x.dtype)
+        beta = grn.beta.to(x.dtype)
+        overwrite = overwrite and inplace
+        out = x if overwrite else torch.empty_like(x)
+        below = None  # x's original rows just below the current chunk, once overwritten
+        for index in reversed(range(len(spans))):
+            start, stop = spans[index]
+            chunk = kept.pop(index) if index in kept else hidden(start, stop, below)
+            h = self.pwconv2(torch.addcmul(beta, chunk, factor, out=chunk if inplace else None))
+            del chunk
+            rows = x[:, :, start:stop]
+            if overwrite and recompute and index > 0:
+                pristine = rows if below is None else torch.cat([rows, below], dim=2)
+                below = pristine[:, :, :halo].clone()
+            out[:, :, start:stop] = _gated_residual(rows, gate, h, inplace)
+        return out
+
+
+# ---- fcdm encoder ----------------------------------------------------------------------
+# The FCDM encoder of SemDisDiffAE and full_capacitor (fcdm_diffae spec §5).
+
+
+class FCDMEncoder(RowTiled, nn.Module):
+    """images [N, 3, H, W] in [-1, 1] -> raw posterior, mean/logsnr [N, B, H/P, W/P].
+
+    patchify -> unconditioned FCDM blocks (layer-scale residuals) -> 1x1 `to_bottleneck`.
+    `normalize_mean` chooses whether `norm_out` (an affine-free channel RMSNorm, no state-dict
+    keys either way) is applied to the posterior mean or is an identity: the published files
+    cannot tell, so each family decides it in one documented place. With `tile_tokens` set
+    (`model.enable_tiling`), `features` runs over row chunks of the patch grid, exactly.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        patch_size: int = 16,
+        model_dim: int = 896,
+        depth: int = 4,
+        bottleneck_dim: int = 128,
+        mlp_ratio: float = 4.0,
+        depthwise_kernel_size: int = 7,
+        posterior_kind: str = "diagonal_gaussian",
+        normalize_mean: bool = True,
+        patchify_bottleneck: bool = False,
+    ) -> None:
+        super().__init__()
+        if posterior_kind not in POSTERIOR_KINDS:
+            raise ValueError(
+                f"posterior_kind: expected one of {POSTERIOR_KINDS}, got {posterior_kind!r}"
+            )
+        self.posterior_kind = posterior_kind
+        self.patchify_bottleneck = patchify_bottleneck
+        self.patchify = Patchify(in_channels, model_dim, patch_size)
+        self.blocks = nn.ModuleList(
+            FCDMBlock(model_dim, mlp_ratio, depthwise_kernel_size=depthwise_kernel_size)
+            for _ in range(depth)
+        )
+        projection_channels = 2 * bottleneck_dim
+        if posterior_kind == "deterministic":
+            projection_channels = bottleneck_dim
+        self.to_bottleneck = nn.Conv2d(model_dim, projection_channels, 1)
+        self.norm_out: nn.Module = (
+            ChannelWiseRMSNorm(bottleneck_dim, eps=1e-6, affine=False)
+            if normalize_mean
+            else nn.Identity()
+        )
+
+    def features(self, images: Tensor) -> Tensor:
+        """images [N, 3, H, W] -> bottleneck projection [N, 2B (or B), H/P, W/P]."""
+        if self.tile_tokens is not None:
+            return self._features_tiled(images, self.tile_tokens)
+        x = self.patchify(images)
+        for block in self.blocks:
+            x = block(x)
+        return self.to_bottleneck(x)
+
+    def _features_tiled(self, images: Tensor, tile_tokens: int) -> Tensor:
+        """`features` over row chunks of the patch grid; equal up to float rounding."""
+        patch = self.patchify.proj.stride[0]
+        height, width = images.shape[2] // patch, images.shape[3] // patch
+        spans = row_spans(height, width, tile_tokens)
+        x = None
+        for start, stop in spans:
+            chunk = self.patchify(images[:, :, start * patch : stop * patch])  # [N, C, rows, w]
+            if x is None:
+                x = chunk.new_empty(*chunk.shape[:2], height, width)
+            x[:, :, start:stop] = chunk
+        assert x is not None
+        for block in self.blocks:
+            x = block.forward_tiled(
+                x, tile_tokens=tile_tokens, recompute=self.tile_recompute, overwrite=True
+            )
+        projections = [self.to_bottleneck(x[:, :, start:stop]) for start, stop in spans]
+        return torch.cat(projections, dim=2)  # row chunks -> [N, 2B, h, w]
+
+    def posterior(self, images: Tensor) -> EncoderPosterior:
+        """The raw posterior in the latent layout, mean/logsnr [N, B, H/P, W/P], or with
+        `patchify_bottleneck` [N, 4B, H/2P, W/2P] (whitening happens in that layout). A
+        deterministic encoder has logsnr = +inf (alpha = 1, sigma = 0)."""
+        projection = self.features(images)
+        if self.posterior_kind == "deterministic":
+            posterior = deterministic_posterior(self.norm_out(projection))
+        else:
+            posterior = split_posterior(projection)
+            posterior = EncoderPosterior(
+                mean=self.norm_out(posterior.mean), logsnr=posterior.logsnr
+            )
+        if not self.patchify_bottleneck:
+            return posterior
+        return EncoderPosterior(
+            mean=space_to_channels(posterior.mean), logsnr=space_to_channels(posterior.logsnr)
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images -> posterior mode alpha * mean, in the model dtype."""
+        return self.posterior(images).mode()
+
+
+# ---- fcdm decoder ----------------------------------------------------------------------
+# The FCDM diffusion decoder: x0-prediction with skip fusion and path-drop PDG (spec §7).
+
+
+class FCDMDecoder(RowTiled, nn.Module):
+    """Predicts x0 [N, 3, H, W] from a noisy image x_t, its time t and raw latents [N, B, h, w].
+
+    Layout (depth D = start + middle + end blocks, each with AdaLN from a shared base plus a
+    low-rank delta): fuse_in(patchify(x_t) ++ latent_up(z)) -> start -> middle -> fuse_skip(start
+    ++ middle) -> end -> out_proj -> PixelShuffle(P). No input, latent or output norms.
+    With `tile_tokens` set (`model.enable_tiling`), the same maths run over row chunks of the
+    latent grid (`diffae_core.tiling`).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        patch_size: int = 16,
+        model_dim: int = 896,
+        depth: int = 8,
+        start_block_count: int = 2,
+        end_block_count: int = 2,
+        bottleneck_dim: int = 128,
+        mlp_ratio: float = 4.0,
+        depthwise_kernel_size: int = 7,
+        adaln_low_rank_rank: int = 128,
+        unpatchify_latents: bool = False,
+    ) -> None:
+        super().__init__()
+        middle_block_count = depth - start_block_count - end_block_count
+        if middle_block_count < 0:
+            raise ValueError(
+                f"depth: expected >= start_block_count + end_block_count "
+                f"= {start_block_count + end_block_count}, got {depth}"
+            )
+        self.patch_size = patch_size
+        self.unpatchify_latents = unpatchify_latents
+
+        def block() -> FCDMBlock:
+            return FCDMBlock(
+                model_dim,
+                mlp_ratio,
+                depthwise_kernel_size=depthwise_kernel_size,
+                use_external_adaln=True,
+            )
+
+        self.patchify = Patchify(in_channels, model_dim, patch_size)
+        self.latent_up = nn.Conv2d(bottleneck_dim, model_dim, 1)
+        self.fuse_in = nn.Conv2d(2 * model_dim, model_dim, 1)
+        self.time_embed = SinusoidalTimeEmbeddingMLP(model_dim)
+        self.adaln_base = AdaLNScaleGateZeroProjector(model_dim, model_dim)
+        self.adaln_deltas = nn.ModuleList(
+            AdaLNScaleGateZeroLowRankDelta(model_dim, model_dim, adaln_low_rank_rank)
+            for _ in range(depth)
+        )
+        self.start_blocks = nn.ModuleList(block() for _ in range(start_block_count))
+        self.middle_blocks = nn.ModuleList(block() for _ in range(middle_block_count))
+        self.fuse_skip = nn.Conv2d(2 * model_dim, model_dim, 1)
+        self.end_blocks = nn.ModuleList(block() for _ in range(end_block_count))
+        self.path_drop_mask_feature = nn.Parameter(torch.zeros(1, model_dim, 1, 1))
+        self.out_proj = nn.Conv2d(model_dim, in_channels * patch_size**2, 1)
+        self.unpatchify = nn.PixelShuffle(patch_size)
+
+    def forward(
+        self, x_t: Tensor, t: Tensor, latents: Tensor, *, drop_middle_blocks: bool = False
+    ) -> Tensor:
+        """x_t [N, 3, H, W], t [N] in [0, 1], raw latents [N, B, H/P, W/P] -> x0_hat [N, 3, H, W].
+
+        With `unpatchify_latents` the latents come 2x2-patchified, [N, 4B, H/2P, W/2P]. With
+        `drop_middle_blocks` the middle blocks are replaced by the learned mask feature: the
+        weak prediction of path-drop guidance (PDG).
+        """
+        if self.unpatchify_latents:
+            latents = channels_to_space(latents)  # [N, 4B, h, w] -> [N, B, 2h, 2w]
+        cond = self.time_embed(t.to(device=x_t.device, dtype=torch.float32))
+        modulations = block_modulations(self.adaln_base, self.adaln_deltas, cond)  # [D, N, 2C]
+        if self.tile_tokens is not None:
+            return self._forward_tiled(x_t, latents, modulations, drop_middle_blocks)
+        features = self.fuse_in(torch.cat([self.patchify(x_t), self.latent_up(latents)], dim=1))
+
+        def run(blocks: nn.ModuleList, x: Tensor, first_index: int) -> Tensor:
+            # Global block index b selects the AdaLN delta: start 0.., middle, then end.
+            for offset, block in enumerate(blocks):
+                x = block(x, adaln_m=modulations[first_index + offset])
+            return x
+
+        start = run(self.start_blocks, features, 0)
+        if drop_middle_blocks:
+            middle = self.path_drop_mask_feature.to(start.dtype).expand_as(start)
+        else:
+            middle = run(self.middle_blocks, start, len(self.start_blocks))
+        end = self.fuse_skip(torch.cat([start, middle], dim=1))
+        end = run(self.end_blocks, end, len(self.start_blocks) + len(self.middle_blocks))
+        return self.unpatchify(self.out_proj(end))
+
+    def _forward_tiled(
+        self, x_t: Tensor, latents: Tensor, modulations: Tensor, drop_middle_blocks: bool
+    ) -> Tensor:
+        """`forward` over row chunks of the latent grid; equal up to float rounding.
+
+        Full-size tensors: x_t, the output, and at most three [N, C, h, w] feature maps (the
+        start-block skip, the first middle block's input and its output); every other block
+        writes its output over its input. The pixel-level patchify, out_proj
+        and PixelShuffle, the fuse convs and each block's MLP run chunk by chunk.
+        """
+        assert self.tile_tokens is not None
+        patch = self.patch_size
+        spans = row_spans(latents.shape[2], latents.shape[3], self.tile_tokens)
+        features = None
+        for start, stop in spans:
+            pixels = x_t[:, :, start * patch : stop * patch]
+            chunk = torch.cat([self.patchify(pixels), self.latent_up(latents[:, :, start:stop])], 1)
+            chunk = self.fuse_in(chunk)  # [N, C, rows, w]
+            if features is None:
+                features = chunk.new_empty(*chunk.shape[:2], *latents.shape[2:])
+            features[:, :, start:stop] = chunk
+        assert features is not None
+
+        def run(blocks: nn.ModuleList, x: Tensor, first_index: int, own_input: bool) -> Tensor:
+            # Blocks overwrite their input in place, except an input the caller still needs.
+            for offset, block in enumerate(blocks):
+                modulation = modulations[first_index + offset]
+                x = block.forward_tiled(
+                    x,
+                    adaln_m=modulation,
+                    tile_tokens=self.tile_tokens,
+                    recompute=self.tile_recompute,
+                    overwrite=own_input or offset > 0,
+                )
+            return x
+
+        skip = run(self.start_blocks, features, 0, own_input=True)
+        del features
+        middle = None
+        if not drop_middle_blocks:  # the skip is read again by fuse_skip
+            middle = run(self.middle_blocks, skip, len(self.start_blocks), own_input=False)
+        mask_feature = self.path_drop_mask_feature.to(skip.dtype)
+        fused = torch.empty_like(skip)
+        for start, stop in spans:
+            skip_rows = skip[:, :, start:stop]
+            if middle is None:
+                middle_rows = mask_feature.expand_as(skip_rows)
+            else:
+                middle_rows = middle[:, :, start:stop]
+            fused[:, :, start:stop] = self.fuse_skip(torch.cat([skip_rows, middle_rows], dim=1))
+        del skip, middle
+        end = run(
+            self.end_blocks, fused, len(self.start_blocks) + len(self.middle_blocks), own_input=True
+        )
+        del fused
+        images = x_t.new_empty(x_t.shape, dtype=end.dtype)
+        for start, stop in spans:
+            rows = self.unpatchify(self.out_proj(end[:, :, start:stop]))
+            images[:, :, start * patch : stop * patch] = rows
+        return images
+
+
+# ---- fcdm autoencoder ------------------------------------------------------------------
+# The FCDM diffusion autoencoder: FCDM encoder + FCDM decoder + whitening (SemDisDiffAE layout).
+#
+# fcdm_diffae and full_capacitor are configurations of this one model. Its config is an
+# `fcdm_config.FCDMConfig` (the shared fields, their checks, the latent layout, `whitening_eps`).
+
+
+def build_fcdm_decoder(config: Any) -> FCDMDecoder:
+    """The FCDM decoder described by a family config's published fields."""
+    return FCDMDecoder(
+        in_channels=config.in_channels,
+        patch_size=config.patch_size,
+        model_dim=config.model_dim,
+        depth=config.decoder_depth,
+        start_block_count=config.decoder_start_blocks,
+        end_block_count=config.decoder_end_blocks,
+        bottleneck_dim=config.bottleneck_dim,
+        mlp_ratio=config.mlp_ratio,
+        depthwise_kernel_size=config.depthwise_kernel_size,
+        adaln_low_rank_rank=config.adaln_low_rank_rank,
+        unpatchify_latents=config.patchifies_bottleneck,
+    )
+
+
+class FCDMAutoencoder(DiffusionAutoencoder):
+    """images [N, 3, H, W] in [-1, 1] <-> whitened latents [N, C, H/p, W/p].
+
+    With `bottleneck_patchify_mode="patch_2x2"` the encoder's [N, B, H/P, W/P] posterior is
+    2x2-patchified to [N, 4B, H/2P, W/2P] before whitening, and the decoder un-patchifies it.
+    """
+
+    encoder_normalizes_mean: ClassVar[bool] = True
+    """Whether the encoder applies its affine-free RMSNorm to the posterior mean: an open point
+    per family (no state-dict key tells), so each family sets it in one documented place."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        if config.bottleneck_norm_mode != "disabled":
+            # No release uses another mode and its meaning is undocumented: refuse, not guess.
+            raise ValueError(
+                f"bottleneck_norm_mode: only 'disabled' is supported (every release uses it), "
+                f"got {config.bottleneck_norm_mode!r}"
+            )
+        self.encoder = FCDMEncoder(
+            in_channels=config.in_channels,
+            patch_size=config.patch_size,
+            model_dim=config.model_dim,
+            depth=config.encoder_depth,
+            bottleneck_dim=config.bottleneck_dim,
+            mlp_ratio=config.mlp_ratio,
+            depthwise_kernel_size=config.depthwise_kernel_size,
+            posterior_kind=config.bottleneck_posterior_kind,
+            normalize_mean=self.encoder_normalizes_mean,
+            patchify_bottleneck=config.patchifies_bottleneck,
+        )
+        self.decoder = build_fcdm_decoder(config)
