@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from diffae_testing import add_to_hub_cache
 from safetensors.torch import save_file
 from torch import nn
 
@@ -24,6 +23,7 @@ from diffae_core.loading import (
     state_info,
 )
 from diffae_core.runtime import check_dtype
+from diffae_testing import add_to_hub_cache
 
 
 @dataclass(frozen=True)

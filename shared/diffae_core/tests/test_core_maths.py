@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from diffae_testing import randomize_weights
 
 from diffae_core.diffusion import (
     alpha_sigma,
@@ -18,6 +17,7 @@ from diffae_core.diffusion import (
 )
 from diffae_core.fcdm import FCDMBlock
 from diffae_core.layers import ChannelWiseRMSNorm, global_response_norm, sinusoidal_frequencies
+from diffae_testing import randomize_weights
 
 FLOAT32_ROUNDING = 1e-6
 """Tolerance for results that differ from a reference only by float32 rounding."""
