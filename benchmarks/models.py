@@ -79,9 +79,18 @@ def save_preset(family_name: str, preset: str, folder: Path) -> Family:
     return family
 
 
-def _decoding(model: nn.Module, family: Family) -> Decode:
+def family_calls(model: Any) -> dict[str, Encode | Decode | None]:
+    """`encode` and `decode` of a family model, or of its `compile_for_inference()` handle.
+
+    decode: one step without PDG, the initial noise drawn unseeded on the latents' device.
+    """
+    encode = getattr(model, "encode", None) if hasattr(model, "encoder") else None
+    return {"encode": encode, "decode": _decoding(model)}
+
+
+def _decoding(model: Any) -> Decode:
     """One 1-step decode without PDG, the initial noise drawn unseeded on the latents' device."""
-    inference_config = family.inference_config_class(num_steps=1, pdg=False)
+    inference_config = model.inference_config_class(num_steps=1, pdg=False)
     takes_noise = "noise" in inspect.signature(model.decode).parameters
     noise_std = float(getattr(model.config, "pixel_noise_std", 1.0))
 
@@ -109,19 +118,12 @@ def family_candidate(
     if model is None:
         model = family.model_class(config)
     model = model.to(device=device, dtype=dtype).eval()
-    encode = None
-    if callable(getattr(model, "encode", None)):
-
-        def encode(images: Tensor) -> Any:
-            return model.encode(images)  # late-bound: `model.compile()` replaces the method
-
     return Candidate(
         name=name,
         module=model,
         latent_channels=int(model.config.latent_channels),
         pixels_per_latent=patch_multiple(model.config),
-        encode=encode,
-        decode=_decoding(model, family),
+        **family_calls(model),
     )
 
 

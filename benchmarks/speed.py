@@ -30,7 +30,7 @@ import torch
 from .flops import count_flops, gemm_peak_flops
 from .flux2 import FLUX2_NAME
 from .memory import peak_growth_bytes, tensor_bytes
-from .models import Candidate, family_candidate, flux2_candidate, select_families
+from .models import Candidate, family_calls, family_candidate, flux2_candidate, select_families
 from .report import RESULTS_DIR, default_machine_name, machine_info, write_results
 from .speed_tables import render_speed_page
 from .timing import median_ms, time_call
@@ -184,15 +184,22 @@ def compiled(
 ) -> Candidate:
     """The candidate with its `task` call wrapped by torch.compile once (kept in `cache`).
 
-    A family model is compiled by its own recipe (`model.compile()`: inductor freezing,
-    channels_last on a CPU) inside `prepared`; the FLUX.2 VAE by a plain `torch.compile`.
+    A family model is compiled by its own recipe (`model.compile_for_inference()`: inductor
+    freezing, channels_last on a CPU); the FLUX.2 VAE by a plain `torch.compile`.
     """
-    if hasattr(candidate.module, "uncompile"):
-        return candidate
     key = (candidate.name, task)
     if key not in cache:
-        cache[key] = torch.compile(getattr(candidate, task), **(options or {}))
+        if is_family_model(candidate.module):
+            handle = candidate.module.compile_for_inference(**(options or {}))
+            cache[key] = family_calls(handle)[task]
+        else:
+            cache[key] = torch.compile(getattr(candidate, task), **(options or {}))
     return Candidate(**{**candidate.__dict__, task: cache[key]})
+
+
+def is_family_model(module: Any) -> bool:
+    """Whether `module` is one of the families' models (not the FLUX.2 VAE)."""
+    return hasattr(module, "compile_for_inference")
 
 
 @contextmanager
@@ -200,20 +207,18 @@ def prepared(
     candidates: list[Candidate],
     case: Case,
     tile_tokens: int | None,
-    compile_options: dict[str, Any] | None = None,
 ) -> Iterator[None]:
-    """Put the family models in the case's mode (compiled or tiled) and back afterwards."""
-    families = [c.module for c in candidates if hasattr(c.module, "uncompile")]
+    """Put the family models in the case's mode (tiled) and back afterwards (also the weights'
+    memory format, which the compile recipe switches to channels_last on a CPU)."""
+    families = [c.module for c in candidates if is_family_model(c.module)]
     try:
         for model in families:
-            if case.mode == "compile":
-                model.compile(**(compile_options or {}))
-            elif case.mode == TILED:
+            if case.mode == TILED:
                 model.enable_tiling(*(() if tile_tokens is None else (tile_tokens,)))
         yield
     finally:
         for model in families:
-            model.uncompile()
+            model.to(memory_format=torch.contiguous_format)  # the compile recipe's weights
             model.disable_tiling()
 
 
@@ -294,7 +299,7 @@ def measure_case(
                 case_input(candidate, case, device, DTYPES[case.dtype])()
             flop_counts[flop_key] = flops.total
     calls, rows = [], []
-    with prepared(chosen, case, args.tile_tokens, compile_options(args)):
+    with prepared(chosen, case, args.tile_tokens):
         for candidate in chosen:
             try:
                 call, row = warm_up(candidate, case, args, device, flop_counts, compile_cache)

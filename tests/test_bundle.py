@@ -338,7 +338,7 @@ def test_rewrite_keeps_everything_but_the_core_prefix():
         "# from diffae_core.x import y stays a comment\n"
         "from .._core.config import (\n    A,\n    B,\n)\n"
         "from .._core import posterior as core\n"
-        "def f():\n    from .._core.hub import g  # é\n    return g\n"
+        "def f():\n    from .._core.loading import g  # é\n    return g\n"
     )
     with pytest.raises(BundleError, match="cannot be bundled"):
         rewrite_core_imports(b"import diffae_core.config as c\n", depth=0, filename="m.py")

@@ -275,8 +275,8 @@ def test_tiling_on_the_device(name: str, device) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_compile_on_the_device(name: str, device) -> None:
-    """`model.compile()` (the families' recipe: inductor, freezing) equals eager on CUDA, also
-    with CUDA graphs.
+    """`model.compile_for_inference()` (the families' recipe: inductor, freezing) equals eager
+    on CUDA, also with CUDA graphs.
 
     On a CPU inductor's C++ build costs 10-30 s per graph, too much for the default run:
     tests/test_compile.py captures every family's graphs there, and `benchmarks/gpu_check.py`
@@ -291,26 +291,26 @@ def test_compile_on_the_device(name: str, device) -> None:
     noise = sample_noise((2, 3, height, width), family.tiny_config.pixel_noise_std, seed=SEED)
     noise = noise.to(device)
     calls = {
-        "decode": lambda: model.decode(
+        "decode": lambda runner: runner.decode(
             given["latents"], height, width, inference_config=settings, noise=noise
         )
     }
     if callable(getattr(model, "encode", None)):
-        calls["encode"] = lambda: model.encode(given["images"])
-    eager = {call_name: call() for call_name, call in calls.items()}
+        calls["encode"] = lambda runner: runner.encode(given["images"])
+    eager = {call_name: call(model) for call_name, call in calls.items()}
     # The recipe, then CUDA graphs ("reduce-overhead"; gpu_check.py times "max-autotune"):
     # with graphs, a result must stay valid after the next replay overwrote the graph's output.
     for options in ({}, {"mode": "reduce-overhead"}):
         torch._dynamo.reset()
-        model.compile(**options)
+        compiled_model = model.compile_for_inference(**options)
         try:
             for call_name, call in calls.items():
-                compiled = [call() for _ in range(3)]  # records, then replays
+                compiled = [call(compiled_model) for _ in range(3)]  # records, then replays
                 scale = max(1.0, eager[call_name].abs().max().item())
                 for result in compiled:
                     torch.testing.assert_close(result, eager[call_name], rtol=0, atol=1e-4 * scale)
         finally:
-            model.uncompile()
+            model.to(memory_format=torch.contiguous_format)
             torch._dynamo.reset()
 
 

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from diffae_core import precision
+from diffae_core import runtime as precision
 from diffae_core.diffusion import sample_noise
 from diffae_core.families import Family, installed_families
 from diffae_core.runtime import FORCE_CPU_BF16_ENV

@@ -6,6 +6,8 @@ row-tiled blocks, query-chunked DiT blocks, the cached RoPE tables and the compi
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -157,9 +159,9 @@ def test_compile_helper_matches_eager_and_changes_no_global_setting() -> None:
     eager = model.decode(latents, height, width, noise=noise)
     freezing_before = inductor_config.freezing
 
-    compiled = model.compile(backend="aot_eager", fullgraph=True)  # inductor is slow to build
-    assert compiled is model
-    result = model.decode(latents, height, width, noise=noise)
+    compiled = model.compile_for_inference(backend="aot_eager", fullgraph=True)  # inductor: slow
+    assert compiled.model is model and compiled.config is model.config
+    result = compiled.decode(latents, height, width, noise=noise)
     assert inductor_config.freezing == freezing_before
     assert result.is_contiguous() and result.dtype == torch.float32
     torch.testing.assert_close(
@@ -167,7 +169,8 @@ def test_compile_helper_matches_eager_and_changes_no_global_setting() -> None:
     )
     assert model.decoder.patchify.proj.weight.is_contiguous(memory_format=torch.channels_last)
 
-    model.uncompile()
-    assert "decode" not in vars(model)
-    assert model.decoder.patchify.proj.weight.is_contiguous()
-    assert torch.equal(model.decode(latents, height, width, noise=noise), eager)
+    # The model's own methods stay eager, and so do its copies.
+    assert "decode" not in vars(model) and type(model).compile is torch.nn.Module.compile
+    copied = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    assert copied.decoder.patchify.proj.weight.is_contiguous()
+    assert torch.equal(copied.decode(latents, height, width, noise=noise), eager)

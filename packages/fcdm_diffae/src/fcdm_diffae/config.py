@@ -17,7 +17,7 @@ class FCDMDiffAEConfig(FCDMConfig):
     `bottleneck_patchify_mode` exists only in semdisdiffae_p32 (v1) and
     `latent_running_stats_eps` only in semdisdiffae_p32_v2: `None` means "not in this release's
     file", and such a field is not written back by `save`. Without it the whitening eps is
-    `diffae_core.fcdm.DEFAULT_WHITENING_EPS`.
+    `diffae_core.config.DEFAULT_WHITENING_EPS`.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffae_core.config import check_choice
-from diffae_core.fcdm import mlp_hidden_channels
-from diffae_core.layers import ChannelWiseRMSNorm, row_spans
+from diffae_core.layers import ChannelWiseRMSNorm, mlp_hidden_channels, row_spans
 
 from .open_points import MODULATION_ORDERS
 

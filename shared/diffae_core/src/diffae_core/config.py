@@ -143,9 +143,16 @@ def check_architecture_fields(config: Any) -> None:
         )
 
 
+DEFAULT_WHITENING_EPS = 1e-4
+"""Whitening eps of the releases whose config has no `latent_running_stats_eps` (semdisdiffae
+p16 and p32 v1). Open point (fcdm_diffae spec §12.5): 1e-4 as in p32_v2, the value every other
+release writes; it changes latent values only, never a reconstruction."""
+
+
 class LatentLayout:
     """Mixin for configs with `patch_size`, `bottleneck_dim` and, optionally,
-    `bottleneck_patchify_mode` (a config without that field has the direct layout)."""
+    `bottleneck_patchify_mode` (a config without that field has the direct layout) and
+    `latent_running_stats_eps` (without it, whitening uses `DEFAULT_WHITENING_EPS`)."""
 
     patch_size: int
     bottleneck_dim: int
@@ -164,3 +171,9 @@ class LatentLayout:
     def effective_patch_size(self) -> int:
         """Pixels per latent cell along each side; image sizes must be multiples of it."""
         return 2 * self.patch_size if self.patchifies_bottleneck else self.patch_size
+
+    @property
+    def whitening_eps(self) -> float:
+        """The eps of sqrt(running_var + eps) in whiten/dewhiten."""
+        eps = getattr(self, "latent_running_stats_eps", None)
+        return DEFAULT_WHITENING_EPS if eps is None else eps

@@ -34,6 +34,7 @@ from .layers import (
     conv_rows,
     global_response_norm,
     grn_scale,
+    mlp_hidden_channels,
     row_spans,
     space_to_channels,
 )
@@ -55,10 +56,6 @@ POSTERIOR_KINDS = ("diagonal_gaussian", "deterministic")
 BOTTLENECK_PATCHIFY_MODES = (None, "off", "patch_2x2")
 """None: the release's file has no such field; "patch_2x2": latents are 2x2-patchified."""
 BOTTLENECK_NORM_MODES = ("disabled", "channel_wise")
-DEFAULT_WHITENING_EPS = 1e-4
-"""Whitening eps of the releases whose config has no `latent_running_stats_eps` (semdisdiffae
-p16 and p32 v1). Open point (fcdm_diffae spec §12.5): 1e-4 as in p32_v2, the value every other
-release writes; it changes latent values only, never a reconstruction."""
 
 
 @dataclass(frozen=True)
@@ -116,13 +113,6 @@ class FCDMConfig(LatentLayout, JsonConfig):
         if self.latent_running_stats_eps is not None:
             check_positive("latent_running_stats_eps", self.latent_running_stats_eps, float)
 
-    @property
-    def whitening_eps(self) -> float:
-        """The eps of sqrt(running_var + eps) in whiten/dewhiten."""
-        if self.latent_running_stats_eps is None:
-            return DEFAULT_WHITENING_EPS
-        return self.latent_running_stats_eps
-
 
 # ---- fcdm block ------------------------------------------------------------------------
 # The FCDM block: a ConvNeXt-style residual block with GRN (diffae_core spec §3).
@@ -131,11 +121,6 @@ class FCDMConfig(LatentLayout, JsonConfig):
 def _gated_residual(x: Tensor, gate: Tensor, h: Tensor, inplace: bool) -> Tensor:
     """x + gate * h; `inplace` writes it over h with the same roundings."""
     return h.mul_(gate).add_(x) if inplace else x + gate * h
-
-
-def mlp_hidden_channels(channels: int, mlp_ratio: float) -> int:
-    """Hidden width of a block's pointwise MLP: int(C * ratio), at least 1."""
-    return max(int(channels * mlp_ratio), 1)
 
 
 class FCDMBlock(nn.Module):
@@ -377,7 +362,7 @@ class FCDMDecoder(RowTiled, nn.Module):
     low-rank delta): fuse_in(patchify(x_t) ++ latent_up(z)) -> start -> middle -> fuse_skip(start
     ++ middle) -> end -> out_proj -> PixelShuffle(P). No input, latent or output norms.
     With `tile_tokens` set (`model.enable_tiling`), the same maths run over row chunks of the
-    latent grid (`diffae_core.tiling`).
+    latent grid (`layers.RowTiled`).
     """
 
     def __init__(
@@ -528,7 +513,7 @@ class FCDMDecoder(RowTiled, nn.Module):
 # The FCDM diffusion autoencoder: FCDM encoder + FCDM decoder + whitening (SemDisDiffAE layout).
 #
 # fcdm_diffae and full_capacitor are configurations of this one model. Its config is an
-# `fcdm_config.FCDMConfig` (the shared fields, their checks, the latent layout, `whitening_eps`).
+# `FCDMConfig` (the shared fields, their checks, the latent layout, `whitening_eps`).
 
 
 def build_fcdm_decoder(config: Any) -> FCDMDecoder:

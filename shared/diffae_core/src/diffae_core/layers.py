@@ -60,7 +60,7 @@ def grn_scale(spatial_l2: Tensor, gamma: Tensor, eps: float, dtype: torch.dtype)
     """1 + gamma * n [N, C, 1, 1] in `dtype`, n = spatial L2 norm / its channel mean (float32).
 
     `spatial_l2` [N, C, 1, 1] is the L2 norm over all h x w positions; taking it as an input
-    lets a tiled caller accumulate it over row chunks first (see `diffae_core.tiling`).
+    lets a tiled caller accumulate it over row chunks first (see the row tiling section below).
     """
     spatial_l2 = spatial_l2.float()
     relative = (spatial_l2 / (spatial_l2.mean(dim=1, keepdim=True) + eps)).to(dtype)
@@ -91,6 +91,11 @@ class GRN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return global_response_norm(x, self.gamma, self.beta, self.eps)
+
+
+def mlp_hidden_channels(channels: int, mlp_ratio: float) -> int:
+    """Hidden width of a block's pointwise MLP: int(C * ratio), at least 1."""
+    return max(int(channels * mlp_ratio), 1)
 
 
 # ---- adaln -----------------------------------------------------------------------------

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from diffae_core.fcdm import mlp_hidden_channels
-from diffae_core.layers import sinusoidal_frequencies
+from diffae_core.layers import mlp_hidden_channels, sinusoidal_frequencies
 from diffae_core.loading import TensorInfo, read_header
 from m_diffae.config import MDiffAEConfig
 from m_diffae.model import MDiffAE
