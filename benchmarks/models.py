@@ -84,7 +84,7 @@ def family_calls(model: Any) -> dict[str, Encode | Decode | None]:
 
     decode: one step without PDG, the initial noise drawn unseeded on the latents' device.
     """
-    encode = getattr(model, "encode", None) if hasattr(model, "encoder") else None
+    encode = getattr(model, "encode", None)
     return {"encode": encode, "decode": _decoding(model)}
 
 

@@ -56,6 +56,7 @@ class CapacitorDecoder(DiffusionAutoencoder):
     family_name = "capacitor_decoder"
     inference_config_class = CapacitorDecoderInferenceConfig
     checkpoint_key_aliases = CHECKPOINT_KEY_ALIASES
+    has_encoder = False  # decodes FLUX.2 latents; FLUX.2's own VAE encodes
     config: CapacitorDecoderConfig
 
     def __init__(self, config: CapacitorDecoderConfig) -> None:

@@ -11,6 +11,9 @@ and states its few differences as class attributes: whether latents are whitened
 
 from __future__ import annotations
 
+import functools
+import types
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
@@ -31,6 +34,26 @@ from .loading import PretrainedModel
 from .runtime import CompiledForInference, check_images, check_latents, compute_dtype
 
 
+class encoder_method:
+    """A method that exists only on models with an encoder.
+
+    On a decoder-only model (`has_encoder = False`, capacitor_decoder) the attribute is absent,
+    so `hasattr(model, "encode")` tells, on the class or an instance, what a family can do.
+    """
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        functools.update_wrapper(self, function)  # type: ignore[arg-type]
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if not owner.has_encoder:
+            raise AttributeError(f"{owner.__name__} has no {self.name}: it decodes latents only")
+        return self.function if instance is None else types.MethodType(self.function, instance)
+
+
 class DiffusionAutoencoder(PretrainedModel):
     """images [N, 3, H, W] in [-1, 1] <-> latents [N, C, H/p, W/p] through a VP diffusion decoder.
 
@@ -39,6 +62,8 @@ class DiffusionAutoencoder(PretrainedModel):
     """
 
     inference_config_class: ClassVar[type[InferenceConfigBase]] = VPInferenceConfig
+    has_encoder: ClassVar[bool] = True
+    """False for a decoder alone: `encode`, `encode_posterior` and `reconstruct` are absent."""
     whitened_latents: ClassVar[bool] = True
     """Latents are whitened per channel with the stored `latent_norm_running_mean/var`."""
     encode_returns_float32: ClassVar[bool] = False
@@ -47,7 +72,7 @@ class DiffusionAutoencoder(PretrainedModel):
     """A bf16 model encodes and decodes under bf16 autocast, a float32 one with autocast off
     (dinac_ae, whose bf16 files keep float32 islands); otherwise no autocast is entered."""
 
-    encoder: nn.Module  # absent in a decoder-only model (capacitor_decoder)
+    encoder: nn.Module  # absent in a decoder-only model (`has_encoder = False`)
     decoder: nn.Module
 
     def __init__(self, config: Any) -> None:
@@ -57,6 +82,7 @@ class DiffusionAutoencoder(PretrainedModel):
             self.register_buffer("latent_norm_running_var", torch.ones(config.latent_channels))
 
     # -- encode --------------------------------------------------------------------------------
+    @encoder_method
     def encode_posterior(self, images: Tensor) -> EncoderPosterior:
         """images [N, 3, H, W] in [-1, 1] -> raw posterior (mean, logsnr) [N, C, h, w].
 
@@ -64,13 +90,12 @@ class DiffusionAutoencoder(PretrainedModel):
         model's device and weight dtype. mean/logsnr come out in that dtype, unwhitened. Keeps
         the autograd graph (training, fine-tuning).
         """
-        if not hasattr(self, "encoder"):
-            raise TypeError(f"{type(self).__name__} has no encoder: it decodes latents only")
         images = check_images(images, self.config.in_channels, self.config.effective_patch_size)
         images = images.to(device=self.device, dtype=compute_dtype(self))
         with self.autocast():
             return self.encoder.posterior(images)
 
+    @encoder_method
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, C, H/p, W/p].
@@ -157,6 +182,7 @@ class DiffusionAutoencoder(PretrainedModel):
             x_t.to(dtype), t, raw_latents.to(dtype), drop_middle_blocks=drop_middle_blocks
         )
 
+    @encoder_method
     def reconstruct(
         self, images: Tensor, *, inference_config: InferenceConfigBase | None = None
     ) -> Tensor:
