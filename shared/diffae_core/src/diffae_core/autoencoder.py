@@ -11,9 +11,6 @@ and states its few differences as class attributes: whether latents are whitened
 
 from __future__ import annotations
 
-import functools
-import types
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
@@ -33,25 +30,19 @@ from .layers import DEFAULT_TILE_TOKENS, RowTiled, check_tile_tokens
 from .loading import PretrainedModel
 from .runtime import CompiledForInference, check_images, check_latents, compute_dtype
 
+ENCODER_METHODS = ("encode", "encode_posterior", "reconstruct")
+"""What a decoder-only model (`has_encoder = False`) does not have."""
 
-class encoder_method:
-    """A method that exists only on models with an encoder.
 
-    On a decoder-only model (`has_encoder = False`, capacitor_decoder) the attribute is absent,
-    so `hasattr(model, "encode")` tells, on the class or an instance, what a family can do.
-    """
+class _Absent:
+    """A method a subclass does not have: reading it raises AttributeError, so `hasattr(model,
+    "encode")` tells, on the class or an instance, what a family can do."""
 
-    def __init__(self, function: Callable[..., Any]) -> None:
-        self.function = function
-        functools.update_wrapper(self, function)  # type: ignore[arg-type]
-
-    def __set_name__(self, owner: type, name: str) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
 
     def __get__(self, instance: Any, owner: type) -> Any:
-        if not owner.has_encoder:
-            raise AttributeError(f"{owner.__name__} has no {self.name}: it decodes latents only")
-        return self.function if instance is None else types.MethodType(self.function, instance)
+        raise AttributeError(f"{owner.__name__} has no {self.name}: it decodes latents only")
 
 
 class DiffusionAutoencoder(PretrainedModel):
@@ -75,6 +66,12 @@ class DiffusionAutoencoder(PretrainedModel):
     encoder: nn.Module  # absent in a decoder-only model (`has_encoder = False`)
     decoder: nn.Module
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.has_encoder:
+            for name in ENCODER_METHODS:
+                setattr(cls, name, _Absent(name))
+
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         if self.whitened_latents:
@@ -82,7 +79,6 @@ class DiffusionAutoencoder(PretrainedModel):
             self.register_buffer("latent_norm_running_var", torch.ones(config.latent_channels))
 
     # -- encode --------------------------------------------------------------------------------
-    @encoder_method
     def encode_posterior(self, images: Tensor) -> EncoderPosterior:
         """images [N, 3, H, W] in [-1, 1] -> raw posterior (mean, logsnr) [N, C, h, w].
 
@@ -95,7 +91,6 @@ class DiffusionAutoencoder(PretrainedModel):
         with self.autocast():
             return self.encoder.posterior(images)
 
-    @encoder_method
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, C, H/p, W/p].
@@ -182,7 +177,6 @@ class DiffusionAutoencoder(PretrainedModel):
             x_t.to(dtype), t, raw_latents.to(dtype), drop_middle_blocks=drop_middle_blocks
         )
 
-    @encoder_method
     def reconstruct(
         self, images: Tensor, *, inference_config: InferenceConfigBase | None = None
     ) -> Tensor:

@@ -73,9 +73,9 @@ class Family:
         )
 
     def fits_header(self, config: Any, header: Mapping[str, Any]) -> bool:
-        """Whether a checkpoint header (`checkpoint.read_header`: names, shapes, dtypes) loads
+        """Whether a checkpoint header (`loading.read_header`: names, shapes, dtypes) loads
         strictly into this family's model built from `config`; reads no tensor data."""
-        from .checkpoint import diff_state, state_info
+        from .loading import diff_state, state_info
 
         model_class = self.model_class
         expected = state_info(model_class.from_config_on_meta(config).state_dict())

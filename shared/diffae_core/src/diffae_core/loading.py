@@ -485,7 +485,7 @@ class PretrainedModel(nn.Module):
     repo_id_aliases: ClassVar[Mapping[str, str]] = {}
     """Hub id -> another spelling of the same repo, tried when the first is not found."""
     checkpoint_key_aliases: ClassVar[KeyAliases] = {}
-    """Other published spellings of our keys (see `checkpoint.KeyAliases`); none by default."""
+    """Other published spellings of our keys (see `KeyAliases`); none by default."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
