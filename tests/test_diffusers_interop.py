@@ -261,7 +261,7 @@ def test_autoencoder_wrapper_equals_the_family(family_name: str, config) -> None
             model.encode_posterior(images).sample(generator=torch.Generator().manual_seed(6))
         )
         assert torch.equal(draw, expected)
-    else:  # deterministic encoder
+    else:  # deterministic encoder, no whitening (mDiffAE)
         assert torch.equal(draw, latents)
 
     decoded = vae.decode(latents).sample

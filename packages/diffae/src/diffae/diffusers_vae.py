@@ -30,7 +30,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import Tensor
 
-from diffae_core.diffusion import EncoderPosterior, deterministic_posterior
+from diffae_core.diffusion import EncoderPosterior
 from diffae_core.families import Family, installed_families
 
 SCALING_FACTOR = 1.0
@@ -116,11 +116,9 @@ class AutoencoderDiffae(ModelMixin, ConfigMixin):
     ) -> AutoencoderKLOutput | tuple[LatentDistribution]:
         """images [N, 3, H, W] in [-1, 1] (H, W multiples of p) -> the posterior over the
         family's latents [N, C, H/p, W/p]."""
-        if hasattr(self.model, "encode_posterior"):
-            distribution = LatentDistribution(self.model.encode_posterior(x), self.model.whiten)
-        else:  # a deterministic encoder (mDiffAE): alpha = 1, sigma = 0, no whitening
-            posterior = deterministic_posterior(self.model.encode(x))
-            distribution = LatentDistribution(posterior, as_float32)
+        # mDiffAE's deterministic encoder has alpha = 1, sigma = 0 and no whitening.
+        whiten = getattr(self.model, "whiten", as_float32)
+        distribution = LatentDistribution(self.model.encode_posterior(x), whiten)
         return AutoencoderKLOutput(latent_dist=distribution) if return_dict else (distribution,)
 
     @apply_forward_hook

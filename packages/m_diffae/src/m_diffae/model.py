@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffae_core.autoencoder import DiffusionAutoencoder
-from diffae_core.diffusion import GuidedPredictor, InferenceConfigBase, host_to_device
+from diffae_core.diffusion import (
+    EncoderPosterior,
+    GuidedPredictor,
+    InferenceConfigBase,
+    deterministic_posterior,
+    host_to_device,
+)
 from diffae_core.layers import (
     AdaLNScaleGateZeroLowRankDelta,
     AdaLNScaleGateZeroProjector,
@@ -28,7 +34,7 @@ from diffae_core.layers import (
     row_spans,
 )
 from diffae_core.loading import TensorInfo, apply_key_aliases
-from diffae_core.runtime import check_images, compute_dtype
+from diffae_core.runtime import compute_dtype
 
 from .config import MDiffAEConfig, MDiffAEInferenceConfig
 from .dico import NORM_EPS, DiCoBlock, Float32RMSNorm
@@ -80,6 +86,10 @@ class Encoder(RowTiled, nn.Module):
         self.norm_out = Float32RMSNorm(
             bottleneck_dim, eps=NORM_EPS, affine=open_points.encoder_norm_out_affine
         )
+
+    def posterior(self, images: Tensor) -> EncoderPosterior:
+        """The latents as a deterministic posterior (alpha 1, sigma 0): its mode is `forward`'s."""
+        return deterministic_posterior(self(images))
 
     def forward(self, images: Tensor) -> Tensor:
         if self.tile_tokens is not None:
@@ -329,8 +339,9 @@ class MDiffAE(DiffusionAutoencoder):
     latents [N, config.bottleneck_dim, H/P, W/P]. Float32 weights as published; a bf16 model
     computes in bf16 with float32 norms, time sinusoids and sampler state.
 
-    `decode` is the core's (`DiffusionAutoencoder`, without whitening); this class supplies the
-    decoder call, whose weak (PDG) path masks latent tokens, and its deterministic `encode`.
+    `encode` and `decode` are the core's (`DiffusionAutoencoder`, without whitening: `encode`
+    returns the deterministic encoder's latents in the weights' dtype); this class supplies the
+    decoder call, whose weak (PDG) path masks latent tokens.
     """
 
     config_class = MDiffAEConfig
@@ -397,14 +408,3 @@ class MDiffAE(DiffusionAutoencoder):
             return self.decoder(x_t.to(dtype), t, latents_in, mask_tokens=weak, generator=generator)
 
         return predict
-
-    # -- public API ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
-        """images [N, 3, H, W] in [-1, 1] -> latents [N, 64, H/16, W/16] in the weights' dtype.
-
-        The images are moved to the model's device and dtype first. Deterministic.
-        """
-        images = check_images(images, self.config.in_channels, self.config.effective_patch_size)
-        weight = self.encoder.to_bottleneck.weight
-        return self.encoder(images.to(device=weight.device, dtype=compute_dtype(self)))

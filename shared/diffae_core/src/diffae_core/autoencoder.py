@@ -32,6 +32,8 @@ from .runtime import CompiledForInference, check_images, check_latents, compute_
 
 ENCODER_METHODS = ("encode", "encode_posterior", "reconstruct")
 """What a decoder-only model (`has_encoder = False`) does not have."""
+WHITENING_METHODS = ("whiten", "dewhiten")
+"""What a model whose latents are not whitened (`whitened_latents = False`) does not have."""
 
 
 class _Absent:
@@ -42,7 +44,7 @@ class _Absent:
         self.name = name
 
     def __get__(self, instance: Any, owner: type) -> Any:
-        raise AttributeError(f"{owner.__name__} has no {self.name}: it decodes latents only")
+        raise AttributeError(f"{owner.__name__} has no {self.name}")
 
 
 class DiffusionAutoencoder(PretrainedModel):
@@ -56,7 +58,8 @@ class DiffusionAutoencoder(PretrainedModel):
     has_encoder: ClassVar[bool] = True
     """False for a decoder alone: `encode`, `encode_posterior` and `reconstruct` are absent."""
     whitened_latents: ClassVar[bool] = True
-    """Latents are whitened per channel with the stored `latent_norm_running_mean/var`."""
+    """Latents are whitened per channel with the stored `latent_norm_running_mean/var`; when
+    False, `whiten` and `dewhiten` are absent."""
     encode_returns_float32: ClassVar[bool] = False
     """`encode` returns float32 (dinac_ae, full_capacitor) or the weights' dtype (fcdm_diffae)."""
     bf16_autocast: ClassVar[bool] = False
@@ -68,9 +71,11 @@ class DiffusionAutoencoder(PretrainedModel):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.has_encoder:
-            for name in ENCODER_METHODS:
-                setattr(cls, name, _Absent(name))
+        absent = (() if cls.has_encoder else ENCODER_METHODS) + (
+            () if cls.whitened_latents else WHITENING_METHODS
+        )
+        for name in absent:
+            setattr(cls, name, _Absent(name))
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -95,12 +100,15 @@ class DiffusionAutoencoder(PretrainedModel):
     def encode(self, images: Tensor) -> Tensor:
         """images [N, 3, H, W] in [-1, 1] -> whitened latents [N, C, H/p, W/p].
 
-        The posterior mode alpha * mean, rounded to the compute dtype, then whitened in float32;
-        returned in float32 or the weights' dtype (`encode_returns_float32`).
+        The posterior mode alpha * mean, rounded to the compute dtype, then whitened in float32
+        (unless `whitened_latents` is False); returned in float32 or the weights' dtype
+        (`encode_returns_float32`).
         """
         posterior = self.encode_posterior(images)
-        latents = self.whiten(posterior.mode().to(posterior.mean.dtype))
-        return latents if self.encode_returns_float32 else latents.to(posterior.mean.dtype)
+        latents = posterior.mode().to(posterior.mean.dtype)
+        if self.whitened_latents:
+            latents = self.whiten(latents)
+        return latents.float() if self.encode_returns_float32 else latents.to(posterior.mean.dtype)
 
     # -- decode --------------------------------------------------------------------------------
     @torch.no_grad()

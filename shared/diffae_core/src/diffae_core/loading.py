@@ -19,13 +19,7 @@ from torch import Tensor, nn
 
 from .config import JsonConfig
 from .io import atomic_write, atomic_write_text
-from .runtime import (
-    check_device,
-    check_dtype,
-    cpu_bf16_forced,
-    cpu_has_native_bf16,
-    warn_cpu_bf16_upcast,
-)
+from .runtime import bf16_is_emulated, check_device, check_dtype, warn_cpu_bf16_upcast
 
 # ---- checkpoint ------------------------------------------------------------------------
 # Reading, checking and strictly loading `model.safetensors` files.
@@ -507,7 +501,7 @@ class PretrainedModel(nn.Module):
             return converted
 
         module = super()._apply(keep_float32, recurse)
-        if self._emulated_cpu_bf16():
+        if bf16_is_emulated(self):
             warn_cpu_bf16_upcast()
 
             def upcast(tensor: Tensor) -> Tensor:
@@ -516,13 +510,6 @@ class PretrainedModel(nn.Module):
 
             nn.Module._apply(self, upcast, recurse)  # not the overrides: one plain pass
         return module
-
-    def _emulated_cpu_bf16(self) -> bool:
-        """Whether bf16 parameters sit on a CPU that would emulate bf16 (see the module doc)."""
-        on_cpu_bf16 = any(
-            p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in self.parameters()
-        )
-        return on_cpu_bf16 and not cpu_bf16_forced() and not cpu_has_native_bf16()
 
     def restore_float32_buffers(self) -> nn.Module:
         """Make every floating buffer float32 in place (after loading a file that stored less)."""

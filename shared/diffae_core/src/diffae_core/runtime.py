@@ -73,6 +73,15 @@ def warn_cpu_bf16_upcast() -> None:
     )
 
 
+def bf16_is_emulated(model: nn.Module) -> bool:
+    """Whether `model` has bf16 parameters on a CPU that would emulate bf16 (no native kernels
+    and `DIFFAE_CPU_BF16` unset): its loader then upcasts them to float32."""
+    on_cpu_bf16 = any(
+        p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in model.parameters()
+    )
+    return on_cpu_bf16 and not cpu_bf16_forced() and not cpu_has_native_bf16()
+
+
 def compute_dtype(model: nn.Module) -> torch.dtype:
     """The dtype the model's weights are in (float32 for a model without parameters)."""
     for parameter in model.parameters():
@@ -309,6 +318,8 @@ class CompiledForInference:
         self.model = model
         cuda_graphs = device_type == "cuda" and options.get("mode") in CUDA_GRAPH_MODES
         for name in COMPILED_METHODS:
+            if not hasattr(model, name):  # a decoder-only model has no encode
+                continue
             compiled = _compiled_method(
                 getattr(model, name),
                 freezing=freezing,
