@@ -69,7 +69,7 @@ def test_patchify_is_bit_identical_to_the_pipeline_helpers() -> None:
     assert torch.equal(patchified, Flux2Pipeline._patchify_latents(latents))
     assert torch.equal(flux2_unpatchify(patchified), Flux2Pipeline._unpatchify_latents(patchified))
     assert torch.equal(flux2_unpatchify(patchified), latents)
-    # The index map of spec §1: channel c*4 + 2*i + j holds row offset i, column offset j.
+    # FLUX.2's 2x2 patchify index map: channel c*4 + 2*i + j holds row offset i, column offset j.
     assert torch.equal(patchified[:, 4 * 5 + 2 * 1 + 0], latents[:, 5, 1::2, 0::2])
     assert torch.equal(flux2_patchify(flux2_latents(torch.bfloat16)), patchified.bfloat16().float())
     with pytest.raises(ValueError, match="even"):

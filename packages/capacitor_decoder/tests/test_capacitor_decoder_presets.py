@@ -1,4 +1,4 @@
-"""The published capacitor_decoder on `meta`: key names, shapes, parameter count (spec §2.5)."""
+"""The published capacitor_decoder on `meta`: key names, shapes, parameter count."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from diffae_core.loading import CheckpointMismatchError, apply_key_aliases, read
 from diffae_testing import randomize_weights, randomize_whitening
 
 PARAMETERS = {"capacitor_decoder": 61_933_184}
-"""The spec's count (§2.5): 97 parameter tensors."""
+"""The release's count: 97 parameter tensors."""
 
 
 def fcdm_decoder_keys(width: int, patch: int, latent: int, depth: int, rank: int) -> dict:
@@ -96,7 +96,7 @@ def test_config_round_trip_and_strictness(tmp_path: Path) -> None:
 
 
 def test_config_accepts_bottleneck_patchify_mode_off_only() -> None:
-    """Spec §2.4: every field the file may have is accepted; "patch_2x2" breaks the contract."""
+    """Every field the file may have is accepted; "patch_2x2" breaks the contract."""
     data = CapacitorDecoderConfig.preset("capacitor_decoder").to_dict()
     assert "bottleneck_patchify_mode" not in data  # absent stays absent when saved
     for mode in (None, "off"):

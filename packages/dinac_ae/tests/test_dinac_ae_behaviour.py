@@ -48,7 +48,7 @@ def images_for(config: DinacAEConfig, n: int = 2, cells: tuple[int, int] = (2, 3
 
 
 def is_island(name: str) -> bool:
-    """Spec §4.3's float32 parameters, restated here independently of dinac_ae.precision."""
+    """The bf16 storage policy's float32 parameters, restated independently of the model code."""
     parts = name.split(".")
     return (
         any("norm" in part for part in parts)
@@ -139,7 +139,7 @@ def test_bf16_storage_islands_and_dtypes(name: str) -> None:
     assert posterior.mode().dtype == torch.float32
     latents = model.encode(images)
     assert latents.dtype == torch.float32
-    # The mode is rounded to bf16 before whitening, as in the reference (spec §7).
+    # The mode is rounded to bf16 before whitening, as in the reference.
     assert torch.equal(latents, model.whiten(posterior.mode().bfloat16()))
     assert model.decode(latents, *images.shape[-2:]).dtype == torch.float32
     assert model.predict_class(latents).dtype == torch.float32
@@ -258,7 +258,8 @@ def test_bad_config_fields_name_the_field(field: str, value: object) -> None:
 
 
 def test_inference_config_fields_follow_the_published_order() -> None:
-    """Spec §3.2: strength precedes seed, so positional construction matches the reference."""
+    """The reference field order: strength precedes seed, so positional construction matches the
+    reference."""
     names = [field.name for field in dataclasses.fields(DinacAEInferenceConfig)]
     assert names == ["num_steps", "sampler", "schedule", "pdg", "pdg_strength", "strength", "seed"]
     defaults = DinacAEInferenceConfig()

@@ -24,7 +24,7 @@ BF16_STEP = 2**-7
 
 
 def alias_pairs(encoder_depth: int) -> list[tuple[str, str]]:
-    """(attn_core spelling, short spelling) of every aliased weight (spec §4.1)."""
+    """(attn_core spelling, short spelling) of every aliased weight."""
     owners = [f"encoder.blocks.{i}" for i in range(encoder_depth)] + [f"{HEAD}.block"]
     pairs = [
         (f"{owner}.attn_core.{leaf}.weight", f"{owner}.{leaf}.weight")

@@ -6,7 +6,8 @@ import pytest
 
 from dinac_ae import DinacAE, DinacAEConfig
 
-# (encoder depth, parameters, encoder / decoder / head parameters, keys): dinac_ae spec §4.2, §8;
+# (encoder depth, parameters, encoder / decoder / head parameters, keys): the releases'
+# architecture tables;
 # the D2 card says 154.22M = 78.02M encoder + 61.93M decoder + 14.26M head.
 PRESET_FACTS = {
     "dinac_ae": (6, 134_941_184, (58_743_680, 61_933_184, 14_264_320), 206),
@@ -43,7 +44,7 @@ def fcdm_block_keys(prefix: str) -> dict[str, tuple[int, ...]]:
 
 
 def expected_keys(encoder_depth: int) -> dict[str, tuple[int, ...]]:
-    """The state dict of spec §4.2, written out independently of the model code."""
+    """The release's state dict, written out independently of the model code."""
     keys: dict[str, tuple[int, ...]] = {
         "latent_norm_running_mean": (128,),
         "latent_norm_running_var": (128,),
@@ -122,7 +123,8 @@ def test_preset_parameter_counts_match_cards(preset: str) -> None:
     assert sum(p.numel() for p in model.decoder.parameters()) == decoder
     assert sum(p.numel() for p in model.dino_token_alignment_head.parameters()) == head
     # Aliases are counted once: named_parameters = keys - 5 buffers - second spellings
-    # (2 per DiT block + 2 in the class readout); spec §4.2: 210 / 190 keys without duplicates.
+    # (2 per DiT block + 2 in the class readout); the release lists 210 / 190 keys without
+    # duplicates.
     second_spellings = 2 * (depth + 1) + 2
     assert len(state) == key_count
     assert len(dict(model.named_parameters())) == key_count - 5 - second_spellings

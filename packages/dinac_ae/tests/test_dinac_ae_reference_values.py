@@ -1,4 +1,4 @@
-"""Golden values of seeded tiny models, and the class head evaluated by hand (spec §5.1-5.5).
+"""Golden values of seeded tiny models, and the class head evaluated by hand.
 
 The golden values are this implementation's own (no reference outputs can be computed here),
 recorded from a float64 run so that they hold on any CPU: they catch unintended numerical
@@ -121,7 +121,8 @@ def gelu(x: Tensor) -> Tensor:
 
 
 def rope_by_hand(x: Tensor, height: int, width: int) -> Tensor:
-    """x [N, heads, 5 + h*w, D]: pairs (2m, 2m+1) of spatial token y*w+x rotated per spec §5.2."""
+    """x [N, heads, 5 + h*w, D]: pairs (2m, 2m+1) of spatial token y*w+x rotated by axial RoPE (x
+    angles, then y)."""
     head_dim = x.shape[-1]
     out = x.clone()
     for token in range(height * width):
@@ -151,7 +152,8 @@ def merged(x: Tensor) -> Tensor:
 
 
 def head_by_hand(w: dict[str, Tensor], latents: Tensor, heads: int) -> tuple[Tensor, Tensor]:
-    """Spec §5.5 in float64: raw latents [N, B, h, w] -> (class [N, D], spatial [N, h*w, D])."""
+    """The class/token head in float64: raw latents [N, B, h, w] -> (class [N, D], spatial [N, h*w,
+    D])."""
     n, _, height, width = latents.shape
     proj = w["in_proj.weight"][:, :, 0, 0]
     spatial = torch.einsum("nbyx,db->nyxd", latents, proj) + w["in_proj.bias"]

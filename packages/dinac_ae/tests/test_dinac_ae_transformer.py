@@ -1,4 +1,4 @@
-"""Axial RoPE, RMSNorm and the aliased attention modules against the spec's formulas (§5.1-5.3)."""
+"""Axial RoPE, RMSNorm and the aliased attention modules against their formulas in float64."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ FLOAT32_ROUNDING = 1e-5
 
 
 def rope_by_formula(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Spec §5.2 evaluated element by element in float64: x [L, 64] for an h x w grid."""
+    """Axial RoPE evaluated element by element in float64: x [L, 64] for an h x w grid."""
     out = torch.empty_like(x, dtype=torch.float64)
     for token in range(height * width):
         coords = (token // width, token % width)  # row-major (y, x)
@@ -134,7 +134,7 @@ def test_dit_block_uses_sandwich_norms() -> None:
 
 
 def test_dit_block_restores_feature_maps() -> None:
-    """Spec §5.3: 4-D input is tokenized (row-major) and restored; 3-D input stays tokens."""
+    """Attention: 4-D input is tokenized (row-major) and restored; 3-D input stays tokens."""
     block = DitBlock(64, 2, 4.0, "gelu")
     x = torch.randn(2, 64, 2, 3, generator=torch.Generator().manual_seed(0))
     rope = AxialRoPE2D(32)(2, 3)

@@ -7,7 +7,7 @@ import pytest
 from fcdm_diffae import FCDMDiffAE, FCDMDiffAEConfig
 
 # (model_dim C, patch P, bottleneck B, encoder depth, latent-stat channels, parameters, keys)
-# from fcdm_diffae spec §4.2-§4.4; parameter totals 88.8M and 156.6M on the cards.
+# from the releases' architecture tables; parameter totals 88.8M and 156.6M on the cards.
 PRESET_FACTS = {
     "semdisdiffae": (896, 16, 128, 4, 128, 88_771_328, 140),
     "semdisdiffae_p32": (896, 16, 128, 4, 512, 88_771_328, 140),
@@ -30,7 +30,8 @@ def fcdm_block_keys(prefix: str, c: int, k: int = 7) -> dict[str, tuple[int, ...
 
 
 def expected_keys(c: int, p: int, b: int, depth: int, stats: int) -> dict[str, tuple[int, ...]]:
-    """The state dict written out from the spec's table (§4.2), independent of the model code."""
+    """The state dict written out from the release's architecture table, independent of the model
+    code."""
     keys: dict[str, tuple[int, ...]] = {
         "latent_norm_running_mean": (stats,),
         "latent_norm_running_var": (stats,),
@@ -104,7 +105,7 @@ def test_published_config_json_round_trips(tmp_path) -> None:
     assert len(FCDMDiffAEConfig.preset("semdisdiffae").to_dict()) == 16
     assert len(FCDMDiffAEConfig.preset("semdisdiffae_p32").to_dict()) == 17
     assert len(p32_v2.to_dict()) == 17
-    # Byte sizes of the published files (spec §3.1): 431 (p16) and 470 (p32_v2).
+    # Byte sizes of the published files: 431 (p16) and 470 (p32_v2).
     assert len(text.encode()) == 470
     FCDMDiffAEConfig.preset("semdisdiffae").save(path)
     assert len(path.read_bytes()) == 431

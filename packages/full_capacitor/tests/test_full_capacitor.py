@@ -29,7 +29,7 @@ TINY = {name: dataclasses.replace(TINY_CONFIG, **fields) for name, fields in LAY
 
 
 def expected_keys(latent_channels: int) -> dict:
-    """The spec's tables (§2.5, §3.6), written out independently of the model code."""
+    """The releases' architecture tables, written out independently of the model code."""
     width, hidden, patch = 896, 3584, 16
     block = {
         "dwconv.weight": (width, 1, 7, 7),

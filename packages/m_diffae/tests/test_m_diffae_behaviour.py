@@ -43,7 +43,7 @@ SWITCHES = {
     "reading_b": OpenPoints(encoder_norm_out_affine=False),
     "freqs_not_stored": OpenPoints(time_embed_freqs_persistent=False),
 }
-"""Every alternative of spec §13's switch matrix, one switch away from the defaults."""
+"""Every alternative of the open points' switch matrix, one switch away from the defaults."""
 
 
 def variant(points: OpenPoints) -> type[MDiffAE]:
@@ -69,7 +69,8 @@ def seeded(**fields) -> MDiffAEInferenceConfig:
 
 
 def test_encoder_output_has_unit_rms_with_a_neutral_affine() -> None:
-    """Spec §13 step 2: with norm_out's affine at identity, each latent position has RMS 1."""
+    """Reading A of the encoder norm: with norm_out's affine at identity, each latent position has
+    RMS 1."""
     model = tiny_model()
     with torch.no_grad():
         model.encoder.norm_out.weight.fill_(1.0)
@@ -97,7 +98,7 @@ def test_pdg_strength_one_equals_no_pdg_under_each_switch(switch: str) -> None:
 @pytest.mark.parametrize("switch", sorted(set(SWITCHES) - {"freqs_not_stored"}))
 def test_each_switch_changes_the_model(switch: str) -> None:
     """Each alternative loads the default's weights (minus norm_out's affine) and decodes
-    differently: the switch matrix of spec §13 is live. (Not storing `freqs` changes only the
+    differently: the open points' switch matrix is live. (Not storing `freqs` changes only the
     file, tested below.)"""
     points = SWITCHES[switch]
     default, other = tiny_model(), variant(points)(TINY_CONFIG)
@@ -149,7 +150,8 @@ def test_token_masks_are_seeded_and_sized(draw: str) -> None:
 
 
 def test_decoder_owns_its_mask_ratio_and_draw() -> None:
-    """Spec §7/§9: forward(x_t, t, latents, *, mask_tokens=False); the ratio is the decoder's."""
+    """The decoder call: forward(x_t, t, latents, *, mask_tokens=False); the ratio is the
+    decoder's."""
     model = tiny_model()
     decoder = model.decoder
     assert decoder.pdg_mask_ratio == TINY_CONFIG.pdg_mask_ratio == 0.75
@@ -176,7 +178,7 @@ def test_decoder_owns_its_mask_ratio_and_draw() -> None:
 
 @pytest.mark.values
 def test_pixel_unshuffle_patchify_layout_loads_to_the_same_model(tmp_path: Path) -> None:
-    """Spec §5.2: a [C, 3 P^2, 1, 1] patchify weight is accepted and means the same map."""
+    """A published layout: a [C, 3 P^2, 1, 1] patchify weight is accepted and means the same map."""
     model = tiny_model()
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "model.safetensors")

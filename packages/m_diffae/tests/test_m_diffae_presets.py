@@ -7,7 +7,8 @@ import pytest
 from m_diffae import MDiffAE, MDiffAEConfig
 
 CARD_PARAMETERS = 81_410_624
-"""mdiffae_v1 card, architecture table. We assert reading A of spec §8: `parameters()` (buffers
+"""mdiffae_v1 card, architecture table. We assert reading A of the key layout: `parameters()`
+(buffers
 excluded, as the author's other cards count) with an affine encoder `norm_out` [64] + [64]."""
 
 # (model_dim C, patch P, bottleneck Z, encoder depth, decoder depth, rank R, parameters, keys)
@@ -35,7 +36,8 @@ def dico_block_keys(prefix: str, c: int, k: int = 7) -> dict[str, tuple[int, ...
 def expected_keys(
     c: int, p: int, z: int, encoder_depth: int, decoder_depth: int, rank: int
 ) -> dict[str, tuple[int, ...]]:
-    """The state dict written out from the spec's table (§8), independent of the model code."""
+    """The state dict written out from the release's architecture table, independent of the model
+    code."""
     keys: dict[str, tuple[int, ...]] = {
         "encoder.patchify.proj.weight": (c, 3, p, p),
         "encoder.patchify.proj.bias": (c,),
@@ -43,7 +45,7 @@ def expected_keys(
         "encoder.norm_in.bias": (c,),
         "encoder.to_bottleneck.weight": (z, c, 1, 1),
         "encoder.to_bottleneck.bias": (z,),
-        # Reading A (spec §8): the 128 values the card counts beyond the spec's tree.
+        # Reading A: the 128 values the card counts beyond the spec's tree.
         "encoder.norm_out.weight": (z,),
         "encoder.norm_out.bias": (z,),
         "decoder.patchify.proj.weight": (c, 3, p, p),
@@ -94,7 +96,7 @@ def test_preset_parameter_count_is_the_cards(preset: str) -> None:
     """Reading A: parameters() (each tensor once, buffers excluded) = 81,410,624."""
     model = MDiffAE.from_config_on_meta(MDiffAEConfig.preset(preset))
     assert model.num_parameters() == PRESET_FACTS[preset][6]
-    # Spec §6-§7 subtotals: encoder 36,287,168 + the affine norm_out's 128; decoder 45,123,328.
+    # The card's subtotals: encoder 36,287,168 + the affine norm_out's 128; decoder 45,123,328.
     assert sum(p.numel() for p in model.encoder.parameters()) == 36_287_168 + 128
     assert sum(p.numel() for p in model.decoder.parameters()) == 45_123_328
     stored = sum(t.numel() for t in model.state_dict().values())
@@ -102,7 +104,7 @@ def test_preset_parameter_count_is_the_cards(preset: str) -> None:
 
 
 def test_published_config_json_round_trips(tmp_path) -> None:
-    """13 keys in the published order; the file is 310 bytes (spec §3.1)."""
+    """13 keys in the published order; the file is 310 bytes."""
     config = MDiffAEConfig.preset("mdiffae_v1")
     path = tmp_path / "config.json"
     config.save(path)

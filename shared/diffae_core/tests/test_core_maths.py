@@ -31,7 +31,7 @@ def test_channel_rms_norm_normalises_over_channels_in_float32() -> None:
 
 
 def test_channel_rms_norm_multiplies_in_input_dtype() -> None:
-    """bf16 input: statistics in float32, the multiply by inv-RMS in bf16 (spec §1)."""
+    """bf16 input: statistics in float32, the multiply by inv-RMS in bf16."""
     x = torch.randn(2, 8, 3, 5).bfloat16()
     inv = torch.rsqrt(x.square().mean(dim=1, keepdim=True, dtype=torch.float32) + 1e-6)
     expected = x * inv.to(torch.bfloat16)
@@ -58,7 +58,7 @@ def test_grn_is_identity_at_init_and_matches_formula() -> None:
 
 
 def test_fcdm_block_with_zero_modulation_and_zero_grn_is_identity() -> None:
-    """Spec §14.2: AdaLN weights zero (gate 0) -> the block returns its input."""
+    """Zero-initialised AdaLN weights zero (gate 0) -> the block returns its input."""
     block = FCDMBlock(8, use_external_adaln=True)
     x = torch.randn(2, 8, 5, 5)
     assert torch.equal(block(x, adaln_m=torch.zeros(2, 16)), x)
@@ -113,7 +113,7 @@ def constant_predictor(value: torch.Tensor):
 
 
 def test_one_step_ddim_coefficients() -> None:
-    """Spec §14.4: x_out = 0.9999319 * c + 0.0067378 * noise."""
+    """One DDIM step from t=1 to the last step: x_out = 0.9999319 * c + 0.0067378 * noise."""
     c = torch.randn(1, 3, 4, 4)
     noise = torch.randn(1, 3, 4, 4) * 0.558
     predict, _ = constant_predictor(c)
@@ -188,7 +188,7 @@ def test_sampler_on_a_real_block_is_finite(sampler: str) -> None:
 
 
 def test_seeded_noise_is_the_cpu_generator_stream_scaled() -> None:
-    """Spec §14.7."""
+    """The reference check values of this path."""
     from diffae_core.diffusion import sample_noise
 
     expected = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(42)) * 0.558

@@ -16,10 +16,10 @@ class CapacitorDecoderConfig(FCDMConfig):
     """Architecture of the capacitor decoder: the core FCDM fields; defaults are the spec's
     expected release values.
 
-    The release's `config.json` could not be read (spec §2.4, U4): fields follow the FCDM
+    The release's `config.json` could not be read: fields follow the FCDM
     family's names and order. `encoder_depth`, `bottleneck_posterior_kind` and
     `bottleneck_norm_mode` are encoder fields the file may carry; `None` means "absent", they are
-    accepted and ignored by the decoder (spec §2.4: the class must accept every field the file
+    accepted and ignored by the decoder (the class must accept every field the file
     has). `bottleneck_patchify_mode` likewise, but only absent or "off": "patch_2x2" would
     change the latent layout away from FLUX.2's and is refused. `bottleneck_dim` and
     `patch_size` are fixed by the FLUX.2 input ([N, 128, H/16, W/16]).

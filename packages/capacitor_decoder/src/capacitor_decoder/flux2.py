@@ -1,4 +1,4 @@
-"""The FLUX.2 latent convention: 2x2 patchify and BatchNorm whitening (spec §1), float32.
+"""The FLUX.2 latent convention: 2x2 patchify and BatchNorm whitening, float32.
 
 FLUX.2's VAE encodes images [N, 3, H, W] to latents [N, 32, H/8, W/8]; its pipelines patchify
 them 2x2 to [N, 128, H/16, W/16] (channel c*4 + 2*i + j for row i, column j of the cell) and

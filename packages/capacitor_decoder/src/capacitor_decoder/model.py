@@ -1,4 +1,4 @@
-"""CapacitorDecoder: the FCDM diffusion decoder for FLUX.2 latents (spec §2)."""
+"""CapacitorDecoder: the FCDM diffusion decoder for FLUX.2 latents."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ DECODER_ATTRIBUTES = (
     "path_drop_mask_feature",
     "out_proj",
 )
-"""Top-level names of the FCDM decoder's state dict (spec §2.5)."""
+"""Top-level names of the FCDM decoder's state dict."""
 
 CHECKPOINT_KEY_ALIASES: KeyAliases = {
     # U1: other names the FLUX.2 statistics may be published under; an embedded

@@ -1,4 +1,4 @@
-"""Configs of the DINAC-AE releases: the published `config.json` fields, verbatim (spec §3)."""
+"""Configs of the DINAC-AE releases: the published `config.json` fields, verbatim."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ MLP_TYPES = ("gelu", "silu", "relu")
 """The MLP activations a config may name (`model.ACTIVATIONS` maps each to its function)."""
 """The `encoder_mlp_type` / `class_head_mlp_type` values: "gelu", "silu", "relu"."""
 ATTENTION_HEAD_DIM = 64
-"""Channels per encoder attention head; `model_dim` must be a multiple of it (spec §3.1)."""
+"""Channels per encoder attention head; `model_dim` must be a multiple of it."""
 REGISTER_TOKEN_COUNT = 4
-"""Register tokens of the class head: the reference accepts exactly 4 (spec §5.5)."""
+"""Register tokens of the class head: the reference accepts exactly 4."""
 
 
 @dataclass(frozen=True)

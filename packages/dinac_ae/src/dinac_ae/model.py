@@ -1,4 +1,4 @@
-"""DinacAE: transformer encoder, FCDM diffusion decoder, DINO class/token head (spec §4-§7).
+"""DinacAE: transformer encoder, FCDM diffusion decoder, DINO class/token head.
 
 One file: the storage policy, the transformer pieces, the encoder, the DINO head and the model.
 """
@@ -50,7 +50,7 @@ def alias_twin(key: str) -> tuple[str, bool] | None:
 
 
 # -- storage policy --------------------------------------------------------------------------
-# DINAC-AE's storage policy: bf16 weights with float32 "islands" (spec §4.3 and §7).
+# DINAC-AE's storage policy: bf16 weights with float32 "islands".
 #
 # With a bfloat16 base, norm weights, GRN gamma/beta, layer scales, the decoder's path-drop mask
 # feature and its `out_proj` stay float32; every floating buffer is float32 whatever the base. A
@@ -98,7 +98,7 @@ def storage_problems(model: nn.Module, base: torch.dtype, device: torch.device) 
 
 
 # -- transformer pieces ----------------------------------------------------------------------
-# DINAC-AE transformer pieces: RMSNorm, MLP, axial 2-D RoPE, attention, DiT block (spec §5.1-5.3).
+# DINAC-AE transformer pieces: RMSNorm, MLP, axial 2-D RoPE, attention, DiT block.
 #
 # Tokens are [N, L, C]; attention heads are [N, heads, L, head_dim]. Attribute names are the
 # published state-dict names, including the alias spellings (`qkv` = `attn_core.qkv`, ...).
@@ -463,7 +463,7 @@ class DinoAlignment:
 
 
 class DinoTokenAlignmentHead(nn.Module):
-    """Raw latents [N, B, h, w] -> DINO class token and patch tokens (spec §5.5).
+    """Raw latents [N, B, h, w] -> DINO class token and patch tokens.
 
     Tokens [class, registers, spatial] go through one DiT block (RoPE on the spatial tokens,
     identity for the prefix); the class token then reads out registers + spatial tokens with a
@@ -514,7 +514,7 @@ class DinacAE(DiffusionAutoencoder):
     Images are [N, 3, H, W] in [-1, 1] with H, W multiples of 16; latents are whitened
     [N, 128, H/16, W/16], float32. `predict_class` maps latents to a DINO class token.
 
-    Precision (spec §7): a bfloat16 model stores float32 islands (see `precision`), and
+    Precision: a bfloat16 model stores float32 islands (see `precision`), and
     `encode`, `encode_posterior` and `decode` run under bf16 autocast; a float32 model runs
     without autocast, except `predict_class`, which always uses bf16 autocast as the reference.
     """
@@ -633,7 +633,7 @@ class DinacAE(DiffusionAutoencoder):
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
     ) -> DinacAE:
-        """Load a `.safetensors` file strictly and apply the storage policy (spec §4.3).
+        """Load a `.safetensors` file strictly and apply the storage policy.
 
         dtype: None keeps the file's base dtype (that of its ordinary weights);
         torch.bfloat16 or torch.float32 casts the ordinary weights, islands stay float32.
@@ -659,7 +659,7 @@ class DinacAE(DiffusionAutoencoder):
         """Whitened latents [N, 128, h, w] -> DINO class-token prediction [N, 768], float32.
 
         The prediction has unit RMS (norm ~ sqrt(768)), not unit L2 norm. The head always runs
-        under bf16 autocast, even for a float32 model, as the reference does (spec §7).
+        under bf16 autocast, even for a float32 model, as the reference does.
         """
         latents = check_tensor("latents", latents)
         channels = self.config.latent_channels

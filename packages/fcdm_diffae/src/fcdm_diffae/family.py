@@ -34,7 +34,7 @@ OPEN_VARIANTS = {
         FCDMDiffAE, encoder_normalizes_mean=not ENCODER_NORMALIZES_MEAN
     ),
 }
-"""The one open point that changes outputs (spec §12.1, `model.ENCODER_NORMALIZES_MEAN`)."""
+"""The one open point that changes outputs (`model.ENCODER_NORMALIZES_MEAN`)."""
 
 FAMILY = Family(
     name="fcdm_diffae",

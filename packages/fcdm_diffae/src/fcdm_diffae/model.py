@@ -1,4 +1,4 @@
-"""FCDMDiffAE: the SemDisDiffAE model (fcdm_diffae spec §4-§7).
+"""FCDMDiffAE: the SemDisDiffAE model.
 
 The architecture is diffae_core's `FCDMAutoencoder` (shared with full_capacitor); this module
 names it, binds its configs, and fixes the one open architectural point.
@@ -11,7 +11,7 @@ from diffae_core.fcdm import FCDMAutoencoder
 from .config import FCDMDiffAEConfig, FCDMDiffAEInferenceConfig
 
 ENCODER_NORMALIZES_MEAN = True
-"""Open point (fcdm_diffae spec §5.2/§12.1): the encoder's documentation says the posterior mean
+"""Open point: the encoder's documentation says the posterior mean
 goes through an affine-free channel RMSNorm (`norm_out`) while `bottleneck_norm_mode` reads
 "disabled". We follow the documentation, the spec's recommendation; set False to make
 `norm_out` an identity. Neither choice has state-dict keys."""

@@ -14,7 +14,7 @@ class FullCapacitorConfig(FCDMConfig):
     """Architecture of full_capacitor: the core FCDM fields; defaults are the spec's expected
     release values (8 encoder blocks, eps 1e-4 required).
 
-    The release's `config.json` could not be read (spec §3.5, U3-U5): fields follow the FCDM
+    The release's `config.json` could not be read: fields follow the FCDM
     family's names and order. The latent layout comes from `bottleneck_patchify_mode`: absent
     (None) or "off" gives [N, 128, H/16, W/16] latents (the spec's default, L16); "patch_2x2"
     gives [N, 512, H/32, W/32] (L32).

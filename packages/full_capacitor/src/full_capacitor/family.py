@@ -26,7 +26,7 @@ OPEN_VARIANTS = {
         FullCapacitor, encoder_normalizes_mean=not ENCODER_NORMALIZES_MEAN
     ),
 }
-"""The open point that changes reconstructions (spec §5.3, `model.ENCODER_NORMALIZES_MEAN`)."""
+"""The open point that changes reconstructions (`model.ENCODER_NORMALIZES_MEAN`)."""
 
 FAMILY = Family(
     name="full_capacitor",

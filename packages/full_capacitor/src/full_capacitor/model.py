@@ -1,4 +1,4 @@
-"""FullCapacitor: an FCDM autoencoder distilled from the FLUX.2 latent space (spec §3)."""
+"""FullCapacitor: an FCDM autoencoder distilled from the FLUX.2 latent space."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from diffae_core.loading import KeyAliases
 from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
 
 ENCODER_NORMALIZES_MEAN = False
-"""Open point (spec §5.3): whether the posterior mean passes an affine-free channel RMSNorm.
+"""Open point: whether the posterior mean passes an affine-free channel RMSNorm.
 The spec assumes the identity (`bottleneck_norm_mode="disabled"`, as dinac_ae); no state-dict
 key tells. `normalized_mean_is_possible` is the spec's check (c) on a loaded checkpoint."""
 
 ENCODE_RETURNS_FLOAT32 = True
-"""Open point (spec §3.2): `encode` returns `whiten`'s float32 result (the spec's default, as
+"""Open point: `encode` returns `whiten`'s float32 result (the spec's default, as
 dinac_ae) rather than casting back to the compute dtype (as fcdm_diffae)."""
 
 CHECKPOINT_KEY_ALIASES: KeyAliases = {}
@@ -39,7 +39,8 @@ class FullCapacitor(FCDMAutoencoder):
 
 
 def normalized_mean_is_possible(model: FullCapacitor, tolerance: float = 1e-3) -> bool:
-    """Spec §5.3 check (c): with an RMS-normalised mean, sum_c(var_c + mean_c^2) <= C.
+    """A check the stored statistics allow: with an RMS-normalised mean, sum_c(var_c + mean_c^2) <=
+    C.
 
     Each latent position then has mean square <= 1 per channel (alpha <= 1), so the stored
     running statistics must satisfy the bound; False rules the RMSNorm out.

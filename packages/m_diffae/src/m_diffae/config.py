@@ -11,7 +11,7 @@ from diffae_core.diffusion import VPInferenceConfig
 
 @dataclass(frozen=True)
 class MDiffAEConfig(LatentLayout, JsonConfig):
-    """Architecture of one mDiffAE checkpoint; defaults are the mdiffae_v1 release (spec §3.1).
+    """Architecture of one mDiffAE checkpoint; defaults are the mdiffae_v1 release.
 
     pdg_mask_ratio: the fraction of latent tokens PDG replaces by the learned mask feature.
     """
@@ -51,11 +51,12 @@ class MDiffAEInferenceConfig(VPInferenceConfig):
     sensitive here: use strengths 1.01-1.2 (card 1.05; larger values give artefacts).
     `seed` also seeds the PDG mask positions.
 
-    The PDG switch: spec §3.3 leaves its name open and asks for the field `pdg_enabled` (the
+    The PDG switch: the published sources leave its name open and asks for the field `pdg_enabled`
+    (the
     iRDiffAE spelling) with `pdg` as an alias. We keep `pdg` as the dataclass field instead,
     because the core (`guidance_strength`, validation) and the command line read `pdg` in every
     family; `pdg_enabled` is accepted as a constructor keyword and is a property over `pdg`, so
-    both spellings of spec §3.3 work. `dataclasses.replace` copies fields, so write
+    both spellings work. `dataclasses.replace` copies fields, so write
     `replace(cfg, pdg=True)`; `replace(cfg, pdg_enabled=True)` only works when it agrees with
     `cfg.pdg`, and otherwise raises a ValueError naming both spellings.
     """

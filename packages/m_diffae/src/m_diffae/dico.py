@@ -1,4 +1,4 @@
-"""The DiCo block of mDiffAE and its parts (m_diffae spec §5.1, §5.3-§5.5).
+"""The DiCo block of mDiffAE and its parts.
 
 DiCo (Ai et al., arXiv:2505.11196): a conv path 1x1 -> depthwise -> SiLU -> compact channel
 attention -> 1x1, then a GELU MLP, each a gated residual branch. Shapes are [N, C, h, w].
@@ -24,7 +24,7 @@ borrowed from the FCDM block's `layer_scale_init` (diffae_core.fcdm), the same r
 class Float32RMSNorm(ChannelWiseRMSNorm):
     """ChannelWiseRMSNorm computed in float32 throughout, cast back at the end.
 
-    The iRDiffAE lineage normalises and applies the affine in float32 (spec §5.1, §14.6); the
+    The iRDiffAE lineage normalises and applies the affine in float32; the
     core norm multiplies in the input dtype. Identical in float32.
     """
 

@@ -23,7 +23,7 @@ TINY_CONFIG = MDiffAEConfig(
 
 
 def _open_variants() -> dict[str, type]:
-    """MDiffAE under each modulation order x MLP re-normalisation (spec §13 step 3), the
+    """MDiffAE under each modulation order x MLP re-normalisation (`open_points`), the
     default first. The PDG-only points (mask place and draw) do not change 1-step
     reconstructions; the key-presence points are settled by the header."""
     default = (DEFAULT_OPEN_POINTS.modulation_order, DEFAULT_OPEN_POINTS.mlp_renorm)

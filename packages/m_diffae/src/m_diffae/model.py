@@ -1,9 +1,10 @@
 """MDiffAE v1: deterministic DiCo encoder and a flat 4-block DiCo diffusion decoder.
 
 encode: images [N, 3, H, W] in [-1, 1] -> latents [N, 64, H/16, W/16], unit RMS over the 64
-channels before the encoder's closing RMSNorm applies its affine (reading A of spec §8).
+channels before the encoder's closing RMSNorm applies its affine (reading A of the key layout,
+`open_points`).
 decode: latents -> VP x0-prediction decoder sampled from seeded noise (diffae_core samplers),
-with optional token-mask PDG. No posterior and no latent whitening in v1 (m_diffae spec §1).
+with optional token-mask PDG. No stochastic posterior (alpha 1, sigma 0) and no latent whitening.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ class Decoder(RowTiled, nn.Module):
     fuse_in(norm_in(patchify(x_t)) ++ latent_norm(latent_up(latents))) -> D flat DiCo blocks
     modulated by a shared AdaLN base plus a low-rank delta each -> norm_out -> out_proj ->
     PixelShuffle(P). No skip connections. `pdg_mask_ratio`: the fraction of latent tokens
-    `mask_tokens=True` replaces by the learned `mask_feature` (spec §7).
+    `mask_tokens=True` replaces by the learned `mask_feature`.
     """
 
     def __init__(
@@ -234,7 +235,7 @@ class Decoder(RowTiled, nn.Module):
         generator: torch.Generator | None = None,
         token_mask: Tensor | None = None,
     ) -> Tensor:
-        """x0_hat [N, 3, H, W] in the weights' dtype (spec §7).
+        """x0_hat [N, 3, H, W] in the weights' dtype.
 
         mask_tokens: replace `pdg_mask_ratio` of the latent tokens by `mask_feature` (the weak
         prediction of token-mask PDG), drawn on the CPU from `generator` (None: global RNG).
@@ -303,7 +304,7 @@ def _with_shape(value: Any, shape: tuple[int, ...]) -> Any:
 
 
 def _canonical_layout(key: str, value: Any) -> Any:
-    """Accept the other plausible layouts of two tensors (spec §5.2, §5.4); others unchanged.
+    """Accept the other plausible layouts of two tensors; others unchanged.
 
     Patchify of RGB stored as PixelUnshuffle + 1x1 conv [C, 3 P^2, 1, 1] -> [C, 3, P, P]
     (channel c * P^2 + P * i + j is (c, i, j): a pure reshape); a Linear CCA [C, C] -> [C, C, 1, 1].

@@ -1,6 +1,6 @@
-"""Every choice the public mDiffAE sources leave open, in one place (m_diffae spec §8, §13).
+"""Every choice the public mDiffAE sources leave open, in one place.
 
-Defaults are the spec's recommendations. To evaluate an alternative (spec §13 step 3), subclass
+Defaults are the spec's recommendations. To evaluate an alternative with the real weights, subclass
 the model with another `OpenPoints`:
 
     Variant = type("Variant", (MDiffAE,), {"open_points": OpenPoints(modulation_order="s1s2g1g2")})
@@ -47,8 +47,8 @@ class OpenPoints:
     mask_draw: PDG mask positions: round(ratio * h * w) uniform positions per sample
         ("uniform"), or one kept token per 2x2 group as in training ("grid_2x2") [O].
     encoder_norm_out_affine: the encoder's output RMSNorm has weight and bias [64] (reading A of
-        spec §8: the card's 81,410,624 then counts `parameters()` exactly) [O].
-    time_embed_freqs_persistent: the checkpoint stores `decoder.time_embed.freqs` [128] (spec §8
+        the card's 81,410,624 then counts `parameters()` exactly) [O].
+    time_embed_freqs_persistent: the checkpoint stores `decoder.time_embed.freqs` [128] (
         lists it; the FCDM siblings store theirs) [I]. False computes it and saves no key.
     """
 
@@ -75,7 +75,7 @@ REPO_ID_ALIASES: dict[str, str] = {
     "data-archetype/mdiffae_v1": "data-archetype/mdiffae-v1",
 }
 """Each Hub spelling of the release -> the other one, tried when the first is not found (neither
-in the cache nor on the Hub). The repository's files were read under `mdiffae-v1` (spec §10; the
+in the cache nor on the Hub). The repository's files were read under `mdiffae-v1` (the
 sibling is `mdiffae-v2`); the card's snippet and citation write `mdiffae_v1`. Which one the Hub
 serves is not re-checked here, so both are accepted, each tried as given first."""
 
@@ -90,7 +90,7 @@ UNVERIFIED_KEYS: dict[str, tuple[str, ...]] = {
     "encoder gate names and shapes": ("encoder.blocks.0.gate1", "encoder.blocks.0.gate2"),
     "mask feature name": ("decoder.mask_feature",),
 }
-"""Key names the spec inferred without seeing the file (m_diffae spec §8), by the open point
+"""Key names the spec inferred without seeing the file, by the open point
 `diffae.investigation.m_diffae` names after them; block keys are shown for block 0. A rename a real
 header shows goes in `PUBLISHED_KEY_RENAMES`."""
 

@@ -145,7 +145,7 @@ def check_architecture_fields(config: Any) -> None:
 
 DEFAULT_WHITENING_EPS = 1e-4
 """Whitening eps of the releases whose config has no `latent_running_stats_eps` (semdisdiffae
-p16 and p32 v1). Open point (fcdm_diffae spec §12.5): 1e-4 as in p32_v2, the value every other
+p16 and p32 v1). Open point: 1e-4 as in p32_v2, the value every other
 release writes; it changes latent values only, never a reconstruction."""
 
 

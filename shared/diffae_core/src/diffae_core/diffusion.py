@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # ---- vp --------------------------------------------------------------------------------
-# Variance-preserving diffusion maths, all float32 (diffae_core spec §8).
+# Variance-preserving diffusion maths, all float32.
 
 SCHEDULE_KINDS = ("linear", "cosine")
 
@@ -58,7 +58,7 @@ def get_schedule(kind: str, num_steps: int) -> Tensor:
 
 
 def diffuse(x0: Tensor, noise: Tensor, logsnr: Tensor) -> Tensor:
-    """The forward process x_t = alpha * x0 + sigma * noise (spec §8), float32.
+    """The forward process x_t = alpha * x0 + sigma * noise, float32.
 
     x0 and noise [N, ...]; logsnr [N] per sample. `noise` carries its std (`pixel_noise_std`).
     """
@@ -72,7 +72,7 @@ def broadcast_like(coefficient: Tensor, x: Tensor) -> Tensor:
 
 
 # ---- posterior -------------------------------------------------------------------------
-# The VP-parameterised diagonal Gaussian posterior of the encoders (diffae_core spec §11).
+# The VP-parameterised diagonal Gaussian posterior of the encoders.
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def deterministic_posterior(
 
 
 # ---- noise -----------------------------------------------------------------------------
-# Seeded Gaussian noise that does not depend on the device the model runs on (spec §8.2), and
+# Seeded Gaussian noise that does not depend on the device the model runs on, and
 # host-drawn tensors moved to the device without a host sync.
 #
 # On CUDA a copy from ordinary (pageable) host memory makes the host wait for the stream; a copy
@@ -198,7 +198,7 @@ def host_to_device(tensor: Tensor, device: torch.device | str) -> Tensor:
 
 
 # ---- samplers --------------------------------------------------------------------------
-# DDIM and DPM++(2M) for x0-predicting VP decoders, with path-drop guidance (spec §9).
+# DDIM and DPM++(2M) for x0-predicting VP decoders, with path-drop guidance.
 #
 # Every sampler has one signature, as in k-diffusion: `sampler(denoise, x, times, logsnrs)`,
 # where `denoise(x_t, t) -> x0_hat` (float32) and `times`/`logsnrs` hold the n + 1 schedule
@@ -414,7 +414,7 @@ class StrengthVPInferenceConfig(InferenceConfigBase):
 
 
 # ---- whitening -------------------------------------------------------------------------
-# Per-channel latent whitening with stored running statistics, float32 (spec §10).
+# Per-channel latent whitening with stored running statistics, float32.
 
 
 def _channel_stats(latents: Tensor, mean: Tensor, var: Tensor, eps: float) -> tuple[Tensor, Tensor]:

@@ -115,7 +115,7 @@ class FCDMConfig(LatentLayout, JsonConfig):
 
 
 # ---- fcdm block ------------------------------------------------------------------------
-# The FCDM block: a ConvNeXt-style residual block with GRN (diffae_core spec §3).
+# The FCDM block: a ConvNeXt-style residual block with GRN.
 
 
 def _gated_residual(x: Tensor, gate: Tensor, h: Tensor, inplace: bool) -> Tensor:
@@ -251,7 +251,7 @@ class FCDMBlock(nn.Module):
 
 
 # ---- fcdm encoder ----------------------------------------------------------------------
-# The FCDM encoder of SemDisDiffAE and full_capacitor (fcdm_diffae spec §5).
+# The FCDM encoder of SemDisDiffAE and full_capacitor.
 
 
 class FCDMEncoder(RowTiled, nn.Module):
@@ -352,7 +352,7 @@ class FCDMEncoder(RowTiled, nn.Module):
 
 
 # ---- fcdm decoder ----------------------------------------------------------------------
-# The FCDM diffusion decoder: x0-prediction with skip fusion and path-drop PDG (spec §7).
+# The FCDM diffusion decoder: x0-prediction with skip fusion and path-drop PDG.
 
 
 class FCDMDecoder(RowTiled, nn.Module):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # ---- norms -----------------------------------------------------------------------------
-# Normalisations of the FCDM family: channel-wise RMSNorm and GRN (diffae_core spec §1-2).
+# Normalisations of the FCDM family: channel-wise RMSNorm and GRN.
 
 
 def channel_rms_norm(x: Tensor, eps: float = 1e-6, *, inplace: bool = False) -> Tensor:
@@ -75,7 +75,7 @@ def global_response_norm(
     Evaluated as x * (1 + gamma * n) + beta in one `addcmul` pass over x (the spec's form
     writes three full-size temporaries); equal up to rounding. `inplace` writes over x.
     """
-    spatial_l2 = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)  # in x's dtype (spec §2)
+    spatial_l2 = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)  # in x's dtype
     factor = grn_scale(spatial_l2, gamma, eps, x.dtype)
     return torch.addcmul(beta.to(x.dtype), x, factor, out=x if inplace else None)
 
@@ -99,7 +99,7 @@ def mlp_hidden_channels(channels: int, mlp_ratio: float) -> int:
 
 
 # ---- adaln -----------------------------------------------------------------------------
-# AdaLN-Zero modulation: one shared base projection plus low-rank per-block deltas (spec §4).
+# AdaLN-Zero modulation: one shared base projection plus low-rank per-block deltas.
 
 
 class AdaLNScaleGateZeroProjector(nn.Module):
@@ -161,7 +161,7 @@ def block_modulations(
 
 
 # ---- time embed ------------------------------------------------------------------------
-# Sinusoidal timestep embedding followed by a two-layer MLP (diffae_core spec §5).
+# Sinusoidal timestep embedding followed by a two-layer MLP.
 
 
 def sinusoidal_frequencies(freq_dim: int = 256, max_period: float = 10000.0) -> Tensor:
@@ -220,7 +220,7 @@ class SinusoidalTimeEmbeddingMLP(nn.Module):
 
 
 # ---- patchify --------------------------------------------------------------------------
-# Pixel <-> patch-grid conversions (diffae_core spec §6).
+# Pixel <-> patch-grid conversions.
 
 
 class Patchify(nn.Module):

@@ -421,7 +421,7 @@ def _snapshot(
 
 
 # ---- pretrained ------------------------------------------------------------------------
-# `from_pretrained` / `save_pretrained` for every family: one loading convention (spec §15).
+# `from_pretrained` / `save_pretrained` for every family: one loading convention.
 #
 # Build on the `meta` device (no memory, no init), load `model.safetensors` straight to the target
 # device with strict key matching and `assign=True`, then apply the dtype policy explicitly.

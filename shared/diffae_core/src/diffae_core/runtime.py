@@ -19,7 +19,7 @@ from torch import Tensor, nn
 # ---- precision -------------------------------------------------------------------------
 # The dtype policy: weights in one dtype, float32 where the published models keep float32.
 #
-# Policy (diffae_core spec §12, fcdm_diffae spec §7): `dtype=torch.bfloat16` casts every
+# Policy (the releases' precision convention): `dtype=torch.bfloat16` casts every
 # parameter, and the encoder/decoder then compute in bf16 with no autocast, as the published
 # fcdm_diffae does. Floating buffers (latent running statistics, time-embedding frequencies, RoPE
 # periods) stay float32 through any `model.to(...)`: rounding them would shift every whitened
