@@ -4,6 +4,7 @@ Counted by scripts/reader_walk.py, which prints the walk of every family."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 from pathlib import Path
@@ -47,3 +48,20 @@ def test_every_walk_is_counted_and_short(family: str) -> None:
 def test_class_chain_is_at_most_four_deep(family: str) -> None:
     chain = WALK.class_chain(FAMILIES[family].model_class)
     assert len(chain) <= MAX_CHAIN, chain
+
+
+def test_the_core_imports_itself_only_relatively() -> None:
+    # What lets `diffae bundle` copy the core into a model folder without rewriting it.
+    core = ROOT / "shared/diffae_core/src/diffae_core"
+    absolute = []
+    for path in sorted(core.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            absolute += [
+                f"{path.name}:{node.lineno}" for n in names if n.split(".")[0] == "diffae_core"
+            ]
+    assert absolute == []
