@@ -6,8 +6,8 @@
    FLUX.2 small decoder (random weights, the protocol of `speed.py`: warm-up calls, then
    repeats interleaved across the models, synchronised timing, median; peak memory via
    `torch.cuda.max_memory_allocated`), our figures printed next to the cards'.
-4. The compiled path (`model.compile_for_inference(mode="max-autotune")` on CUDA: CUDA graphs), its output
-   checked against eager and timed against it.
+4. The compiled path (`model.compile_for_inference(mode="max-autotune")` on CUDA: CUDA
+   graphs), its output checked against eager and timed against it.
 5. What the input value checks cost (one min/max read-back, one host sync per call).
 
 Everything is written to `results/gpu-check-<machine>.md` and `.json`; the exit status is 1 if
