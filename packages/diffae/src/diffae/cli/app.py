@@ -12,7 +12,7 @@ from importlib import import_module
 
 from diffae_core.families import installed_families
 
-from ..console import CliError, Console
+from ..console import ArgumentError, CliError, Console
 from .arguments import build_parser
 
 COMMANDS = {
@@ -30,6 +30,29 @@ COMMANDS = {
 """Each command's function (module:name in this package), imported only when it runs: the
 modules import torch, which `--help` and argument errors do without."""
 
+ARGUMENT_FLAGS = {
+    "batch_size": "--batch-size",
+    "crop_size": "--crop-size",
+    "data": "FOLDER",
+    "folder_or_list": "INPUT",
+    "images": "IMAGES",
+    "num_workers": "--num-workers",
+    "out": "--out",
+    "overwrite=True": "--overwrite",
+    "resume": "--resume",
+}
+"""The command line's spelling of the library arguments its errors name (`ArgumentError`);
+a `name=value` spelling is also replaced where the message suggests it."""
+
+
+def as_cli_error(error: ArgumentError) -> CliError:
+    """A library's ArgumentError in the command line's words: its flag for its argument."""
+    detail = error.detail
+    for spelling, flag in ARGUMENT_FLAGS.items():
+        if "=" in spelling:
+            detail = detail.replace(spelling, flag)
+    return CliError(f"{ARGUMENT_FLAGS.get(error.argument, error.argument)}{detail}")
+
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
@@ -37,7 +60,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from diffae_core.checkpoint import CheckpointError, CheckpointMismatchError
     from diffae_core.config import ConfigError
 
-    return (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
+    return (
+        CliError,
+        ArgumentError,
+        OSError,
+        ConfigError,
+        CheckpointError,
+        CheckpointMismatchError,
+    )
 
 
 def command_of(argv: Sequence[str]) -> str:
@@ -65,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         silence_stdout()
         return 1
     except errors as error:
+        if isinstance(error, ArgumentError):
+            error = as_cli_error(error)
         console.problem(f"diffae {args.command}: error: {error}")
         return 1
     except KeyboardInterrupt:
