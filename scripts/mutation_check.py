@@ -78,10 +78,10 @@ MUTATIONS = (
     ),
     Mutation(
         4,
-        "EMA: lerp weight decay instead of 1 - decay",
+        "EMA: decay 1 - d instead of d",
         TRAINING,
-        "ema_parameter.lerp_(parameter.detach(), 1.0 - decay)",
-        "ema_parameter.lerp_(parameter.detach(), decay)",
+        "return min(decay, (1.0 + updates) / (10.0 + updates))",
+        "return 1.0 - min(decay, (1.0 + updates) / (10.0 + updates))",
         ("tests/test_training_objective.py",),
     ),
     Mutation(
