@@ -11,6 +11,10 @@ class CliError(Exception):
     """A problem the user can fix (bad argument, missing model, missing extra): one line, exit 1."""
 
 
+class ModelError(RuntimeError):
+    """The model cannot do what was asked, or failed doing it: one line naming what failed."""
+
+
 class ArgumentError(ValueError):
     """A library call's argument its caller can fix, in one line that starts with the argument.
 

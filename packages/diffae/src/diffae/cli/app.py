@@ -12,11 +12,11 @@ from importlib import import_module
 
 from diffae_core.families import installed_families
 
-from ..console import ArgumentError, CliError, Console
+from ..console import ArgumentError, CliError, Console, ModelError
 from .arguments import build_parser
 
 COMMANDS = {
-    "reconstruct": "reconstruction:reconstruct",
+    "reconstruct": "reconstruction:reconstruct_command",
     "encode": "coding:encode",
     "decode": "coding:decode",
     "inspect": "inspection:inspect",
@@ -24,7 +24,7 @@ COMMANDS = {
     "bundle": "bundling:bundle",
     "encode-dataset": "dataset_encoding:encode_dataset",
     "train": "training:train_command",
-    "demo": "demo:demo",
+    "demo": "demo:demo_command",
     "viewer": "viewing:viewer",
 }
 """Each command's function (module:name in this package), imported only when it runs: the
@@ -36,6 +36,7 @@ ARGUMENT_FLAGS = {
     "data": "FOLDER",
     "folder_or_list": "INPUT",
     "images": "IMAGES",
+    "latents": "LATENTS",
     "num_workers": "--num-workers",
     "out": "--out",
     "overwrite=True": "--overwrite",
@@ -63,6 +64,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (
         CliError,
         ArgumentError,
+        ModelError,
         OSError,
         ConfigError,
         CheckpointError,

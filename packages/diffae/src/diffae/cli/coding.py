@@ -33,7 +33,7 @@ from ..models import (
     model_folder,
     require_encoder,
 )
-from .runs import (
+from ..runs import (
     ImageItem,
     Run,
     batched,
@@ -73,7 +73,7 @@ def encode(args: argparse.Namespace, console: Console) -> int:
     else:
         claim_output_folder(out, args.overwrite)
     fingerprint = model_fingerprint(model_folder(choice))
-    loaded = load_model(choice, args, device, console)
+    loaded = load_model(choice, device, console, dtype=args.dtype, name=args.model)
     header = {
         "family": loaded.family.name,
         "model": loaded.source,
@@ -147,7 +147,7 @@ def read_latent_items(
         except BadLatentFile as error:
             problems.append((str(path), str(error)))
     if not items:
-        raise no_inputs_error("LATENTS", problems)
+        raise no_inputs_error("latents", problems)
     for argument, reason in problems:
         run.skip(argument, reason)
     run.inputs = len(items) + len(problems)
@@ -231,7 +231,7 @@ def decode(args: argparse.Namespace, console: Console) -> int:
     if not args.any_model:
         model = EMBEDDED_NAME if args.model is None else args.model
         check_recorded_model(descriptions, choice, model)
-    loaded = load_model(choice, args, device, console)
+    loaded = load_model(choice, device, console, dtype=args.dtype, name=args.model)
     written = 0
     with console.progress(len(named), "decode") as bar:
         for batch in batched(named, args.batch_size, lambda pair: tuple(pair[1].latents.shape)):

@@ -58,7 +58,7 @@ from ..models import (
     require_encoder,
     resolve_model,
 )
-from .runs import Run, output_folder, run_model
+from ..runs import Run, output_folder, run_model
 
 COLLECTIVE_TIMEOUT = timedelta(days=2)
 """How long a rank waits at the final exchange for the slowest: after a resume one rank may
@@ -478,7 +478,7 @@ def encode_dataset(args: argparse.Namespace, console: Console) -> int:
     device = rank_device(args.device, ranks)
     choice = choose_model(args.model, args.family)
     require_encoder(choice.family, "encode-dataset")
-    loaded = load_model(choice, args, device, console)
+    loaded = load_model(choice, device, console, dtype=args.dtype, name=args.model)
     settings = dataset_settings(args, loaded, choice, sources)
     settings_digest = digest(settings)
     resumed = check_previous_run(out, settings)

@@ -1,26 +1,26 @@
 """What `reconstruct`, `encode` and `decode` share: inputs, output checks, batches, skips.
 
-A bad input is reported by name and skipped; the command then ends with exit status 1.
+A bad input is reported by name and skipped (`Run`); a command then ends with exit status 1.
+Problems with the arguments raise an `ArgumentError` naming the argument (`out`, `images`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from .. import __version__
-from ..console import CliError, Console
-from ..images import BadImage, Fitted, find_images, fit_image, read_image, unique_names
-from ..models import LoadedModel
-from ..viewer import VIEWER, compression_ratio
+from . import __version__
+from .console import ArgumentError, Console, ModelError
+from .images import BadImage, Fitted, find_images, fit_image, read_image, unique_names
+from .models import LoadedModel
+from .viewer import VIEWER, compression_ratio
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -58,11 +58,11 @@ class ImageItem:
     fitted: Fitted
 
 
-def output_folder(out: str) -> Path:
-    """--out as a folder: a CliError, before any work, when it names an existing file."""
+def output_folder(out: str | Path) -> Path:
+    """`out` as a folder: an ArgumentError, before any work, when it names an existing file."""
     path = Path(out)
     if path.exists() and not path.is_dir():
-        raise CliError(f"--out: expected a folder (created if missing), got the file {path}")
+        raise ArgumentError("out", f": expected a folder (created if missing), got the file {path}")
     return path
 
 
@@ -75,22 +75,29 @@ OUR_OUTPUTS = (
     "metrics.json",
     "*.safetensors",
 )
-"""What `reconstruct`, `encode` and `decode` write in --out; what --overwrite removes (with the
-results viewer's folder, `viewer/`)."""
+"""What `reconstruct`, `encode` and `decode` write in their output folder; what `overwrite`
+removes (with the results viewer's folder, `viewer/`)."""
+
+
+def check_output_folder(path: Path, overwrite: bool) -> None:
+    """The output folder must be new or empty, so one folder never mixes two runs' outputs,
+    unless `overwrite` (see `claim_output_folder`): an ArgumentError otherwise."""
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise ArgumentError(
+            "out",
+            f": {path} is not empty; choose a new folder, or pass overwrite=True to replace "
+            "the earlier run's outputs",
+        )
 
 
 def claim_output_folder(path: Path, overwrite: bool) -> None:
-    """--out must be new or empty, so one folder never mixes two runs' outputs; --overwrite
-    removes what an earlier run wrote there (`OUR_OUTPUTS`) and keeps any other file.
+    """`check_output_folder`, then with `overwrite` remove what an earlier run wrote there
+    (`OUR_OUTPUTS`), keeping any other file.
 
     Call it after the inputs are checked against the outputs (`refuse_overwriting`)."""
-    if not path.is_dir() or not any(path.iterdir()):
+    check_output_folder(path, overwrite)
+    if not path.is_dir():
         return
-    if not overwrite:
-        raise CliError(
-            f"--out: {path} is not empty; choose a new folder, or pass --overwrite to replace "
-            "the earlier run's outputs"
-        )
     for pattern in OUR_OUTPUTS:
         for old in path.glob(pattern):
             if old.is_file():
@@ -110,23 +117,23 @@ def earlier_run_of(path: Path, source: str) -> bool:
 
 
 def claim_output_file(path: Path, overwrite: bool) -> None:
-    """--out names one file: it must not exist, unless --overwrite."""
+    """The output is one file: it must not exist, unless `overwrite`."""
     if path.exists() and not overwrite:
-        raise CliError(f"--out: {path} exists; pass --overwrite to replace it")
+        raise ArgumentError("out", f": {path} exists; pass overwrite=True to replace it")
 
 
-def no_inputs_error(kind: str, problems: list[tuple[str, str]]) -> CliError:
-    """The error, before any model loads, when not one input can be used."""
-    reasons = "; ".join(f"{argument}: {reason}" for argument, reason in problems)
-    return CliError(f"{kind}: nothing to read ({reasons})")
+def no_inputs_error(argument: str, problems: list[tuple[str, str]]) -> ArgumentError:
+    """The error, before any model loads, when not one input of `argument` can be used."""
+    reasons = "; ".join(f"{name}: {reason}" for name, reason in problems)
+    return ArgumentError(argument, f": nothing to read ({reasons})")
 
 
-def list_images(arguments: list[str], run: Run) -> list[tuple[Path, str]]:
+def list_images(arguments: Sequence[str | Path], run: Run) -> list[tuple[Path, str]]:
     """(file, output stem) of every image named or in a folder named; other arguments skipped.
-    A CliError when there is none at all."""
-    paths, problems = find_images(arguments)
+    An ArgumentError naming `images` when there is none at all."""
+    paths, problems = find_images([str(argument) for argument in arguments])
     if not paths:
-        raise no_inputs_error("IMAGES", problems)
+        raise no_inputs_error("images", problems)
     for argument, reason in problems:
         run.skip(argument, reason)
     run.inputs = len(paths) + len(problems)
@@ -152,10 +159,10 @@ def fitted_images(
 
 
 def refuse_overwriting(inputs: Iterable[Path], outputs: Iterable[Path]) -> None:
-    """A CliError, before any work, when an output would replace one of the input files."""
+    """An ArgumentError, before any work, when an output would replace one of the input files."""
     clashes = sorted({path.resolve() for path in inputs} & {path.resolve() for path in outputs})
     if clashes:
-        raise CliError(f"--out: would overwrite the input file {clashes[0]}")
+        raise ArgumentError("out", f": would overwrite the input file {clashes[0]}")
 
 
 def batched(
@@ -178,14 +185,16 @@ def run_model(run: Run, names: list[str], step: Callable[[], ResultT]) -> Result
         with torch.inference_mode():
             return step()
     except NotImplementedError as error:
-        raise CliError(f"the model cannot do this: {error or 'not implemented'}") from None
+        raise ModelError(f"the model cannot do this: {error or 'not implemented'}") from None
     except MODEL_FAILURES as error:
         for name in names:
             run.skip(name, f"the model failed: {error}")
         return None
 
 
-def settings_of(loaded: LoadedModel, args: argparse.Namespace, decoding: Any) -> dict[str, Any]:
+def settings_of(
+    loaded: LoadedModel, decoding: Any, *, fit: str | None, batch_size: int
+) -> dict[str, Any]:
     """What a run used, for metrics.json."""
     parameter = next(loaded.model.parameters())
     return {
@@ -193,8 +202,8 @@ def settings_of(loaded: LoadedModel, args: argparse.Namespace, decoding: Any) ->
         "family": loaded.family.name,
         "device": str(loaded.device),
         "dtype": str(parameter.dtype).removeprefix("torch."),
-        "fit": getattr(args, "fit", None),
-        "batch_size": args.batch_size,
+        "fit": fit,
+        "batch_size": batch_size,
         "inference_config": dataclasses.asdict(decoding)
         if dataclasses.is_dataclass(decoding)
         else repr(decoding),
