@@ -119,7 +119,7 @@ MUTATIONS = (
     Mutation(
         9,
         "encode-dataset resume re-encodes every finished shard",
-        "packages/diffae/src/diffae/cli/dataset_encoding.py",
+        "packages/diffae/src/diffae/dataset_encoding.py",
         "        if record is not None:\n            records[index] = record",
         "        if record is not None and False:\n            records[index] = record",
         ("tests/test_encode_dataset.py", "-k", "resume"),

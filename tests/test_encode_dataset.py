@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from diffae.cli import dataset_encoding, main
+from diffae import dataset_encoding
+from diffae.cli import main
 from diffae.images import fit_image, read_image
 from diffae.latent_dataset import LatentDataset, latents_from_bytes, read_manifest
 from diffae_core.families import installed_families

@@ -350,6 +350,9 @@ class LoadedModel:
     device: torch.device
     patch: int
     source: str
+    """What the user named (a repo id or a folder), or "embedded"."""
+    dtype: torch.dtype
+    """The dtype the model was loaded in."""
 
 
 def load_model(
@@ -371,7 +374,8 @@ def load_model(
         f"{choice.reason}) on {device}, {str(torch_dtype).removeprefix('torch.')}"
     )
     source = "embedded" if name is None else name
-    return LoadedModel(choice.family, model, device, patch_multiple(model.config), source)
+    patch = patch_multiple(model.config)
+    return LoadedModel(choice.family, model, device, patch, source, torch_dtype)
 
 
 def decode_accepts(family: Family, keyword: str) -> bool:

@@ -22,7 +22,7 @@ COMMANDS = {
     "inspect": "inspection:inspect",
     "verify": "verification:verify",
     "bundle": "bundling:bundle",
-    "encode-dataset": "dataset_encoding:encode_dataset",
+    "encode-dataset": "dataset_encoding:encode_dataset_command",
     "train": "training:train_command",
     "demo": "demo:demo_command",
     "viewer": "viewing:viewer",
