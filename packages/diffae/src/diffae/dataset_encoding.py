@@ -345,8 +345,9 @@ def encode_shards(
     batch_size: int,
     num_workers: int,
     settings_digest: str,
-) -> dict[int, dict[str, Any]]:
-    """Encode this rank's missing shards; the records of all of its shards, by index."""
+) -> tuple[dict[int, dict[str, Any]], int, float]:
+    """Encode this rank's missing shards: the records of all of its shards, by index; how many
+    images it encoded, in how many seconds."""
     size = preprocessing.shard_size
     count = -(-len(sources) // size)
     records: dict[int, dict[str, Any]] = {}
@@ -393,7 +394,7 @@ def encode_shards(
             f"rank {processes.rank}: encoded {encoder.encoded} images in {seconds:.2f} s "
             f"({encoder.encoded / seconds:.2f} images/s)"
         )
-    return records
+    return records, encoder.encoded, seconds
 
 
 def manifest_of(
@@ -443,6 +444,10 @@ class EncodedDataset:
     manifest: dict[str, Any]
     """Settings, counts (inputs, rows, skipped, shards), skipped inputs with their reasons,
     and the merged latent statistics (see `diffae.latent_dataset`)."""
+    encoded: int
+    """Images this process encoded in this call (a resume encodes only what is missing)."""
+    encode_seconds: float
+    """How long this process's encode phase took (reading, fitting, encoding, writing)."""
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
@@ -493,7 +498,7 @@ def encode_dataset(
     if processes.main and not resumed:
         write_manifest(out, manifest_of(settings, {}, list(refused), complete=False))
     with process_group(processes, model.device, COLLECTIVE_TIMEOUT):
-        records = encode_shards(
+        records, encoded, seconds = encode_shards(
             out,
             sources,
             model,
@@ -514,4 +519,4 @@ def encode_dataset(
         if processes.main:
             write_manifest(out, manifest)
         processes.barrier()  # nobody exits (and so ends the torchrun job) before the manifest
-    return EncodedDataset(out, manifest)
+    return EncodedDataset(out, manifest, encoded, seconds)
