@@ -19,8 +19,10 @@ from PIL import Image
 
 from diffae import dataset_encoding
 from diffae.cli import main
+from diffae.console import ArgumentError, Console
 from diffae.images import fit_image, read_image
 from diffae.latent_dataset import LatentDataset, latents_from_bytes, read_manifest
+from diffae.models import choose_model, load_model
 from diffae_core.families import installed_families
 from diffae_core.testing import randomize_weights, randomize_whitening
 
@@ -285,3 +287,32 @@ def test_two_torchrun_processes_write_the_rows_of_one(model_dir, image_dir, refe
         assert manifest[key] == expected[key], key
     assert json.loads((out / "manifest.json").read_text())["diffae_version"]
     shutil.rmtree(out)
+
+
+def test_the_library_call_writes_the_rows_of_the_command(model_dir, image_dir, reference, tmp_path):
+    """`encode_dataset` from Python, with a model loaded by hand: the rows and manifest of the
+    command; its errors name the Python argument."""
+    sources, refused = dataset_encoding.list_sources(image_dir)
+    choice = choose_model(str(model_dir), "fcdm_diffae")
+    loaded = load_model(choice, torch.device("cpu"), Console(quiet=True), dtype="float32")
+    out = tmp_path / "out"
+    dataset = dataset_encoding.encode_dataset(
+        sources,
+        out,
+        loaded,
+        model_id=str(model_dir.resolve()),
+        preprocessing=dataset_encoding.Preprocessing(shard_size=SHARD_SIZE),
+        refused=refused,
+    )
+    assert dataset.encoded == len(GOOD) and dataset.skipped[0][0] == BAD
+    assert rows_of(out) == rows_of(reference[1])
+    expected = read_manifest(reference[1])
+    for key in ("complete", "counts", "skipped", "shards", "latent_mean", "latent_var", "model"):
+        assert dataset.manifest[key] == expected[key], key
+    with pytest.raises(ArgumentError, match=r"^num_workers: expected an integer >= 0, got -1$"):
+        dataset_encoding.encode_dataset(sources, out, loaded, model_id="x", num_workers=-1)
+    with pytest.raises(ArgumentError, match="other settings") as changed:
+        dataset_encoding.encode_dataset(sources, out, loaded, model_id=str(model_dir.resolve()))
+    assert changed.value.argument == "out" and "shard_size: 3 -> 1000" in str(changed.value)
+    with pytest.raises(ArgumentError, match=r"^fit: expected one of"):
+        dataset_encoding.Preprocessing(fit="stretch")
