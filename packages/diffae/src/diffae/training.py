@@ -75,7 +75,7 @@ class TrainingSettings:
     latent_kl_weight: float = 1e-5
     one_step_fraction: float = 0.0
     """Fraction of samples trained at t = 1 instead of t ~ U(0, 1): the time of the default
-    one-step decode, where the prediction rests on the latents alone (0: the spec's objective)."""
+    one-step decode, where the prediction rests on the latents alone (0: t ~ U(0, 1) for all)."""
     path_drop_probability: float = 0.0
     """Fraction of steps that train the PDG weak path (middle blocks replaced by the mask)."""
     stats_momentum: float = 0.01
