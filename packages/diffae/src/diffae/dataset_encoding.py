@@ -274,10 +274,8 @@ class Encoder:
     def encode(self, work: ShardWork, batch: list[Prepared]) -> None:
         images = torch.stack([item.image for item in batch]).to(self.loaded.device)
         keys = [work.sources[item.position].key for item in batch]
-        latents = run_model(work.run, keys, lambda: self.loaded.model.encode(images))
+        latents = run_model(self.loaded.model, images, self.loaded.model.encode, keys)
         self.bar.update(len(batch))
-        if latents is None:
-            return
         for item, item_latents in zip(batch, latents.cpu(), strict=True):
             work.latents[item.position] = item_latents
         self.encoded += len(batch)

@@ -128,6 +128,14 @@ def reconstruct(
         inference_config = model.family.inference_config_class()
     run = Run(console, inputs=len(named) + len(refused), skipped=list(refused))
     keep_inputs = viewer or viewer_inputs
+
+    def round_trip(images: Tensor) -> tuple[Tensor, Tensor]:
+        """images [n, 3, H, W] -> (latents, decoded [n, 3, H, W]), float32 on the CPU."""
+        height, width = int(images.shape[-2]), int(images.shape[-1])
+        latents = model.model.encode(images)
+        decoded = model.model.decode(latents, height, width, inference_config=inference_config)
+        return latents.float().cpu(), decoded.float().cpu()
+
     rows: list[ImageResult] = []
     with console.progress(len(named), "reconstruct") as bar:
         for batch in batched(
@@ -135,22 +143,13 @@ def reconstruct(
             batch_size,
             lambda item: item.fitted.image.shape,
         ):
-            images_batch = torch.cat([item.fitted.image for item in batch]).to(model.device)
-            height, width = int(images_batch.shape[-2]), int(images_batch.shape[-1])
-
-            def step(images: Tensor = images_batch, height: int = height, width: int = width):
-                latents = model.model.encode(images)
-                decoded = model.model.decode(
-                    latents, height, width, inference_config=inference_config
+            images = torch.cat([item.fitted.image for item in batch]).to(model.device)
+            names = [str(item.path) for item in batch]
+            latents, decoded = run_model(model.model, images, round_trip, names)
+            for item, item_latents, item_decoded in zip(batch, latents, decoded, strict=True):
+                rows.append(
+                    write_reconstruction(out, item, item_latents, item_decoded, grid, keep_inputs)
                 )
-                return latents.float().cpu(), decoded.float().cpu()
-
-            result = run_model(run, [str(item.path) for item in batch], step)
-            if result is not None:
-                for item, latents, decoded in zip(batch, *result, strict=True):
-                    rows.append(
-                        write_reconstruction(out, item, latents, decoded, grid, keep_inputs)
-                    )
             bar.update(len(batch))
     summary = summarize([row.psnr_db for row in rows]) if rows else {}
     paths = None

@@ -1,7 +1,10 @@
 """What `reconstruct`, `encode` and `decode` share: inputs, output checks, batches, skips.
 
-A bad input is reported by name and skipped (`Run`); a command then ends with exit status 1.
-Problems with the arguments raise an `ArgumentError` naming the argument (`out`, `images`).
+Only an input that cannot be read or decoded is skipped, reported by name with its reason
+(`Run`); a command then ends with exit status 1. A model failure is never an input's fault: out
+of memory retries the batch in halves down to one image, then that image tiled (`run_model`);
+any other model error stops the run with a `ModelError`. Problems with the arguments raise an
+`ArgumentError` naming the argument (`out`, `images`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from torch import Tensor
 
 from . import __version__
 from .console import ArgumentError, Console, ModelError
@@ -23,9 +27,9 @@ from .models import LoadedModel
 from .viewer import VIEWER, compression_ratio
 
 ItemT = TypeVar("ItemT")
-ResultT = TypeVar("ResultT")
-MODEL_FAILURES = (ValueError, TypeError, RuntimeError)
-"""What a model raises on inputs it cannot take (shapes, dtypes, memory): the batch is skipped."""
+ResultT = TypeVar("ResultT", Tensor, tuple[Tensor, ...])
+NAMES_SHOWN = 3
+"""Inputs named in a model failure's message (then "and N more")."""
 
 
 @dataclass
@@ -179,17 +183,68 @@ def batched(
         yield batch
 
 
-def run_model(run: Run, names: list[str], step: Callable[[], ResultT]) -> ResultT | None:
-    """`step()` without autograd; a model error skips the batch's inputs instead of aborting."""
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation failure: CUDA's (and other accelerators')
+    `torch.OutOfMemoryError`, or the CPU allocator's RuntimeError."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
+
+
+def model_failure(error: BaseException, names: Sequence[str]) -> ModelError:
+    """The error that stops a run: what failed, on which inputs (a model failure is not an
+    input's fault: nothing is skipped)."""
+    shown = ", ".join(names[:NAMES_SHOWN])
+    if len(names) > NAMES_SHOWN:
+        shown += f" and {len(names) - NAMES_SHOWN} more"
+    if isinstance(error, NotImplementedError):
+        return ModelError(f"the model cannot do this: {error or 'not implemented'}")
+    if out_of_memory(error):
+        return ModelError(
+            f"out of memory on {shown} even one image at a time with tiling; use a smaller "
+            "image, a smaller dtype or a device with more memory"
+        )
+    return ModelError(f"the model failed on {shown}: {type(error).__name__}: {error}")
+
+
+def run_model(
+    model: Any, inputs: Tensor, step: Callable[[Tensor], ResultT], names: Sequence[str]
+) -> ResultT:
+    """`step(inputs)` without autograd, for a batch `inputs` [N, ...] of the inputs `names`.
+
+    `step` maps a batch to a tensor (or a tuple of tensors) of N rows. Out of memory: the
+    batch runs again in halves, down to one input, and one input once more with the model's
+    tiling on (`enable_tiling`, when it has it); the rows are concatenated in order. Any other
+    error (or out of memory even so) raises a ModelError naming the inputs.
+    """
     try:
         with torch.inference_mode():
-            return step()
-    except NotImplementedError as error:
-        raise ModelError(f"the model cannot do this: {error or 'not implemented'}") from None
-    except MODEL_FAILURES as error:
-        for name in names:
-            run.skip(name, f"the model failed: {error}")
-        return None
+            return step(inputs)
+    except Exception as error:  # every model error becomes one ModelError
+        if not out_of_memory(error):
+            raise model_failure(error, names) from error
+    # Out of memory: retried outside the except clause, so the failed call's tensors are freed.
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if len(inputs) > 1:
+        half = len(inputs) // 2
+        parts = [
+            run_model(model, inputs[:half], step, names[:half]),
+            run_model(model, inputs[half:], step, names[half:]),
+        ]
+        if isinstance(parts[0], Tensor):
+            return torch.cat(parts)  # type: ignore[return-value]
+        return tuple(torch.cat(rows) for rows in zip(*parts, strict=True))  # type: ignore[return-value]
+    if not callable(getattr(model, "enable_tiling", None)) or model.tiling_enabled:
+        raise model_failure(torch.OutOfMemoryError("out of memory"), names)
+    model.enable_tiling()
+    try:
+        with torch.inference_mode():
+            return step(inputs)
+    except Exception as error:
+        raise model_failure(error, names) from error
+    finally:
+        model.disable_tiling()
 
 
 def settings_of(

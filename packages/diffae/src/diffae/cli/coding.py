@@ -92,10 +92,8 @@ def encode(args: argparse.Namespace, console: Console) -> int:
         ):
             images = torch.cat([item.fitted.image for item in batch]).to(loaded.device)
             names = [str(item.path) for item in batch]
-            latents = run_model(run, names, lambda images=images: loaded.model.encode(images))
+            latents = run_model(loaded.model, images, loaded.model.encode, names)
             bar.update(len(batch))
-            if latents is None:
-                continue
             for item, item_latents in zip(batch, latents.float().cpu().split(1), strict=True):
                 descriptions.append(describe(item))
                 if one_file:
@@ -243,17 +241,25 @@ def decode(args: argparse.Namespace, console: Console) -> int:
                 for name in names:
                     run.skip(name, problem)
                 continue
+            finite = [bool(torch.isfinite(item.latents).all()) for _, item in batch]
+            if not all(finite):  # an input that cannot be decoded (the batch holds one size)
+                for name, ok in zip(names, finite, strict=True):
+                    if not ok:
+                        run.skip(name, "the latents hold NaN or inf")
+                batch = [pair for pair, ok in zip(batch, finite, strict=True) if ok]
+                names = [name for name, _ in batch]
+                if not batch:
+                    continue
+                latents = torch.cat([item.latents for _, item in batch]).to(loaded.device)
             height, width = (int(size) * loaded.patch for size in latents.shape[-2:])
 
-            def step(latents: Tensor = latents, height: int = height, width: int = width):
+            def step(latents: Tensor, height: int = height, width: int = width) -> Tensor:
                 decoded = loaded.model.decode(
                     latents, height, width, inference_config=decoding, **options
                 )
                 return decoded.float().cpu()
 
-            images = run_model(run, names, step)
-            if images is None:
-                continue
+            images = run_model(loaded.model, latents, step, names)
             for (name, item), image in zip(batch, images, strict=True):
                 write_png(out / f"{name}.png", item.content(image))
                 written += 1
