@@ -4,18 +4,20 @@ line words the library's errors (`ArgumentError` -> the flag)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from diffae.cli import main
 from diffae.cli.app import as_cli_error
-from diffae.console import ArgumentError
+from diffae.console import ArgumentError, ModelError
 from diffae.distributed import Processes
 from diffae.images import read_image, write_png
 from diffae.metrics import psnr_8bit
-from diffae.models import LoadedModel
+from diffae.models import EMBEDDED_MODEL, LoadedModel
 from diffae.reconstruction import reconstruct
 from diffae.training import (
     TrainingConfig,
@@ -164,3 +166,47 @@ def test_argument_errors_in_the_command_lines_words():
     )
     unknown = ArgumentError("environment variable RANK", ": expected an integer, got 'x'")
     assert str(as_cli_error(unknown)) == str(unknown)
+
+
+def test_reconstruct_out_of_memory_halves_and_another_error_stops(
+    loaded, images, tmp_path, monkeypatch
+):
+    """A batch of two runs out of memory: both images are reconstructed one at a time. Another
+    error stops the call with a ModelError naming the input; nothing is reported skipped."""
+    encode = loaded.model.encode
+    sizes: list[int] = []
+
+    def scarce_memory(images: torch.Tensor) -> torch.Tensor:
+        sizes.append(int(images.shape[0]))
+        if images.shape[0] > 1:
+            raise torch.OutOfMemoryError("out of memory (injected)")
+        return encode(images)
+
+    square = tmp_path / "square"
+    square.mkdir()
+    generator = torch.Generator().manual_seed(5)
+    pair = [square / "a.png", square / "b.png"]
+    for path in pair:
+        write_png(path, torch.rand(3, 8, 8, generator=generator) * 2 - 1)
+    monkeypatch.setattr(loaded.model, "encode", scarce_memory)
+    result = reconstruct(pair, tmp_path / "halves", loaded, batch_size=2)
+    assert sizes == [2, 1, 1] and len(result.rows) == 2 and result.skipped == []
+
+    def broken(images: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(loaded.model, "encode", broken)
+    with pytest.raises(ModelError, match=r"^the model failed on .*a\.png: RuntimeError: injected$"):
+        reconstruct(pair[:1], tmp_path / "stops", loaded)
+
+
+def test_decode_skips_latents_holding_nan_and_decodes_the_rest(tmp_path, capsys):
+    """Latents that cannot be decoded are the input's fault: named, skipped, exit status 1."""
+    channels = json.loads((EMBEDDED_MODEL / "config.json").read_text())["bottleneck_dim"]
+    good, bad = torch.zeros(1, channels, 2, 2), torch.zeros(1, channels, 2, 2)
+    bad[0, 0, 0, 0] = float("nan")
+    save_file({"good": good, "bad": bad}, str(tmp_path / "latents.safetensors"))
+    status = main(["decode", str(tmp_path / "latents.safetensors"), "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert status == 1 and "skipped latents_bad: the latents hold NaN or inf" in error
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["latents_good.png"]
