@@ -160,8 +160,8 @@ MUTATIONS = (
         14,
         "diffae encode writes latents x 1.01",
         "packages/diffae/src/diffae/cli/coding.py",
-        "lambda images=images: loaded.model.encode(images))",
-        "lambda images=images: loaded.model.encode(images) * 1.01)",
+        "latents = run_model(loaded.model, images, loaded.model.encode, names)",
+        "latents = run_model(loaded.model, images, loaded.model.encode, names) * 1.01",
         ("tests/test_cli_families.py", "-k", "round_trip"),
     ),
 )
