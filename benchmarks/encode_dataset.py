@@ -1,4 +1,4 @@
-"""Throughput of `diffae encode-dataset` against a bare `model.encode` loop on the same images.
+"""Throughput of `encode_dataset` (`diffae encode-dataset`) against a bare `model.encode` loop.
 
 One preset (full size, PyTorch's default initialisation: the weights' values do not change the
 work) is saved to a temporary folder, with --images random RGB PNGs of --resolution squared.
@@ -6,9 +6,10 @@ Both candidates run in this one process, interleaved (round-robin) after a warm-
 
 - bare loop: `model.encode` over batches of the images already decoded to tensors, in
   inference mode (no file reading, no writing);
-- tool: the command's own encode phase, as it reports it (reading and fitting the PNGs,
-  bucketing, encoding, Parquet shards, statistics), and the whole `encode-dataset` call
-  (adding the model loading and the listing), each run into a fresh folder.
+- tool: the encode phase of `diffae.dataset_encoding.encode_dataset`, as it reports it
+  (reading and fitting the PNGs, bucketing, encoding, Parquet shards, statistics), and the
+  whole of what `diffae encode-dataset` does (adding the listing and the model loading), each
+  run into a fresh folder.
 
     uv run python -m benchmarks.encode_dataset --preset semdisdiffae --images 32 --batch 4
 
@@ -19,9 +20,6 @@ writes benchmarks/results/encode-dataset-<machine>.md and .json. The tool's over
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import re
 import shutil
 import statistics
 import tempfile
@@ -31,17 +29,16 @@ from typing import Any
 
 import torch
 
-from diffae.cli import main as diffae_main
+from diffae.console import Console
+from diffae.dataset_encoding import Preprocessing, encode_dataset, list_sources
 from diffae.images import read_image, write_png
+from diffae.models import choose_model, load_model
 
 from .flops import count_flops
 from .models import save_preset
 from .report import RESULTS_DIR, default_machine_name, header_lines, machine_info, markdown_table
 from .report import write_results as write_result_files
 from .timing import time_call
-
-ENCODE_PHASE = re.compile(r"encoded (\d+) images in [\d.]+ s \(([\d.]+) images/s\)")
-"""The note `encode-dataset` prints at the end of its encode phase."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,22 +82,27 @@ def bare_loop(model: torch.nn.Module, images: list[torch.Tensor], batch: int) ->
 
 
 def tool_run(args: argparse.Namespace, images: Path, model: Path, out: Path) -> tuple[float, float]:
-    """(seconds of the whole command, images/s of its encode phase), into a fresh `out`."""
+    """(seconds of the whole call, images/s of its encode phase), into a fresh `out`: what
+    `diffae encode-dataset IMAGES --model MODEL --dtype float32 --device cpu` runs."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [
-        "encode-dataset", str(images), "--model", str(model), "--family", args.family,
-        "--out", str(out), "--batch-size", str(args.batch), "--shard-size", str(args.shard_size),
-        "--num-workers", str(args.num_workers), "--dtype", "float32", "--device", "cpu",
-    ]  # fmt: skip
-    notes = io.StringIO()
     start = time.perf_counter()
-    with contextlib.redirect_stdout(notes):
-        status = diffae_main(command)
+    sources, refused = list_sources(images)
+    choice = choose_model(str(model), args.family)
+    loaded = load_model(choice, torch.device("cpu"), Console(quiet=True), dtype="float32")
+    dataset = encode_dataset(
+        sources,
+        out,
+        loaded,
+        model_id=str(model.resolve()),
+        batch_size=args.batch,
+        num_workers=args.num_workers,
+        preprocessing=Preprocessing(shard_size=args.shard_size),
+        refused=refused,
+    )
     seconds = time.perf_counter() - start
-    phase = ENCODE_PHASE.search(notes.getvalue())
-    if status != 0 or phase is None or int(phase[1]) != args.images:
-        raise RuntimeError(f"encode-dataset failed (status {status}): {notes.getvalue()}")
-    return seconds, float(phase[2])
+    if dataset.encoded != args.images or dataset.skipped:
+        raise RuntimeError(f"encode_dataset encoded {dataset.encoded} of {args.images} images")
+    return seconds, dataset.encoded / dataset.encode_seconds
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,17 +1,20 @@
-"""`diffae reconstruct` against the bare model: how much the command adds to encode + decode.
+"""`reconstruct` (`diffae reconstruct`) against the bare model: what the tool adds to encode +
+decode.
 
     uv run python -m benchmarks.reconstruct                         # the embedded model
     uv run python -m benchmarks.reconstruct --preset fcdm_diffae/semdisdiffae_p32_v2
 
 On the four bundled sample photos (`diffae.images.sample_photos`, or `--images`):
 
-- **model**: the model loaded and each photo read and fitted once, as the command does
+- **model**: the model loaded and each photo read and fitted once, as the tool does
   (`read_image`, `fit_image`, crop); then `model.encode` + `model.decode` with the inference
-  config the command builds from the same arguments, timed over all the photos.
-- **command**: `diffae reconstruct PHOTOS --out TMP --quiet` run in this process
-  (`diffae.cli.app.main`): choosing and loading the model from its folder, reading, fitting,
-  encoding, decoding, writing the PNGs and the PSNR table. Interpreter start-up and imports are
-  not in it; `--subprocess` also times the whole `python -m diffae reconstruct` for reference.
+  config `diffae reconstruct` uses without decoding options (the family's defaults, seed 0),
+  timed over all the photos.
+- **command**: what `diffae reconstruct PHOTOS --out TMP --quiet` runs, in this process:
+  choosing and loading the model from its folder (`diffae.models`), then
+  `diffae.reconstruction.reconstruct` (reading, fitting, encoding, decoding, writing the PNGs
+  and the PSNR table). Interpreter start-up, imports and argument parsing are not in it;
+  `--subprocess` also times the whole `python -m diffae reconstruct` for reference.
 
 Both are timed `--repeats` times after one untimed warm-up each, interleaved, medians. The ratio
 command ÷ model is the command's overhead (issue 15's target: at most 1.2). `--preset
@@ -33,11 +36,10 @@ from typing import Any
 
 import torch
 
-from diffae.cli.app import main as diffae_main
-from diffae.cli.arguments import build_parser
+from diffae.console import Console
 from diffae.images import fit_image, read_image, sample_photos
-from diffae.models import EMBEDDED_MODEL, choose_model, inference_config
-from diffae_core.families import installed_families
+from diffae.models import EMBEDDED_MODEL, choose_device, choose_model, load_model
+from diffae.reconstruction import reconstruct
 
 from .models import save_preset
 from .report import RESULTS_DIR, header_lines, machine_info, markdown_table, write_results
@@ -68,16 +70,12 @@ def bare_model(
     model_dir: Path | None, images: list[Path], family: str | None
 ) -> Callable[[], float]:
     """A call timing one pass of bare encode + decode over the photos, loaded and fitted once
-    as the command would (same arguments, same inference config); returns seconds."""
-    argv = ["reconstruct", *map(str, images), "--out", "unused"]
-    if model_dir is not None:
-        argv += ["--model", str(model_dir)]
-    args = build_parser(installed_families().values()).parse_args(argv)
-    choice = choose_model(args.model, family)
+    as the tool would (same model, same inference config); returns seconds."""
+    choice = choose_model(None if model_dir is None else str(model_dir), family)
     model = choice.family.model_class.from_pretrained(choice.location)
-    decoding = inference_config(choice.family, args)
+    decoding = choice.family.inference_config_class(seed=0)
     patch = model.config.effective_patch_size
-    fitted = [fit_image(read_image(path)[0], patch, args.fit).image for path in images]
+    fitted = [fit_image(read_image(path)[0], patch, "crop").image for path in images]
 
     def seconds() -> float:
         start = time.perf_counter()
@@ -89,13 +87,20 @@ def bare_model(
     return seconds
 
 
-def command_seconds(argv: list[str]) -> float:
-    """Seconds of one in-process `diffae reconstruct` run; a failing run stops the benchmark."""
+def command_seconds(
+    images: list[Path], model_dir: Path | None, family: str | None, out: Path
+) -> float:
+    """Seconds of what one `diffae reconstruct` run does, in this process: choose and load the
+    model, then `reconstruct`; a failing run stops the benchmark."""
     start = time.perf_counter()
-    status = diffae_main(argv)
+    choice = choose_model(None if model_dir is None else str(model_dir), family)
+    name = None if model_dir is None else str(model_dir)
+    loaded = load_model(choice, choose_device(None), Console(quiet=True), name=name)
+    decoding = choice.family.inference_config_class(seed=0)
+    result = reconstruct(images, out, loaded, inference_config=decoding)
     seconds = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"diffae {' '.join(argv)}: exit status {status}")
+    if result.skipped:
+        raise SystemExit(f"reconstruct skipped {result.skipped}")
     return seconds
 
 
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model_pass = bare_model(model_dir, images, family)
         runs: list[tuple[str, Callable[[str], float]]] = [
             ("model", lambda out: model_pass()),
-            ("command", lambda out: command_seconds([*command, "--out", out])),
+            ("command", lambda out: command_seconds(images, model_dir, family, Path(out))),
         ]
         if args.subprocess:
             runs.append(("subprocess", lambda out: subprocess_seconds([*command, "--out", out])))

@@ -78,10 +78,10 @@ MUTATIONS = (
     ),
     Mutation(
         4,
-        "EMA: lerp weight decay instead of 1 - decay",
+        "EMA: decay 1 - d instead of d",
         TRAINING,
-        "ema_parameter.lerp_(parameter.detach(), 1.0 - decay)",
-        "ema_parameter.lerp_(parameter.detach(), decay)",
+        "return min(decay, (1.0 + updates) / (10.0 + updates))",
+        "return 1.0 - min(decay, (1.0 + updates) / (10.0 + updates))",
         ("tests/test_training_objective.py",),
     ),
     Mutation(
@@ -119,7 +119,7 @@ MUTATIONS = (
     Mutation(
         9,
         "encode-dataset resume re-encodes every finished shard",
-        "packages/diffae/src/diffae/cli/dataset_encoding.py",
+        "packages/diffae/src/diffae/dataset_encoding.py",
         "        if record is not None:\n            records[index] = record",
         "        if record is not None and False:\n            records[index] = record",
         ("tests/test_encode_dataset.py", "-k", "resume"),
@@ -160,8 +160,8 @@ MUTATIONS = (
         14,
         "diffae encode writes latents x 1.01",
         "packages/diffae/src/diffae/cli/coding.py",
-        "lambda images=images: loaded.model.encode(images))",
-        "lambda images=images: loaded.model.encode(images) * 1.01)",
+        "latents = run_model(loaded.model, images, loaded.model.encode, names)",
+        "latents = run_model(loaded.model, images, loaded.model.encode, names) * 1.01",
         ("tests/test_cli_families.py", "-k", "round_trip"),
     ),
 )

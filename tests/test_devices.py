@@ -98,7 +98,7 @@ def cpu_reference(name: str) -> dict[str, Tensor]:
 
 def tolerance(output: str, dtype: torch.dtype, reference: Tensor) -> float:
     scale = max(1.0, reference.abs().max().item())
-    # dinac_ae's class head runs under bf16 autocast even in a float32 model (its spec, §7):
+    # dinac_ae's class head runs under bf16 autocast even in a float32 model, as the reference:
     # another device's bf16 kernels may round differently.
     bf16 = dtype == torch.bfloat16 or output == "predict_class"
     return (BF16_RELATIVE if bf16 else FLOAT32_RELATIVE) * scale

@@ -61,7 +61,7 @@ def test_commands_use_the_embedded_model_without_model(tmp_path, capsys):
 
 
 def test_demo_writes_grids_and_compares_with_bicubic(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("diffae.cli.demo.sample_photos", lambda: [photo("chelsea.png")])
+    monkeypatch.setattr("diffae.reconstruction.sample_photos", lambda: [photo("chelsea.png")])
     assert main(["demo", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "bicubic" in printed and "mean" in printed and "the model wins on 1 of 1" in printed

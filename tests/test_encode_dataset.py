@@ -17,9 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from diffae.cli import dataset_encoding, main
+from diffae import dataset_encoding
+from diffae.cli import main
+from diffae.console import ArgumentError, Console
 from diffae.images import fit_image, read_image
 from diffae.latent_dataset import LatentDataset, latents_from_bytes, read_manifest
+from diffae.models import choose_model, load_model
 from diffae_core.families import installed_families
 from diffae_testing import randomize_weights, randomize_whitening
 
@@ -284,3 +287,120 @@ def test_two_torchrun_processes_write_the_rows_of_one(model_dir, image_dir, refe
         assert manifest[key] == expected[key], key
     assert json.loads((out / "manifest.json").read_text())["diffae_version"]
     shutil.rmtree(out)
+
+
+def test_the_library_call_writes_the_rows_of_the_command(model_dir, image_dir, reference, tmp_path):
+    """`encode_dataset` from Python, with a model loaded by hand: the rows and manifest of the
+    command; its errors name the Python argument."""
+    sources, refused = dataset_encoding.list_sources(image_dir)
+    choice = choose_model(str(model_dir), "fcdm_diffae")
+    loaded = load_model(choice, torch.device("cpu"), Console(quiet=True), dtype="float32")
+    out = tmp_path / "out"
+    dataset = dataset_encoding.encode_dataset(
+        sources,
+        out,
+        loaded,
+        model_id=str(model_dir.resolve()),
+        preprocessing=dataset_encoding.Preprocessing(shard_size=SHARD_SIZE),
+        refused=refused,
+    )
+    assert dataset.encoded == len(GOOD) and dataset.skipped[0][0] == BAD
+    assert rows_of(out) == rows_of(reference[1])
+    expected = read_manifest(reference[1])
+    for key in ("complete", "counts", "skipped", "shards", "latent_mean", "latent_var", "model"):
+        assert dataset.manifest[key] == expected[key], key
+    with pytest.raises(ArgumentError, match=r"^num_workers: expected an integer >= 0, got -1$"):
+        dataset_encoding.encode_dataset(sources, out, loaded, model_id="x", num_workers=-1)
+    with pytest.raises(ArgumentError, match="other settings") as changed:
+        dataset_encoding.encode_dataset(sources, out, loaded, model_id=str(model_dir.resolve()))
+    assert changed.value.argument == "out" and "shard_size: 3 -> 1000" in str(changed.value)
+    with pytest.raises(ArgumentError, match=r"^fit: expected one of"):
+        dataset_encoding.Preprocessing(fit="stretch")
+
+
+# -- model failures: never an input's fault ------------------------------------------------------
+
+
+def out_of_memory() -> torch.OutOfMemoryError:
+    return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+
+def test_out_of_memory_retries_the_batch_in_halves(
+    model_dir, image_dir, reference, tmp_path, monkeypatch
+):
+    """Every batch of more than one image runs out of memory: each is encoded again in halves,
+    down to single images; nothing is skipped but the bad file, the rows are the reference's."""
+    calls: list[int] = []
+    encode = FAMILY.model_class.encode
+
+    def scarce_memory(model, images):
+        calls.append(int(images.shape[0]))
+        if images.shape[0] > 1:
+            raise out_of_memory()
+        return encode(model, images)
+
+    monkeypatch.setattr(FAMILY.model_class, "encode", scarce_memory)
+    assert encode_dataset(model_dir, image_dir, tmp_path, "--batch-size", "4") == 1
+    assert any(size > 1 for size in calls) and sum(s for s in calls if s == 1) == len(GOOD)
+    assert [entry["key"] for entry in read_manifest(tmp_path)["skipped"]] == [BAD]
+    for row, expected in zip(rows_of(tmp_path), rows_of(reference[1]), strict=True):
+        assert row["key"] == expected["key"]
+        torch.testing.assert_close(latents_of(row), latents_of(expected))
+
+
+def test_out_of_memory_on_one_image_tries_it_tiled(
+    model_dir, image_dir, reference, tmp_path, monkeypatch
+):
+    """One image still too large: encoded once more with the model's exact tiling (switched off
+    again afterwards); the rows equal the untiled ones up to rounding."""
+    tiled_calls: list[bool] = []
+    encode = FAMILY.model_class.encode
+
+    def untiled_runs_out(model, images):
+        tiled_calls.append(model.tiling_enabled)
+        if not model.tiling_enabled:
+            raise out_of_memory()
+        return encode(model, images)
+
+    monkeypatch.setattr(FAMILY.model_class, "encode", untiled_runs_out)
+    assert encode_dataset(model_dir, image_dir, tmp_path, "--batch-size", "1") == 1
+    assert tiled_calls == [False, True] * len(GOOD)
+    for row, expected in zip(rows_of(tmp_path), rows_of(reference[1]), strict=True):
+        torch.testing.assert_close(latents_of(row), latents_of(expected))
+
+
+def test_another_model_error_stops_the_run_and_a_rerun_resumes(
+    model_dir, image_dir, reference, tmp_path, monkeypatch, capsys
+):
+    """The 4th encode call (five.png, in the second shard) fails: the run stops with one line
+    naming the input, no input is blamed (skipped), the second shard is not finalized, the
+    manifest is incomplete; the same command again finishes it with the reference's rows."""
+    calls: list[int] = []
+    encode = FAMILY.model_class.encode
+
+    def fails_once(model, images):
+        calls.append(len(calls))
+        if len(calls) == 4:
+            raise RuntimeError("injected kernel failure")
+        return encode(model, images)
+
+    monkeypatch.setattr(FAMILY.model_class, "encode", fails_once)
+    assert encode_dataset(model_dir, image_dir, tmp_path, "--batch-size", "1") == 1
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and error.splitlines()[-1] == (
+        "diffae encode-dataset: error: the model failed on five.png: RuntimeError: injected "
+        "kernel failure"
+    )
+    assert "skipped five.png" not in error  # broken.png, in the same shard, is an input's fault
+    assert [path.name for path in sorted((tmp_path / "data").iterdir())] == [
+        "shard-00000-of-00003.parquet"
+    ]
+    manifest = read_manifest(tmp_path)
+    assert not manifest["complete"] and manifest["skipped"] == []
+
+    monkeypatch.setattr(FAMILY.model_class, "encode", encode)
+    assert encode_dataset(model_dir, image_dir, tmp_path, "--batch-size", "1") == 1
+    assert rows_of(tmp_path) == rows_of(reference[1])
+    manifest, expected = read_manifest(tmp_path), read_manifest(reference[1])
+    for key in ("complete", "counts", "skipped", "shards", "latent_mean", "latent_var"):
+        assert manifest[key] == expected[key], key

@@ -3,7 +3,7 @@ what every family declares: presets on `meta`, config files, loading from the Hu
 
 One module parametrised over every installed family (x tiny variant), found through the
 `diffae.families` entry points, as diffusers' model tester mixins are: a family package keeps
-only the tests of what is its own (its spec's key lists and its cards' figures and snippets).
+only the tests of what is its own (its checkpoint key lists and its cards' figures and snippets).
 """
 
 from __future__ import annotations

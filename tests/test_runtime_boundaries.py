@@ -83,3 +83,48 @@ def test_optional_extras_are_declared_and_imported_lazily(package: str) -> None:
                     target = node.module or ""
                     absolute = f"{package}.{target}" if node.level else target
                     assert absolute != module, f"{path.name} imports {module} eagerly"
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Full names of the modules one module imports (relative imports resolved in `package`)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                names.add(node.module or "")
+                continue
+            parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+            names.add(".".join([*parts, *([node.module] if node.module else [])]))
+    return names
+
+
+TOOLS_LIBRARY = ("dataset_encoding", "distributed", "reconstruction", "runs", "training")
+"""The tools' library modules under the commands: typed functions, no command-line words."""
+
+
+@pytest.mark.parametrize("module", TOOLS_LIBRARY)
+def test_the_tools_library_speaks_no_command_line(module: str) -> None:
+    """No argparse, no import of `diffae.cli`, no CliError: errors name the Python argument
+    (`ArgumentError`) and the command line puts its flag in front."""
+    spec = importlib.util.find_spec(f"diffae.{module}")
+    assert spec is not None and spec.origin, module
+    path = Path(spec.origin)
+    imported = imported_modules(path, "diffae")
+    assert "argparse" not in imported and not any(
+        name.startswith("diffae.cli") for name in imported
+    )
+    source = path.read_text(encoding="utf-8")
+    assert "CliError" not in source and not re.search(r"\"--[a-z]", source), module
+
+
+def test_benchmarks_import_the_library_not_the_command_line() -> None:
+    scripts = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+    assert scripts
+    using_cli = [
+        path.name
+        for path in scripts
+        if any(name.startswith("diffae.cli") for name in imported_modules(path, "benchmarks"))
+    ]
+    assert not using_cli, using_cli

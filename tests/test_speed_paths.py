@@ -35,7 +35,7 @@ def test_grn_in_one_pass_equals_the_spec_form() -> None:
     x, gamma, beta = _randn(2, 12, 5, 7), _randn(1, 12, 1, 1, seed=1), _randn(1, 12, 1, 1, seed=2)
     spatial_l2 = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)
     relative = spatial_l2 / (spatial_l2.mean(dim=1, keepdim=True) + 1e-6)
-    spec = gamma * (x * relative) + beta + x  # diffae_core spec §2
+    spec = gamma * (x * relative) + beta + x  # GRN's definition: gamma (x n) + beta + x
     torch.testing.assert_close(
         global_response_norm(x, gamma, beta), spec, atol=FLOAT32_RELATIVE * 10, rtol=0
     )

@@ -19,7 +19,14 @@ from safetensors.torch import load_file
 
 from diffae.cli import main
 from diffae.console import Console
-from diffae.training import TrainingSettings, latent_kl, learning_rate_at, load_state, train
+from diffae.training import (
+    TrainingConfig,
+    TrainingSettings,
+    latent_kl,
+    learning_rate_at,
+    load_state,
+    train,
+)
 from diffae_core.diffusion import EncoderPosterior
 from diffae_core.families import installed_families
 
@@ -76,7 +83,7 @@ def test_train_writes_a_loadable_model_and_a_log(family_name, data_dir, tmp_path
     out = tmp_path / "run"
     model = tiny_model(family_name)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    train(model, data_dir, out, settings(), console=Console(quiet=True))
+    train(model, TrainingConfig(data_dir, out, settings()), console=Console(quiet=True))
     family = FAMILIES[family_name]
     loaded = family.model_class.from_pretrained(out / "model")
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -97,15 +104,9 @@ def test_train_writes_a_loadable_model_and_a_log(family_name, data_dir, tmp_path
 def test_resume_continues_exactly(data_dir, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     quiet = Console(quiet=True)
-    train(tiny_model("fcdm_diffae"), data_dir, straight, settings(), console=quiet)
-    train(
-        tiny_model("fcdm_diffae"),
-        data_dir,
-        split,
-        settings(steps=2),
-        console=quiet,
-        family="fcdm_diffae",
-    )
+    train(tiny_model("fcdm_diffae"), TrainingConfig(data_dir, straight, settings()), console=quiet)
+    first_half = TrainingConfig(data_dir, split, settings(steps=2), family="fcdm_diffae")
+    train(tiny_model("fcdm_diffae"), first_half, console=quiet)
     # The CLI resumes from the saved state alone (a fresh model, the state's settings + --steps).
     assert (
         main(["train", str(data_dir), "--out", str(split), "--resume", "--steps", "4", "--quiet"])
@@ -125,10 +126,13 @@ def test_resume_continues_exactly(data_dir, tmp_path):
 def test_resume_drops_log_records_after_the_checkpoint(data_dir, tmp_path):
     out = tmp_path / "run"
     quiet = Console(quiet=True)
-    train(tiny_model("fcdm_diffae"), data_dir, out, settings(steps=2), console=quiet)
+    train(
+        tiny_model("fcdm_diffae"), TrainingConfig(data_dir, out, settings(steps=2)), console=quiet
+    )
     with (out / "log.jsonl").open("a") as log:  # a run killed after logging step 3
         log.write(json.dumps({"step": 3, "loss": 1.0}) + "\n")
-    train(tiny_model("fcdm_diffae"), data_dir, out, settings(steps=4), console=quiet, resume=True)
+    resumed = TrainingConfig(data_dir, out, settings(steps=4), resume=True)
+    train(tiny_model("fcdm_diffae"), resumed, console=quiet)
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 4]
 
@@ -216,11 +220,11 @@ def test_posterior_sample_with_given_noise_and_its_kl():
 
 def test_images_the_workers_cannot_read_are_skipped_up_front(data_dir, tmp_path):
     """A CMYK JPEG opens in Pillow but `read_image` refuses it: skipped before training."""
-    from diffae.training import Processes, usable_images
+    from diffae.distributed import Processes
+    from diffae.training import usable_images
 
     deep = tmp_path / "deep.jpg"
     Image.new("CMYK", (64, 64)).save(deep)
     files = sorted(data_dir.rglob("*.png"))
-    single = Processes(rank=0, world=1, device=torch.device("cpu"))
-    kept = usable_images([*files, deep], 32, Console(quiet=True), single)
+    kept = usable_images([*files, deep], 32, Console(quiet=True), Processes())
     assert kept == files

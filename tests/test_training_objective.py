@@ -21,20 +21,21 @@ from torch import Tensor, nn
 from torch.distributions import Normal, kl_divergence
 
 from diffae.console import Console
+from diffae.distributed import Processes
 from diffae.images import read_image
 from diffae.training import (
-    Processes,
+    TrainingConfig,
     TrainingObjective,
     TrainingSettings,
+    ema_model,
     latent_kl,
     train,
-    update_ema,
     update_running_stats,
 )
 from diffae_core.diffusion import EncoderPosterior
 from diffae_core.families import installed_families
 
-SINGLE = Processes(rank=0, world=1, device=torch.device("cpu"))
+SINGLE = Processes()
 FLOAT32 = {"rtol": 1e-5, "atol": 1e-6}
 """float32 computation vs the same formula in float64, on values of order 1."""
 STUB_PATCH = 4
@@ -157,18 +158,25 @@ def test_latent_kl_matches_torch_distributions_with_a_non_zero_mean():
 
 
 def test_ema_moves_a_small_step_towards_the_model():
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
-    ema, model = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+    """ema <- d * ema + (1 - d) * model for parameters, d = min(decay, (1 + n) / (10 + n)) at
+    the n-th update; buffers are copied."""
+    model = nn.BatchNorm1d(3)
     with torch.no_grad():
-        ema.weight.fill_(0.0)
+        model.weight.fill_(0.0)
+        model.bias.fill_(2.0)
+    ema = ema_model(model, decay=0.9)  # a copy: weight 0, bias 2
+    with torch.no_grad():
         model.weight.fill_(1.0)
-        ema.bias.fill_(2.0)
         model.bias.fill_(-2.0)
         model.running_mean.fill_(5.0)
-    update_ema(ema, model, decay=0.9)
-    torch.testing.assert_close(ema.weight.detach(), torch.full((3,), 0.1))
-    torch.testing.assert_close(ema.bias.detach(), torch.full((3,), 0.9 * 2.0 + 0.1 * -2.0))
-    torch.testing.assert_close(ema.running_mean, torch.full((3,), 5.0))
+    ema.update_parameters(model)  # the first update: d = 2 / 11
+    torch.testing.assert_close(ema.module.weight, torch.full((3,), 9.0 / 11.0))
+    torch.testing.assert_close(ema.module.bias, torch.full((3,), (2.0 * 2.0 - 9.0 * 2.0) / 11.0))
+    torch.testing.assert_close(ema.module.running_mean, torch.full((3,), 5.0))
+    ema.n_averaged.fill_(1000)  # late in training the decay is `decay`
+    weight = ema.module.weight.clone()
+    ema.update_parameters(model)
+    torch.testing.assert_close(ema.module.weight, 0.9 * weight + 0.1)
 
 
 def test_whitening_statistics_are_the_batch_mean_and_variance():
@@ -232,7 +240,7 @@ def test_a_short_run_overfits_one_image(one_image, tmp_path):
             return float(TrainingObjective(model, run, SINGLE)(batch)[0])
 
     before = fixed_loss()
-    train(model, one_image, tmp_path / "run", run, console=Console(quiet=True))
+    train(model, TrainingConfig(one_image, tmp_path / "run", run), console=Console(quiet=True))
     after = fixed_loss()
     # 0.189 -> 0.097 when recorded; gradient ascent or a wrong target raises it instead.
     assert after < 0.75 * before, (before, after)

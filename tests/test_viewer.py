@@ -260,7 +260,7 @@ def test_reconstruct_viewer_keeps_what_the_page_needs(tmp_path: Path, capsys):
 
 def test_demo_page_shows_the_model_next_to_bicubic(tmp_path: Path, capsys, monkeypatch):
     photo = next(path for path in sample_photos() if path.name == "chelsea.png")
-    monkeypatch.setattr("diffae.cli.demo.sample_photos", lambda: [photo])
+    monkeypatch.setattr("diffae.reconstruction.sample_photos", lambda: [photo])
     assert main(["demo", "--out", str(tmp_path)]) == 0
     page = tmp_path / "viewer" / "index.html"
     assert str(page) in capsys.readouterr().out

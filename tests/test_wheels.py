@@ -233,6 +233,16 @@ def test_wheel_metadata_is_complete(distribution: str, wheels: Path) -> None:
     assert requirements and all(">=" in r for r in requirements), requirements
 
 
+def test_the_tools_wheel_ships_the_embedded_model_not_its_training_logs(wheels: Path) -> None:
+    """The logs stay in the repository (and the sdist) for the model's README; the wheel has
+    only what running the model reads."""
+    (wheel,) = wheels.glob("diffae-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = [n for n in archive.namelist() if n.startswith("diffae/data/model/")]
+    assert {"diffae/data/model/config.json", "diffae/data/model/model.safetensors"} <= {*shipped}
+    assert not [name for name in shipped if name.endswith(".jsonl")], shipped
+
+
 @pytest.fixture
 def scratch() -> Iterator[Path]:
     """A temporary folder outside the workspace, removed right after the test.

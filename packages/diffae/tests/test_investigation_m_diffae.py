@@ -150,8 +150,8 @@ def full_size_header(points: OpenPoints):
 def test_full_size_element_count_agrees_with_the_card_under_either_reading(
     points: OpenPoints, keys: int, reading: str
 ) -> None:
-    """Spec §8: 142 keys with parameters() = 81,410,624 (A), or 140 keys holding 81,410,624
-    values, freqs included (B): both match the card's figure."""
+    """142 keys with parameters() = 81,410,624 (A), or 140 keys holding 81,410,624 values,
+    freqs included (B): both match the card's figure."""
     header = full_size_header(points)
     assert len(header) == keys
     verdicts = {v.point: (v.status, v.detail) for v in _count_verdicts(header, MDiffAEConfig())}

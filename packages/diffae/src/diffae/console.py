@@ -11,6 +11,23 @@ class CliError(Exception):
     """A problem the user can fix (bad argument, missing model, missing extra): one line, exit 1."""
 
 
+class ModelError(RuntimeError):
+    """The model cannot do what was asked, or failed doing it: one line naming what failed."""
+
+
+class ArgumentError(ValueError):
+    """A library call's argument its caller can fix, in one line that starts with the argument.
+
+    `argument` is the parameter's name as the caller wrote it (`batch_size`, `out`), `detail`
+    the rest of the line (": expected ..., got ..." or " 6: not divisible ..."): a command line
+    puts its own spelling of the argument (`--batch-size`) in front of the same detail.
+    """
+
+    def __init__(self, argument: str, detail: str) -> None:
+        super().__init__(f"{argument}{detail}")
+        self.argument, self.detail = argument, detail
+
+
 class Console:
     """Writes through tqdm, so messages never break a progress bar; `quiet` silences stdout."""
 

@@ -348,21 +348,32 @@ class LoadedModel:
     device: torch.device
     patch: int
     source: str
+    """What the user named (a repo id or a folder), or "embedded"."""
+    dtype: torch.dtype
+    """The dtype the model was loaded in."""
 
 
 def load_model(
-    choice: ModelChoice, args: argparse.Namespace, device: torch.device, console: Console
+    choice: ModelChoice,
+    device: torch.device,
+    console: Console,
+    *,
+    dtype: str | None = None,
+    name: str | None = None,
 ) -> LoadedModel:
-    """Load the chosen model on `device` in --dtype (eval mode)."""
-    dtype = choose_dtype(args.dtype, device)
-    model = choice.family.model_class.from_pretrained(choice.location, device=device, dtype=dtype)
-    name = EMBEDDED_NAME if args.model is None else args.model
-    console.note(
-        f"model: {name} (family {choice.family.name}, from {choice.reason}) on {device}, "
-        f"{str(dtype).removeprefix('torch.')}"
+    """Load the chosen model on `device` in `dtype` (a `DTYPES` name; None: `choose_dtype`'s
+    default), in eval mode. `name`: the model as the user named it (None: the embedded one)."""
+    torch_dtype = choose_dtype(dtype, device)
+    model = choice.family.model_class.from_pretrained(
+        choice.location, device=device, dtype=torch_dtype
     )
-    source = "embedded" if args.model is None else args.model
-    return LoadedModel(choice.family, model, device, patch_multiple(model.config), source)
+    console.note(
+        f"model: {EMBEDDED_NAME if name is None else name} (family {choice.family.name}, from "
+        f"{choice.reason}) on {device}, {str(torch_dtype).removeprefix('torch.')}"
+    )
+    source = "embedded" if name is None else name
+    patch = patch_multiple(model.config)
+    return LoadedModel(choice.family, model, device, patch, source, torch_dtype)
 
 
 def decode_accepts(family: Family, keyword: str) -> bool:

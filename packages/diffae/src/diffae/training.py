@@ -1,47 +1,52 @@
 """Train or fine-tune an FCDM-family autoencoder (fcdm_diffae, full_capacitor) on image files.
 
-Objective (diffae_core spec §8): x0 a random crop in [-1, 1], t ~ U(0, 1), logsnr = the
-cosine-interpolated schedule at t, x_t = alpha x0 + sigma eps with eps ~ N(0, pixel_noise_std^2);
-the decoder predicts x0 from x_t, t and the encoder's latents; loss = MSE(x0_hat, x0). The
-latents are a sample of the encoder's VP posterior (spec §11) while training and its mode when
-evaluating. Latent regulariser: `latent_kl_weight` x the mean per-element KL of the posterior
-N(alpha mean, sigma^2) to N(0, 1); with the RMS-normalised mean it mostly pulls logsnr down,
-i.e. keeps a little posterior noise so the decoder learns latents robust to small perturbations.
+Objective (the VP x0-prediction the decoder's sampler assumes): x0 a random crop in [-1, 1],
+t ~ U(0, 1), logsnr = the cosine-interpolated schedule at t, x_t = alpha x0 + sigma eps with
+eps ~ N(0, pixel_noise_std^2), alpha^2 = sigmoid(logsnr), sigma^2 = sigmoid(-logsnr); the decoder
+predicts x0 from x_t, t and the encoder's latents; loss = MSE(x0_hat, x0). The latents are a
+sample alpha mean + sigma eps of the encoder's posterior (its 2C output channels: mean, then a
+per-element logsnr) while training, and its mode alpha mean when evaluating. Latent
+regulariser: `latent_kl_weight` x the mean per-element KL of the posterior N(alpha mean,
+sigma^2) to N(0, 1); with the RMS-normalised mean it mostly pulls logsnr down, i.e. keeps a
+little posterior noise so the decoder learns latents robust to small perturbations.
 
 Every random draw of a training sample (image, crop, flip, t, pixel noise, posterior noise) is a
 function of (seed, global sample index) only, so a run split over processes (torchrun, DDP)
 sees the same samples as one process with the same global batch, and `resume` continues exactly.
-Rank 0 writes the checkpoints: `model/` (the EMA weights, `from_pretrained` layout) and
-`training_state.safetensors` (weights, EMA, optimizer, step, RNG states; no pickle), both
-atomically, and `log.jsonl`.
+The learning rate follows a `LambdaLR` (linear warmup, cosine decay); the EMA weights are a
+`torch.optim.swa_utils.AveragedModel` with a warming-up decay. Rank 0 writes the checkpoints:
+`model/` (the EMA weights, `from_pretrained` layout) and `training_state.safetensors` (weights,
+EMA, optimizer, step, RNG states; no pickle), both atomically, and `log.jsonl`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diffae_core.diffusion import cosine_interpolated_logsnr, diffuse
 from diffae_core.io import atomic_write
 from diffae_core.loading import load_tensors
 
-from .console import CliError, Console
+from .console import ArgumentError, Console
+from .distributed import Processes, process_group
 from .images import IMAGE_SUFFIXES, BadImage, find_image_tree, probe_image, read_image
 from .metrics import psnr_8bit
 
@@ -70,7 +75,7 @@ class TrainingSettings:
     latent_kl_weight: float = 1e-5
     one_step_fraction: float = 0.0
     """Fraction of samples trained at t = 1 instead of t ~ U(0, 1): the time of the default
-    one-step decode, where the prediction rests on the latents alone (0: the spec's objective)."""
+    one-step decode, where the prediction rests on the latents alone (0: t ~ U(0, 1) for all)."""
     path_drop_probability: float = 0.0
     """Fraction of steps that train the PDG weak path (middle blocks replaced by the mask)."""
     stats_momentum: float = 0.01
@@ -109,12 +114,15 @@ class TrainingSettings:
 
 
 def find_training_images(folder: Path) -> list[Path]:
-    """Every PNG/JPEG/WebP file under `folder` (recursive), sorted by relative path."""
+    """Every PNG/JPEG/WebP file under `folder` (recursive), sorted by relative path; an
+    ArgumentError naming `data` when there is none."""
     if not folder.is_dir():
-        raise CliError(f"{folder}: not a folder")
+        raise ArgumentError("data", f" {folder}: not a folder")
     files = find_image_tree(folder)
     if not files:
-        raise CliError(f"{folder}: no {'/'.join(IMAGE_SUFFIXES)} files (searched recursively)")
+        raise ArgumentError(
+            "data", f" {folder}: no {'/'.join(IMAGE_SUFFIXES)} files (searched recursively)"
+        )
     return files
 
 
@@ -284,48 +292,6 @@ class StepSampler(Sampler[int]):
         return (self.steps - self.start_step) * self.local
 
 
-# -- processes -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Processes:
-    """This process's place in a torchrun (rank 0 of 1 without one)."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def start_processes(device_name: str | None) -> Processes:
-    """Join the torchrun process group when WORLD_SIZE > 1: nccl on CUDA, gloo on the CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() if device_name is None else device_name.startswith("cuda")
-    if world == 1:
-        return Processes(0, 1, torch.device(device_name or ("cuda" if cuda else "cpu")))
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if cuda:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return Processes(dist.get_rank(), dist.get_world_size(), device)
-
-
-def all_mean(value: Tensor, processes: Processes) -> Tensor:
-    """The mean of `value` over the processes (itself in one process)."""
-    if processes.world > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= processes.world
-    return value
-
-
 # -- model -----------------------------------------------------------------------------------
 
 
@@ -340,31 +306,59 @@ def latent_kl(posterior: Any) -> Tensor:
     return 0.5 * (alpha.square() * mean.square() + sigma.square() - 1.0 - log_variance).mean()
 
 
-def learning_rate_at(step: int, settings: TrainingSettings) -> float:
-    """Linear warmup, then cosine decay to `min_learning_rate_fraction` at `settings.steps`."""
-    peak = settings.learning_rate
+def learning_rate_factor(step: int, settings: TrainingSettings) -> float:
+    """The learning rate of step `step` as a fraction of `settings.learning_rate` (the
+    `LambdaLR` factor): linear warmup, then cosine decay to `min_learning_rate_fraction` at
+    `settings.steps`."""
     if step < settings.warmup_steps:
-        return peak * (step + 1) / settings.warmup_steps
+        return (step + 1) / settings.warmup_steps
     span = max(1, settings.steps - settings.warmup_steps)
     progress = min(1.0, (step - settings.warmup_steps) / span)
     floor = settings.min_learning_rate_fraction
-    return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers copied."""
-    for ema_parameter, parameter in zip(ema.parameters(), model.parameters(), strict=True):
-        ema_parameter.lerp_(parameter.detach(), 1.0 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
-        ema_buffer.copy_(buffer)
+def learning_rate_at(step: int, settings: TrainingSettings) -> float:
+    """The learning rate of step `step`, as `LambdaLR` computes it."""
+    return settings.learning_rate * learning_rate_factor(step, settings)
+
+
+def learning_rate_schedule(
+    optimizer: torch.optim.Optimizer, settings: TrainingSettings, start_step: int = 0
+) -> LambdaLR:
+    """`learning_rate_at` as a `LambdaLR` whose next step is `start_step` (a resume)."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = settings.learning_rate  # the peak, also for a resumed optimizer
+    return LambdaLR(
+        optimizer, partial(learning_rate_factor, settings=settings), last_epoch=start_step - 1
+    )
+
+
+def ema_decay_at(updates: int, decay: float) -> float:
+    """The EMA decay of the update after `updates` averages: min(decay, (1 + n) / (10 + n)),
+    so the first updates follow the fast-moving weights of the start of training."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+def ema_model(model: nn.Module, decay: float) -> AveragedModel:
+    """An EMA copy of `model`: each `update_parameters(model)` moves its parameters a step
+    (1 - ema_decay_at(n, decay)) towards the model's (`get_ema_multi_avg_fn`) and copies the
+    buffers (the whitening statistics, which are running averages already)."""
+
+    def average(ema_parameters: list[Tensor], parameters: list[Tensor], updates: Tensor):
+        update = get_ema_multi_avg_fn(ema_decay_at(int(updates), decay))
+        update(ema_parameters, parameters, updates)
+
+    ema = AveragedModel(model, multi_avg_fn=average, use_buffers=False)
+    ema.update_parameters(model)  # the copy is the first average: the next update is n = 1
+    return ema.requires_grad_(False).eval()
 
 
 @torch.no_grad()
 def update_running_stats(model: Any, latents: Tensor, momentum: float, processes: Processes):
     """Move the whitening statistics towards this batch's per-channel mean and variance."""
     flat = latents.detach().float().transpose(0, 1).flatten(1)  # [N, C, h, w] -> [C, N*h*w]
-    moments = all_mean(torch.stack([flat.mean(1), flat.square().mean(1)]), processes)
+    moments = processes.all_mean(torch.stack([flat.mean(1), flat.square().mean(1)]))
     variance = (moments[1] - moments[0].square()).clamp_min(0.0)
     model.latent_norm_running_mean.lerp_(moments[0], momentum)
     model.latent_norm_running_var.lerp_(variance, momentum)
@@ -462,10 +456,10 @@ def save_checkpoint(out: Path, step: int, model, ema, optimizer, settings, famil
 
 
 def state_path(out: Path) -> Path:
-    """`out`'s training state file; a CliError when there is none to resume."""
+    """`out`'s training state file; an ArgumentError when there is none to resume."""
     path = out / STATE_NAME
     if not path.is_file():
-        raise CliError(f"--resume: {path} does not exist")
+        raise ArgumentError("resume", f": {path} does not exist")
     return path
 
 
@@ -506,100 +500,105 @@ def load_state(out: Path) -> dict[str, Any]:
 # -- the loop --------------------------------------------------------------------------------
 
 
-def train(
-    model: Any,
-    data: Path,
-    out: Path,
-    settings: TrainingSettings,
-    *,
-    console: Console,
-    resume: bool = False,
-    device_name: str | None = None,
-    eval_images: list[Path] = (),  # type: ignore[assignment]
-    family: str | None = None,
-) -> Any:
-    """Train `model` (an FCDM-family autoencoder, float32) and return its EMA copy.
+@dataclass(frozen=True)
+class TrainingConfig:
+    """One training run: its images, its folder, its hyper-parameters and how it starts."""
 
-    Under torchrun each process runs this with the same arguments; `settings.batch_size` is the
-    global batch. Writes `out/model/`, `out/training_state.safetensors` (with `family`, the name
-    a resume rebuilds the model from) and `out/log.jsonl` (rank 0).
+    data: Path
+    """A folder of images (searched recursively); files smaller than the crop are skipped."""
+    out: Path
+    """The run folder: `model/` (the EMA weights), the training state and `log.jsonl`."""
+    settings: TrainingSettings = field(default_factory=TrainingSettings)
+    resume: bool = False
+    """Continue `out`'s run from its training state (weights, EMA, optimizer, step, RNG)."""
+    device: str | None = None
+    """A torch device (None: cuda when available, else cpu); under torchrun an unindexed cuda
+    is each process's own GPU."""
+    eval_images: Sequence[Path] = ()
+    """Images whose reconstruction PSNR (EMA weights) is logged at each checkpoint."""
+    family: str | None = None
+    """The model's family name, recorded in the state: what a resume rebuilds the model from."""
+
+
+def train(model: Any, config: TrainingConfig, *, console: Console | None = None) -> Any:
+    """Train `model` (an FCDM-family autoencoder, float32) as `config` says; its EMA copy.
+
+    Under torchrun each process calls this with the same arguments (`settings.batch_size` is
+    the global batch) inside one process group, left at the end. Rank 0 writes `out/model/`,
+    `out/training_state.safetensors` and `out/log.jsonl`. Problems with the arguments raise
+    an ArgumentError naming the field (`batch_size`, `crop_size`, `data`, `resume`).
     """
-    processes = start_processes(device_name)
-    if settings.batch_size % processes.world:
-        raise CliError(
-            f"--batch-size {settings.batch_size}: not divisible by {processes.world} processes"
+    processes = Processes.from_environment()
+    name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = processes.device_for(torch.device(name))
+    with process_group(processes, device):
+        return run_training(model, config, processes, device, console or Console(quiet=True))
+
+
+def run_training(
+    model: Any, config: TrainingConfig, processes: Processes, device: torch.device, console: Console
+) -> Any:
+    """`train` in a process group that is up."""
+    settings, out = config.settings, config.out
+    if settings.batch_size % processes.world_size:
+        raise ArgumentError(
+            "batch_size",
+            f" {settings.batch_size}: not divisible by {processes.world_size} processes",
         )
-    config = model.config
-    patch = config.effective_patch_size
+    patch = model.config.effective_patch_size
     if settings.crop_size % patch:
-        raise CliError(f"--crop-size {settings.crop_size}: not a multiple of the patch {patch}")
-    files = usable_images(find_training_images(data), settings.crop_size, console, processes)
-    model = model.to(processes.device).float().train()
+        raise ArgumentError(
+            "crop_size", f" {settings.crop_size}: not a multiple of the patch {patch}"
+        )
+    files = usable_images(find_training_images(config.data), settings.crop_size, console, processes)
+    model = model.to(device).float().train()
     if settings.train == "decoder":
         model.encoder.requires_grad_(False)
         model.encoder.eval()
     if settings.path_drop_probability == 0:
         # Untrained without path drop; frozen so that every trained parameter gets a gradient.
         model.decoder.path_drop_mask_feature.requires_grad_(False)
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    ema = ema_model(model, settings.ema_decay)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
     start_step = 0
-    if resume:
+    if config.resume:
         state = load_state(out)
         model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        ema.module.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         cuda_states = [state["rng"][key] for key in sorted(state["rng"]) if key != "torch"]
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states)
         start_step = int(state["step"])
+        ema.n_averaged.fill_(start_step + 1)  # the initial copy and one update per step
+    schedule = learning_rate_schedule(optimizer, settings, start_step)
     objective: nn.Module = TrainingObjective(model, settings, processes)
-    if processes.world > 1:
+    if processes.world_size > 1:
         objective = nn.parallel.DistributedDataParallel(
             objective,
-            device_ids=[processes.device.index] if processes.device.type == "cuda" else None,
+            device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False,  # the whitening statistics are all-reduced in forward
             find_unused_parameters=settings.path_drop_probability > 0,
         )
-    size = settings.crop_size
-    dataset = CropDataset(
-        files,
-        size,
-        (config.latent_channels, size // patch, size // patch),
-        config.pixel_noise_std,
-        settings.seed,
-        settings.one_step_fraction,
-        Augmentation.of(settings),
-    )
-    local_batch = settings.batch_size // processes.world
-    loader = DataLoader(
-        dataset,
-        batch_size=local_batch,
-        sampler=StepSampler(
-            start_step, settings.steps, settings.batch_size, processes.rank, processes.world
-        ),
-        num_workers=settings.workers,
-        persistent_workers=False,
-        pin_memory=processes.device.type == "cuda",
-    )
+    loader = training_loader(files, model.config, settings, processes, start_step, device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
-        if processes.device.type == "cuda"
+        if device.type == "cuda"
         else contextlib.nullcontext()
     )
     if processes.main:
         out.mkdir(parents=True, exist_ok=True)
-        if resume:
+        if config.resume:
             truncate_log(out / LOG_NAME, start_step)
         console.note(
             f"training {settings.train} of a {type(model).__name__} "
-            f"({model.num_parameters():,} parameters) on {len(files)} images from {data}, "
-            f"steps {start_step}..{settings.steps}, {processes.world} process(es) on "
-            f"{processes.device}"
+            f"({model.num_parameters():,} parameters) on {len(files)} images from {config.data}, "
+            f"steps {start_step}..{settings.steps}, {processes.world_size} process(es) on "
+            f"{device}"
         )
     bar = console.progress(settings.steps - start_step, "train")
     bar.unit = "step"
@@ -607,10 +606,8 @@ def train(
     started, window_start, window_images = time.perf_counter(), time.perf_counter(), 0
     step = start_step
     for batch in loader:
-        batch = {k: v.to(processes.device, non_blocking=True) for k, v in batch.items()}
-        learning_rate = learning_rate_at(step, settings)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        learning_rate = optimizer.param_groups[0]["lr"]
         drop = drops_middle_blocks(settings.seed, step, settings.path_drop_probability)
         with autocast:
             loss, parts = objective(batch, drop_middle_blocks=drop)
@@ -618,8 +615,9 @@ def train(
         loss.backward()  # under DDP: gradients averaged over the processes
         grad_norm = torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
         optimizer.step()
+        schedule.step()
         step += 1
-        update_ema(ema, model, min(settings.ema_decay, (1.0 + step) / (10.0 + step)))
+        ema.update_parameters(model)
         window_images += settings.batch_size
         bar.update(1)
         saving = step % settings.save_every == 0 or step == settings.steps
@@ -630,8 +628,8 @@ def train(
             window_start, window_images = now, 0
             record = {
                 "step": step,
-                "loss": float(all_mean(loss.detach().float(), processes)),
-                **{name: float(all_mean(value, processes)) for name, value in parts.items()},
+                "loss": float(processes.all_mean(loss.detach().float())),
+                **{name: float(processes.all_mean(value)) for name, value in parts.items()},
                 "grad_norm": float(grad_norm),
                 "lr": learning_rate,
                 "images_per_s": round(images_per_second, 2),
@@ -640,18 +638,48 @@ def train(
             bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_second:.1f}")
         if saving:
             if processes.main:
-                save_checkpoint(out, step, model, ema, optimizer, settings, family)
-                if eval_images:
-                    psnr_db = round(evaluate_psnr(ema, eval_images, patch), 3)
+                save_checkpoint(out, step, model, ema.module, optimizer, settings, config.family)
+                if config.eval_images:
+                    psnr_db = round(evaluate_psnr(ema.module, list(config.eval_images), patch), 3)
                     record = record or {"step": step}
                     record["eval_psnr_db"] = psnr_db
-            if processes.world > 1:
-                dist.barrier()
+            processes.barrier()
         if record and processes.main:
             append_log(out / LOG_NAME, record)
             console.note(progress_line(record, settings.steps))
     bar.close()
-    return ema
+    return ema.module
+
+
+def training_loader(
+    files: list[Path],
+    config: Any,
+    settings: TrainingSettings,
+    processes: Processes,
+    start_step: int,
+    device: torch.device,
+) -> DataLoader:
+    """This process's share of the samples of steps `start_step`.. as batches (`CropDataset`)."""
+    size, patch = settings.crop_size, config.effective_patch_size
+    dataset = CropDataset(
+        files,
+        size,
+        (config.latent_channels, size // patch, size // patch),
+        config.pixel_noise_std,
+        settings.seed,
+        settings.one_step_fraction,
+        Augmentation.of(settings),
+    )
+    return DataLoader(
+        dataset,
+        batch_size=settings.batch_size // processes.world_size,
+        sampler=StepSampler(
+            start_step, settings.steps, settings.batch_size, processes.rank, processes.world_size
+        ),
+        num_workers=settings.workers,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def progress_line(record: dict[str, Any], steps: int) -> str:
@@ -689,7 +717,7 @@ def usable_images(
             continue
         kept.append(path)
     if not kept:
-        raise CliError(f"no training image is at least {crop_size}x{crop_size}")
+        raise ArgumentError("data", f": no training image is at least {crop_size}x{crop_size}")
     return kept
 
 

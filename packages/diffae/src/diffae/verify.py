@@ -1,7 +1,8 @@
 """Settle a family's open points with the real weights: `diffae verify MODEL [IMAGES...]`.
 
 Several choices that change outputs rest on inference, because the published weights could not
-be read when the packages were written (the specs tag them [I] / [?]). With the weights:
+be read when the packages were written (each family declares them: `Family.open_variants`).
+With the weights:
 
 1. the header: the checkpoint against the model under every reading the family declares
    (`Family.open_variants`, through its key-alias table), plus what the family's investigation

@@ -12,23 +12,47 @@ from importlib import import_module
 
 from diffae_core.families import installed_families
 
-from ..console import CliError, Console
+from ..console import ArgumentError, CliError, Console, ModelError
 from .arguments import build_parser
 
 COMMANDS = {
-    "reconstruct": "reconstruction:reconstruct",
+    "reconstruct": "reconstruction:reconstruct_command",
     "encode": "coding:encode",
     "decode": "coding:decode",
     "inspect": "inspection:inspect",
     "verify": "verification:verify",
     "bundle": "bundling:bundle",
-    "encode-dataset": "dataset_encoding:encode_dataset",
+    "encode-dataset": "dataset_encoding:encode_dataset_command",
     "train": "training:train_command",
-    "demo": "demo:demo",
+    "demo": "demo:demo_command",
     "viewer": "viewing:viewer",
 }
 """Each command's function (module:name in this package), imported only when it runs: the
 modules import torch, which `--help` and argument errors do without."""
+
+ARGUMENT_FLAGS = {
+    "batch_size": "--batch-size",
+    "crop_size": "--crop-size",
+    "data": "FOLDER",
+    "folder_or_list": "INPUT",
+    "images": "IMAGES",
+    "latents": "LATENTS",
+    "num_workers": "--num-workers",
+    "out": "--out",
+    "overwrite=True": "--overwrite",
+    "resume": "--resume",
+}
+"""The command line's spelling of the library arguments its errors name (`ArgumentError`);
+a `name=value` spelling is also replaced where the message suggests it."""
+
+
+def as_cli_error(error: ArgumentError) -> CliError:
+    """A library's ArgumentError in the command line's words: its flag for its argument."""
+    detail = error.detail
+    for spelling, flag in ARGUMENT_FLAGS.items():
+        if "=" in spelling:
+            detail = detail.replace(spelling, flag)
+    return CliError(f"{ARGUMENT_FLAGS.get(error.argument, error.argument)}{detail}")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -37,7 +61,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from diffae_core.config import ConfigError
     from diffae_core.loading import CheckpointError, CheckpointMismatchError
 
-    return (CliError, OSError, ConfigError, CheckpointError, CheckpointMismatchError)
+    return (
+        CliError,
+        ArgumentError,
+        ModelError,
+        OSError,
+        ConfigError,
+        CheckpointError,
+        CheckpointMismatchError,
+    )
 
 
 def command_of(argv: Sequence[str]) -> str:
@@ -65,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         silence_stdout()
         return 1
     except errors as error:
+        if isinstance(error, ArgumentError):
+            error = as_cli_error(error)
         console.problem(f"diffae {args.command}: error: {error}")
         return 1
     except KeyboardInterrupt:

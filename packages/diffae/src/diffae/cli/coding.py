@@ -33,7 +33,7 @@ from ..models import (
     model_folder,
     require_encoder,
 )
-from .runs import (
+from ..runs import (
     ImageItem,
     Run,
     batched,
@@ -73,7 +73,7 @@ def encode(args: argparse.Namespace, console: Console) -> int:
     else:
         claim_output_folder(out, args.overwrite)
     fingerprint = model_fingerprint(model_folder(choice))
-    loaded = load_model(choice, args, device, console)
+    loaded = load_model(choice, device, console, dtype=args.dtype, name=args.model)
     header = {
         "family": loaded.family.name,
         "model": loaded.source,
@@ -92,10 +92,8 @@ def encode(args: argparse.Namespace, console: Console) -> int:
         ):
             images = torch.cat([item.fitted.image for item in batch]).to(loaded.device)
             names = [str(item.path) for item in batch]
-            latents = run_model(run, names, lambda images=images: loaded.model.encode(images))
+            latents = run_model(loaded.model, images, loaded.model.encode, names)
             bar.update(len(batch))
-            if latents is None:
-                continue
             for item, item_latents in zip(batch, latents.float().cpu().split(1), strict=True):
                 descriptions.append(describe(item))
                 if one_file:
@@ -147,7 +145,7 @@ def read_latent_items(
         except BadLatentFile as error:
             problems.append((str(path), str(error)))
     if not items:
-        raise no_inputs_error("LATENTS", problems)
+        raise no_inputs_error("latents", problems)
     for argument, reason in problems:
         run.skip(argument, reason)
     run.inputs = len(items) + len(problems)
@@ -231,7 +229,7 @@ def decode(args: argparse.Namespace, console: Console) -> int:
     if not args.any_model:
         model = EMBEDDED_NAME if args.model is None else args.model
         check_recorded_model(descriptions, choice, model)
-    loaded = load_model(choice, args, device, console)
+    loaded = load_model(choice, device, console, dtype=args.dtype, name=args.model)
     written = 0
     with console.progress(len(named), "decode") as bar:
         for batch in batched(named, args.batch_size, lambda pair: tuple(pair[1].latents.shape)):
@@ -243,17 +241,25 @@ def decode(args: argparse.Namespace, console: Console) -> int:
                 for name in names:
                     run.skip(name, problem)
                 continue
+            finite = [bool(torch.isfinite(item.latents).all()) for _, item in batch]
+            if not all(finite):  # an input that cannot be decoded (the batch holds one size)
+                for name, ok in zip(names, finite, strict=True):
+                    if not ok:
+                        run.skip(name, "the latents hold NaN or inf")
+                batch = [pair for pair, ok in zip(batch, finite, strict=True) if ok]
+                names = [name for name, _ in batch]
+                if not batch:
+                    continue
+                latents = torch.cat([item.latents for _, item in batch]).to(loaded.device)
             height, width = (int(size) * loaded.patch for size in latents.shape[-2:])
 
-            def step(latents: Tensor = latents, height: int = height, width: int = width):
+            def step(latents: Tensor, height: int = height, width: int = width) -> Tensor:
                 decoded = loaded.model.decode(
                     latents, height, width, inference_config=decoding, **options
                 )
                 return decoded.float().cpu()
 
-            images = run_model(run, names, step)
-            if images is None:
-                continue
+            images = run_model(loaded.model, latents, step, names)
             for (name, item), image in zip(batch, images, strict=True):
                 write_png(out / f"{name}.png", item.content(image))
                 written += 1

@@ -3,60 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..console import Console
-from ..images import fit_image, read_image, sample_photos
-from ..metrics import bicubic_baseline, psnr_8bit
-from ..models import EMBEDDED_FAMILY, EMBEDDED_MODEL, available_families
-from ..viewer import build_viewer_with_bicubic, compression_ratio
-from .reconstruction import reconstruct
-from .runs import earlier_run_of
+from ..models import choose_device
+from ..reconstruction import demo
+from ..runs import Run
+from .reconstruction import note_reconstructions
 
 
-def demo(args: argparse.Namespace, console: Console) -> int:
+def demo_command(args: argparse.Namespace, console: Console) -> int:
     """Reconstruct the sample photos with the embedded model; print model vs bicubic PSNR."""
-    photos = sample_photos()
-    reconstruct_args = argparse.Namespace(
-        **vars(args)
-        | {
-            "images": [str(path) for path in photos],
-            "model": None,
-            "family": None,
-            "dtype": "float32",
-            "batch_size": 1,
-            "fit": "crop",
-            "grid": True,
-            "viewer": False,
-            "viewer_inputs": True,
-            # Running the demo again replaces its own earlier outputs, nothing else.
-            "overwrite": earlier_run_of(Path(args.out), "embedded"),
-            "steps": None,
-            "sampler": None,
-            "schedule": None,
-            "pdg_strength": None,
-            "seed": 0,
-        }
-    )
-    status = reconstruct(reconstruct_args, console)
     out = Path(args.out)
-    report = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    config = available_families()[EMBEDDED_FAMILY].config_class.load(EMBEDDED_MODEL / "config.json")
-    ratio = compression_ratio(config)
-    rows = []
-    for row in report["images"]:
-        image, _ = read_image(Path(row["image"]))
-        fitted = fit_image(image, config.effective_patch_size, "crop").image[0]
-        bicubic = psnr_8bit(fitted, bicubic_baseline(fitted, ratio))
-        rows.append((Path(row["image"]).name, row["psnr_db"], bicubic))
-    console.note(format_comparison(rows, ratio))
+    result = demo(out, device=choose_device(args.device), console=console)
+    reconstructions = result.reconstructions
+    note_reconstructions(reconstructions, out, console)
+    console.note(format_comparison(result.comparison, result.compression_ratio))
     console.note(f"comparison grids (original | reconstruction | error | latent PCA): {out}/grids/")
-    page = build_viewer_with_bicubic(
-        out, ratio, "embedded model", "diffae demo: the embedded model"
+    console.note(
+        f"look through the results in a browser (bicubic vs the model): {result.viewer_page}"
     )
-    console.note(f"look through the results in a browser (bicubic vs the model): {page}")
-    return status
+    return Run(console, reconstructions.inputs, reconstructions.skipped).exit_status()
 
 
 def format_comparison(rows: list[tuple[str, float, float]], ratio: float) -> str:

@@ -8,12 +8,18 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from ..console import CliError, Console
+from ..distributed import Processes
 from ..images import find_images
 from ..models import choose_device, choose_family, choose_model, read_config
-from ..training import STATE_NAME, TrainingSettings, read_state_metadata, train
+from ..training import (
+    STATE_NAME,
+    TrainingConfig,
+    TrainingSettings,
+    read_state_metadata,
+    train,
+)
 from .arguments import positive_int
 
 TRAINABLE_FAMILIES = ("fcdm_diffae", "full_capacitor")
@@ -75,18 +81,17 @@ def run_training(args: argparse.Namespace, console: Console) -> int:
     eval_images, problems = find_images(args.eval) if args.eval else ([], [])
     if problems:
         raise CliError("--eval: " + "; ".join(f"{name}: {reason}" for name, reason in problems))
-    train(
-        model,
-        Path(args.data),
-        out,
-        settings,
-        console=console,
+    config = TrainingConfig(
+        data=Path(args.data),
+        out=out,
+        settings=settings,
         resume=args.resume,
-        device_name=device_name,
-        eval_images=eval_images,
+        device=device_name,
+        eval_images=tuple(eval_images),
         family=family.name,
     )
-    if not dist.is_initialized() or dist.get_rank() == 0:  # once under torchrun
+    train(model, config, console=console)
+    if Processes.from_environment().main:  # once under torchrun
         console.note(
             f"the EMA weights are in {out / 'model'}/ (load them with --model {out}/model)"
         )
