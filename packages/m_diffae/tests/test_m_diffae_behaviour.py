@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import m_diffae.model
 from diffae_core.families import installed_families
 from diffae_core.loading import ModelNotAvailableError
 from diffae_testing import add_to_hub_cache, randomize_weights
@@ -198,29 +197,6 @@ def test_pixel_unshuffle_patchify_layout_loads_to_the_same_model(tmp_path: Path)
         unshuffled, weight.reshape(weight.shape[0], -1, 1, 1), model.encoder.patchify.proj.bias
     )
     torch.testing.assert_close(via_1x1, model.encoder.patchify(images), rtol=0, atol=PATCHIFY_ATOL)
-
-
-def test_published_key_renames_load_save_and_refuse_collisions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A fragment rename (here the official DiCo's `ca.1` for our `cca.proj`) maps a published
-    file onto our keys, saving writes it back, and two keys landing on one name are an error."""
-    monkeypatch.setattr(m_diffae.model, "PUBLISHED_KEY_RENAMES", {".ca.1.": ".cca.proj."})
-    model = tiny_model()
-    model.save_pretrained(tmp_path)
-    published = load_file(tmp_path / "model.safetensors")
-    assert "encoder.blocks.0.ca.1.weight" in published
-    assert not any(".cca." in key for key in published)
-    loaded = MDiffAE.from_pretrained(tmp_path)
-    assert torch.equal(
-        loaded.encoder.blocks[0].cca.proj.weight, model.encoder.blocks[0].cca.proj.weight
-    )
-    both = {
-        **published,
-        "encoder.blocks.0.cca.proj.weight": published["encoder.blocks.0.ca.1.weight"],
-    }
-    with pytest.raises(ValueError, match=r"both name 'encoder\.blocks\.0\.cca\.proj\.weight'"):
-        MDiffAE.canonical_checkpoint_keys(both)
 
 
 @pytest.mark.parametrize("cached", ["data-archetype/mdiffae_v1", "data-archetype/mdiffae-v1"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from diffae_core.fcdm import FCDMAutoencoder
-from diffae_core.loading import KeyAliases
 
 from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
 
@@ -15,10 +14,6 @@ key tells. `normalized_mean_is_possible` is the spec's check (c) on a loaded che
 ENCODE_RETURNS_FLOAT32 = True
 """Open point: `encode` returns `whiten`'s float32 result (the spec's default, as
 dinac_ae) rather than casting back to the compute dtype (as fcdm_diffae)."""
-
-CHECKPOINT_KEY_ALIASES: KeyAliases = {}
-"""Other published spellings of our keys. The spec lists none for full_capacitor (its
-whitening buffers are the author's usual `latent_norm_running_*`), so loading is strict."""
 
 
 class FullCapacitor(FCDMAutoencoder):
@@ -32,7 +27,6 @@ class FullCapacitor(FCDMAutoencoder):
     config_class = FullCapacitorConfig
     family_name = "full_capacitor"
     inference_config_class = FullCapacitorInferenceConfig
-    checkpoint_key_aliases = CHECKPOINT_KEY_ALIASES
     encoder_normalizes_mean = ENCODER_NORMALIZES_MEAN
     encode_returns_float32 = ENCODE_RETURNS_FLOAT32
     config: FullCapacitorConfig

@@ -34,7 +34,7 @@ from diffae_core.layers import (
     block_modulations,
     row_spans,
 )
-from diffae_core.loading import TensorInfo, apply_key_aliases
+from diffae_core.loading import TensorInfo
 from diffae_core.runtime import compute_dtype
 
 from .config import MDiffAEConfig, MDiffAEInferenceConfig
@@ -42,7 +42,6 @@ from .dico import NORM_EPS, DiCoBlock, Float32RMSNorm
 from .open_points import (
     DEFAULT_OPEN_POINTS,
     MASK_SEED_OFFSET,
-    PUBLISHED_KEY_RENAMES,
     REPO_ID_ALIASES,
     OpenPoints,
 )
@@ -319,22 +318,6 @@ def _canonical_layout(key: str, value: Any) -> Any:
     return value
 
 
-def _renamed_keys(state: Mapping[str, Any], fragments: Mapping[str, str]) -> dict[str, Any]:
-    """`state` with every key fragment in `fragments` replaced by its value.
-
-    Goes through the core's `apply_key_aliases` (one exact alias per changed key), so two keys
-    landing on one name raise ValueError instead of one silently replacing the other.
-    """
-    aliases = {}
-    for key in state:
-        renamed = key
-        for old, new in fragments.items():
-            renamed = renamed.replace(old, new)
-        if renamed != key:
-            aliases[key] = renamed
-    return apply_key_aliases(state, aliases)
-
-
 class MDiffAE(DiffusionAutoencoder):
     """mDiffAE v1. Images [N, 3, H, W] in [-1, 1], H and W multiples of `config.patch_size`;
     latents [N, config.bottleneck_dim, H/P, W/P]. Float32 weights as published; a bf16 model
@@ -383,14 +366,12 @@ class MDiffAE(DiffusionAutoencoder):
     # -- loading -------------------------------------------------------------------------------
     @classmethod
     def canonical_checkpoint_keys(cls, state: Mapping[str, Any]) -> dict[str, Any]:
-        """Published key spellings and layouts -> ours (tensors or header entries)."""
-        renamed = _renamed_keys(state, PUBLISHED_KEY_RENAMES)
-        return {key: _canonical_layout(key, value) for key, value in renamed.items()}
-
-    def checkpoint_state(self) -> dict[str, Tensor]:
-        """The state dict under the published key names (identity while the table is empty)."""
-        reverse = {ours: published for published, ours in PUBLISHED_KEY_RENAMES.items()}
-        return _renamed_keys(self.state_dict(), reverse)
+        """The other plausible layouts of two published tensors -> ours (tensors or header
+        entries); the key names are ours until a real header shows otherwise (`UNVERIFIED_KEYS`)."""
+        return {
+            key: _canonical_layout(key, value)
+            for key, value in super().canonical_checkpoint_keys(state).items()
+        }
 
     # -- decoding ------------------------------------------------------------------------------
     def predictor(self, raw_latents: Tensor, settings: InferenceConfigBase) -> GuidedPredictor:

@@ -91,10 +91,5 @@ UNVERIFIED_KEYS: dict[str, tuple[str, ...]] = {
     "mask feature name": ("decoder.mask_feature",),
 }
 """Key names the spec inferred without seeing the file, by the open point
-`diffae.investigation.m_diffae` names after them; block keys are shown for block 0. A rename a real
-header shows goes in `PUBLISHED_KEY_RENAMES`."""
-
-PUBLISHED_KEY_RENAMES: dict[str, str] = {}
-"""Published key fragment -> ours (e.g. ".ca.1." -> ".cca.proj."), applied to every key when
-loading and reversed when saving; two keys landing on one name are an error. Empty: the names
-above are the spec's best reading until a real header says otherwise."""
+`diffae.investigation.m_diffae` names after them; block keys are shown for block 0. A spelling a
+real header shows goes in `MDiffAE.checkpoint_key_aliases` (published key -> ours)."""

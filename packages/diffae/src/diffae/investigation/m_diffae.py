@@ -76,7 +76,11 @@ def _named_shape(
     """Verdict for a key we expect under one name with one of a few accepted shapes."""
     found = _shape(header, key)
     if found is None:
-        return Verdict(point, DIFFERS, f"no {key}; add its published name to PUBLISHED_KEY_RENAMES")
+        return Verdict(
+            point,
+            DIFFERS,
+            f"no {key}; add its published spelling to MDiffAE.checkpoint_key_aliases",
+        )
     for description, shape in shapes.items():
         if found == shape:
             status = CONFIRMED if description == "default" else DIFFERS
