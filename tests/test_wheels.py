@@ -54,7 +54,20 @@ per family); tests/test_comfyui_server.py installs the node pack's wheel into Co
 WORKSPACE_DISTRIBUTIONS = {*MEMBERS, "diffae-workspace"}
 TIMEOUT_SECONDS = 300
 
-MODEL_SCRIPT = """
+RANDOM_WEIGHTS = """
+import torch
+
+
+def randomize_weights(model):
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return model
+"""
+"""Random weights in a wheel-only environment (diffae-testing is a dev package: not there)."""
+
+MODEL_SCRIPT = RANDOM_WEIGHTS + """
 import importlib.util
 import sys
 import tempfile
@@ -62,13 +75,6 @@ from importlib.metadata import entry_points
 
 import torch
 
-
-def randomize_weights(model):  # diffae-testing is a dev package: not in these wheels
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
-    return model
 
 family_name, *absent = sys.argv[1:]
 entries = entry_points(group="diffae.families")
@@ -103,7 +109,7 @@ for variant, config in family.tiny_configs().items():
     print(variant)
 """
 
-TOOLS_SCRIPT = """
+TOOLS_SCRIPT = RANDOM_WEIGHTS + """
 import contextlib
 import io
 import sys
@@ -113,13 +119,6 @@ from diffae.cli import main
 import torch
 from diffae_core.families import installed_families
 
-
-def randomize_weights(model):  # diffae-testing is a dev package: not in these wheels
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
-    return model
 
 families = installed_families()
 assert sorted(families) == sorted(sys.argv[1:]), f"families: {sorted(families)}"
