@@ -67,7 +67,9 @@ def randomize_weights(model):
 """
 """Random weights in a wheel-only environment (diffae-testing is a dev package: not there)."""
 
-MODEL_SCRIPT = RANDOM_WEIGHTS + """
+MODEL_SCRIPT = (
+    RANDOM_WEIGHTS
+    + """
 import importlib.util
 import sys
 import tempfile
@@ -108,8 +110,11 @@ for variant, config in family.tiny_configs().items():
     torch.testing.assert_close(recon, expected)
     print(variant)
 """
+)
 
-TOOLS_SCRIPT = RANDOM_WEIGHTS + """
+TOOLS_SCRIPT = (
+    RANDOM_WEIGHTS
+    + """
 import contextlib
 import io
 import sys
@@ -143,6 +148,7 @@ from diffae.viewer import DATA_MARKER, TEMPLATE
 from importlib.resources import files
 assert DATA_MARKER in files("diffae").joinpath(TEMPLATE).read_text(encoding="utf-8")
 """
+)
 
 
 def uv_executable() -> str:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from . import __version__
-from .console import CliError
+from .console import ArgumentError
 from .images import require_pillow, write_png
 from .metrics import bicubic_baseline, psnr_8bit, summarize, write_metrics
 from .visuals import ERROR_GAIN
@@ -179,40 +179,47 @@ def write_metrics_rows(out: Path, rows: list[dict[str, Any]], settings: dict[str
 
 # -- reading runs -------------------------------------------------------------------------------
 def load_run(folder: Path) -> ViewerRun:
-    """Read a run folder back; a CliError naming the folder when something the page needs is
+    """Read a run folder back; an ArgumentError naming the folder when something the page needs is
     missing."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CliError(f"RUN_DIR: expected a run folder, got {folder} (no such folder)")
+        raise ArgumentError(
+            "run_folders", f": expected a run folder, got {folder} (no such folder)"
+        )
     try:
         report = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CliError(
-            f"RUN_DIR {folder}: no metrics.json (expected the output folder of "
-            "`diffae reconstruct ... --viewer`)"
+        raise ArgumentError(
+            "run_folders",
+            f" {folder}: no metrics.json (expected the output folder of "
+            "`diffae reconstruct ... --viewer`)",
         ) from None
     except (ValueError, UnicodeDecodeError) as error:
-        raise CliError(f"RUN_DIR {folder}: metrics.json is not JSON ({error})") from None
+        raise ArgumentError(
+            "run_folders", f" {folder}: metrics.json is not JSON ({error})"
+        ) from None
     if not isinstance(report, dict) or not isinstance(report.get("images"), list):
-        raise CliError(f"RUN_DIR {folder}: metrics.json has no list of images")
+        raise ArgumentError("run_folders", f" {folder}: metrics.json has no list of images")
     if not report["images"]:
-        raise CliError(f"RUN_DIR {folder}: metrics.json lists no images")
+        raise ArgumentError("run_folders", f" {folder}: metrics.json lists no images")
     photos: dict[str, RunPhoto] = {}
     for index, row in enumerate(report["images"]):
         try:
             name, width, height = Path(row["output"]).stem, int(row["width"]), int(row["height"])
             value = float(row["psnr_db"])
         except (KeyError, TypeError, ValueError) as error:
-            raise CliError(
-                f"RUN_DIR {folder}: image {index} of metrics.json: expected output, width, "
-                f"height and psnr_db as `diffae reconstruct` writes them, got {error!r}"
+            raise ArgumentError(
+                "run_folders",
+                f" {folder}: image {index} of metrics.json: expected output, width, "
+                f"height and psnr_db as `diffae reconstruct` writes them, got {error!r}",
             ) from None
         original = folder / ORIGINALS / f"{name}.png"
         for path in (folder / row["output"], original):
             if not path.is_file():
-                raise CliError(
-                    f"RUN_DIR {folder}: missing {path.relative_to(folder)} (write runs for the "
-                    "viewer with `diffae reconstruct ... --viewer`)"
+                raise ArgumentError(
+                    "run_folders",
+                    f" {folder}: missing {path.relative_to(folder)} (write runs for the "
+                    "viewer with `diffae reconstruct ... --viewer`)",
                 )
         pca = folder / PCA / f"{name}.png"
         photos[name] = RunPhoto(
@@ -228,15 +235,16 @@ def load_run(folder: Path) -> ViewerRun:
 
 
 def check_same_photos(runs: Sequence[ViewerRun]) -> None:
-    """A CliError when the runs are not over the same photos at the same sizes."""
+    """An ArgumentError when the runs are not over the same photos at the same sizes."""
     first = runs[0]
     for run in runs[1:]:
         if set(run.photos) != set(first.photos):
             only_first = sorted(set(first.photos) - set(run.photos))
             only_run = sorted(set(run.photos) - set(first.photos))
-            raise CliError(
-                f"RUN_DIR: the runs are over different photos: {first.folder} has "
-                f"{only_first or 'no others'}, {run.folder} has {only_run or 'no others'}"
+            raise ArgumentError(
+                "run_folders",
+                f": the runs are over different photos: {first.folder} has "
+                f"{only_first or 'no others'}, {run.folder} has {only_run or 'no others'}",
             )
         for name, photo in run.photos.items():
             size, expected = (
@@ -247,9 +255,10 @@ def check_same_photos(runs: Sequence[ViewerRun]) -> None:
                 ),
             )
             if size != expected:
-                raise CliError(
-                    f"RUN_DIR: {name} is {expected[0]}x{expected[1]} in {first.folder} but "
-                    f"{size[0]}x{size[1]} in {run.folder} (runs must see the same pixels)"
+                raise ArgumentError(
+                    "run_folders",
+                    f": {name} is {expected[0]}x{expected[1]} in {first.folder} but "
+                    f"{size[0]}x{size[1]} in {run.folder} (runs must see the same pixels)",
                 )
 
 
@@ -258,11 +267,11 @@ def run_labels(runs: Sequence[ViewerRun], labels: Sequence[str] | None = None) -
     share a model), else the folder's name."""
     if labels is not None:
         if len(labels) != len(runs):
-            raise CliError(
-                f"--labels: expected {len(runs)} labels (one per run), got {len(labels)}"
+            raise ArgumentError(
+                "labels", f": expected {len(runs)} labels (one per run), got {len(labels)}"
             )
         if len(set(labels)) != len(labels):
-            raise CliError(f"--labels: expected distinct labels, got {list(labels)}")
+            raise ArgumentError("labels", f": expected distinct labels, got {list(labels)}")
         return list(labels)
     names = [Path(str(run.facts["model"] or run.folder.name)).name for run in runs]
     if len(set(names)) < len(names):
@@ -340,9 +349,10 @@ def write_page_images(runs: Sequence[ViewerRun], folder: Path) -> list[dict[str,
         for index, run in enumerate(runs):
             photo = run.photos[name]
             if index and not torch.equal(read_rgb(photo.original), original):
-                raise CliError(
-                    f"RUN_DIR: the original of {name} differs between {runs[0].folder} and "
-                    f"{run.folder} (runs must see the same pixels)"
+                raise ArgumentError(
+                    "run_folders",
+                    f": the original of {name} differs between {runs[0].folder} and "
+                    f"{run.folder} (runs must see the same pixels)",
                 )
             stem = f"run{index}"
             shutil.copyfile(photo.reconstruction, target / f"{stem}.png")
@@ -401,17 +411,17 @@ def render_page(data: dict[str, Any]) -> str:
 
 
 def check_output_folder(out: Path, runs: Sequence[Path], overwrite: bool) -> None:
-    """A CliError before any work: --out not empty without `overwrite`, a file, or holding a
+    """An ArgumentError before any work: `out` not empty without `overwrite`, a file, or holding a
     run (replacing it would delete the run)."""
     if out.exists() and not out.is_dir():
-        raise CliError(f"--out: expected a folder, got the file {out}")
+        raise ArgumentError("out", f": expected a folder, got the file {out}")
     resolved = out.resolve()
     for run in runs:
         run_path = Path(run).resolve()
         if resolved == run_path or resolved in run_path.parents:
-            raise CliError(f"--out: {out} holds the run folder {run}; give another folder")
+            raise ArgumentError("out", f": {out} holds the run folder {run}; give another folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise CliError(f"--out: {out} is not empty; give a new folder or --overwrite")
+        raise ArgumentError("out", f": {out} is not empty; give a new folder or overwrite=True")
 
 
 def build_viewer(
@@ -428,7 +438,7 @@ def build_viewer(
     check_output_folder(out, run_folders, overwrite)
     runs = [load_run(Path(folder)) for folder in run_folders]
     if not runs:
-        raise CliError("RUN_DIR: expected at least one run folder")
+        raise ArgumentError("run_folders", ": expected at least one run folder")
     check_same_photos(runs)
     names = run_labels(runs, labels)
     title = title or " vs ".join(names)

@@ -41,6 +41,8 @@ ARGUMENT_FLAGS = {
     "out": "--out",
     "overwrite=True": "--overwrite",
     "resume": "--resume",
+    "labels": "--labels",
+    "run_folders": "RUN_DIR",
 }
 """The command line's spelling of the library arguments its errors name (`ArgumentError`);
 a `name=value` spelling is also replaced where the message suggests it."""
