@@ -48,9 +48,16 @@ FAMILY_DISTRIBUTIONS = {
     entry.name: entry.dist.metadata["Name"] for entry in entry_points(group=ENTRY_POINT_GROUP)
 }
 """Family name -> its distribution, from the workspace's entry points."""
-MEMBERS = ["diffae", "diffae-core", "comfyui-diffae", *FAMILY_DISTRIBUTIONS.values()]
-"""Every distribution the workspace builds (the tools, the core, the ComfyUI node pack and one
-per family); tests/test_comfyui_server.py installs the node pack's wheel into ComfyUI."""
+MEMBERS = [
+    "diffae",
+    "diffae-core",
+    "diffae-testing",
+    "comfyui-diffae",
+    *FAMILY_DISTRIBUTIONS.values(),
+]
+"""Every distribution the workspace builds (the tools, the core, the dev-only test helpers, the
+ComfyUI node pack and one per family); tests/test_comfyui_server.py installs the node pack's
+wheel into ComfyUI."""
 WORKSPACE_DISTRIBUTIONS = {*MEMBERS, "diffae-workspace"}
 TIMEOUT_SECONDS = 300
 
@@ -236,6 +243,12 @@ def test_wheel_metadata_is_complete(distribution: str, wheels: Path) -> None:
     assert metadata.get_all("Project-URL")
     requirements = metadata.get_all("Requires-Dist")
     assert requirements and all(">=" in r for r in requirements), requirements
+
+
+def test_the_core_wheel_carries_no_test_helpers(wheels: Path) -> None:
+    (wheel,) = wheels.glob("diffae_core-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [name for name in archive.namelist() if "testing" in name]
 
 
 def test_the_tools_wheel_ships_the_embedded_model_not_its_training_logs(wheels: Path) -> None:
