@@ -2,8 +2,8 @@
 
 --images-small and --images-large generated JPEGs of --resolution squared (smooth random colour
 fields, as photos compress) in a temporary folder; fcdm_diffae's tiny test config trained for
---steps steps with --workers DataLoader workers, each run in a fresh process (so that its peak
-resident set is its own), candidates interleaved:
+--steps steps with --workers DataLoader workers (1 torch thread), each run in a fresh process
+(so that its peak resident set is its own), candidates in turn:
 
 - before: `CropDataset` as it was up to commit c12eb19: every decoded file kept, in each worker
   (reproduced here by patching `CropDataset.pixels` back);
@@ -48,9 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images-small", type=int, default=200)
     parser.add_argument("--images-large", type=int, default=2000)
     parser.add_argument("--resolution", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--candidates", nargs="+", choices=CANDIDATES, default=list(CANDIDATES))
     parser.add_argument("--machine", help="name in the results file names (default: device)")
@@ -94,6 +94,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     from diffae_core.families import installed_families
 
     candidate, data, out = args.run
+    torch.set_num_threads(1)  # the README's advice on a shared CPU (workers take 1 each)
     if candidate == "before":
         patch_previous_pixels()
     elif candidate == "after, no cache":
