@@ -25,8 +25,10 @@ import bisect
 import json
 import os
 import sys
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import reduce
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,13 @@ DATA_FOLDER = "data"
 FORMAT = "diffae-latent-dataset"
 FORMAT_VERSION = 1
 METADATA_KEY = b"diffae"
-ROW_GROUP_ROWS = 64
-"""Rows per Parquet row group: what `LatentDataset` decodes for one random access."""
+ROW_GROUP_ROWS = 1
+"""Rows per Parquet row group. A row group is the least pyarrow reads, so one row per group
+lets `LatentDataset` read a row's bytes and no other row's (shards written before this, with
+64-row groups, are read a group at a time). The cost is about 0.5 KB of footer per row."""
+MAX_OPEN_SHARDS = 16
+"""Shards whose footer `LatentDataset` keeps parsed, per process (the least recently read is
+closed): about 8 MB each for 1,000 one-row groups."""
 SCHEMA = pa.schema([
     ("key", pa.string()),
     ("latents", pa.binary()),
@@ -56,6 +63,8 @@ SCHEMA = pa.schema([
     ("source_height", pa.int32()),
     ("source_width", pa.int32()),
 ])  # fmt: skip
+STATISTICS_COLUMNS = [name for name in SCHEMA.names if name != "latents"]
+"""Columns with min/max statistics in the footer: not the latents' raw bytes (meaningless)."""
 SHARD_RECORD_KEYS = ("settings_digest", "shard", "inputs", "rows", "skipped", "statistics")
 
 
@@ -166,6 +175,7 @@ def write_shard(path: Path, rows: list[dict[str, Any]], record: dict[str, Any]) 
             os.fspath(temporary),
             row_group_size=ROW_GROUP_ROWS,
             use_dictionary=["dtype", "fit"],
+            write_statistics=STATISTICS_COLUMNS,
         )
 
     atomic_write(path, write)
@@ -196,35 +206,67 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+class ShardReader:
+    """One shard's rows by number, its footer parsed once. Reads the row group holding the row
+    (the row alone, as `write_shard` writes; older 64-row groups whole, the last one kept)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.file = pq.ParquetFile(os.fspath(path))
+        except (OSError, pa.ArrowException) as error:
+            raise BadDataset(f"{path}: cannot read the shard ({error})") from None
+        metadata = self.file.metadata
+        group_rows = (
+            metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)
+        )
+        self.starts = list(accumulate(group_rows, initial=0))
+        self.rows = self.starts[-1]
+        self.path = path
+        self._cached: tuple[int, list[dict[str, Any]]] | None = None
+
+    def row(self, number: int) -> dict[str, Any]:
+        """Row `number` (from 0) of the shard, as pyarrow gives it (a fresh dict)."""
+        group = bisect.bisect_right(self.starts, number) - 1
+        if self._cached is None or self._cached[0] != group:
+            try:
+                rows = self.file.read_row_group(group).to_pylist()
+            except (OSError, pa.ArrowException) as error:
+                raise BadDataset(f"{self.path}: cannot read row group {group} ({error})") from None
+            self._cached = (group, rows)
+        return dict(self._cached[1][number - self.starts[group]])
+
+
 class LatentDataset(Dataset):
     """A complete dataset folder as a map-style dataset: index -> one image's latents and facts.
 
     Items are dicts: "latents" ([C, h, w] tensor in the stored dtype), "key", "height", "width",
-    "fit", "source_height", "source_width". The order is the shards' (the input order). Rows are
-    decoded one Parquet row group (`ROW_GROUP_ROWS` rows) at a time and the last group is kept,
-    so sequential access, or shuffling within shards, is cheapest. Latents of different shapes
-    need a `collate_fn` of your own (or batch size 1) in a DataLoader.
+    "fit", "source_height", "source_width". The order is the shards' (the input order).
+
+    Random access reads the row's own bytes (one Parquet row group per row) and, the first time
+    a shard is read in a process, its footer; the footers of the `max_open_shards` shards read
+    last stay parsed (`MAX_OPEN_SHARDS`). Each DataLoader worker opens its own files. Latents of
+    different shapes need a `collate_fn` of your own (or batch size 1) in a DataLoader.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], max_open_shards: int = MAX_OPEN_SHARDS
+    ) -> None:
+        if max_open_shards < 1:
+            raise ValueError(f"max_open_shards: expected >= 1, got {max_open_shards}")
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         if not self.manifest.get("complete"):
             raise BadDataset(
                 f"{self.root}: the encoding is not complete; re-run the same command to finish it"
             )
-        self._groups: list[tuple[Path, int]] = []
-        self._starts: list[int] = []
-        total = 0
-        for shard in self.manifest["shards"]:
-            path = self.root / shard["file"]
-            metadata = pq.ParquetFile(os.fspath(path)).metadata
-            for group in range(metadata.num_row_groups):
-                self._groups.append((path, group))
-                self._starts.append(total)
-                total += metadata.row_group(group).num_rows
-        self._length = total
-        self._cached: tuple[int, list[dict[str, Any]]] | None = None
+        self._shards = [
+            (self.root / shard["file"], int(shard["rows"])) for shard in self.manifest["shards"]
+        ]
+        self._starts = list(accumulate((rows for _, rows in self._shards), initial=0))
+        self._length = self._starts[-1]
+        self.max_open_shards = max_open_shards
+        self._open: OrderedDict[int, ShardReader] = OrderedDict()
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return self._length
@@ -233,14 +275,29 @@ class LatentDataset(Dataset):
         if not -self._length <= index < self._length:
             raise IndexError(f"index {index} out of range for {self._length} rows")
         index %= self._length
-        group = bisect.bisect_right(self._starts, index) - 1
-        if self._cached is None or self._cached[0] != group:
-            path, number = self._groups[group]
-            rows = pq.ParquetFile(os.fspath(path)).read_row_group(number).to_pylist()
-            self._cached = (group, rows)
-        row = dict(self._cached[1][index - self._starts[group]])
+        shard = bisect.bisect_right(self._starts, index) - 1
+        row = self._shard(shard).row(index - self._starts[shard])
         row["latents"] = latents_from_bytes(row["latents"], row.pop("shape"), row.pop("dtype"))
         return row
+
+    def _shard(self, number: int) -> ShardReader:
+        """The open shard `number`, opened (and checked against the manifest) if need be."""
+        if self._pid != os.getpid():  # a forked DataLoader worker opens files of its own
+            self._open, self._pid = OrderedDict(), os.getpid()
+        reader = self._open.pop(number, None)
+        if reader is None:
+            path, rows = self._shards[number]
+            reader = ShardReader(path)
+            if reader.rows != rows:
+                raise BadDataset(f"{path}: {reader.rows} rows; the manifest says {rows}")
+        self._open[number] = reader  # the most recently read last
+        while len(self._open) > self.max_open_shards:
+            self._open.popitem(last=False)
+        return reader
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (DataLoader workers started by spawn) without the open files."""
+        return self.__dict__ | {"_open": OrderedDict()}
 
     @property
     def latent_mean(self) -> Tensor:
