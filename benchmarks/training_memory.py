@@ -35,8 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .report import RESULTS_DIR, default_machine_name, header_lines, machine_info, markdown_table
-from .report import write_results as write_result_files
+from .report import RESULTS_DIR, machine_info, markdown_table, write_table_results
 
 CANDIDATES = ("before", "after", "after, no cache")
 FAMILY = "fcdm_diffae"
@@ -195,14 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             for row in rows
         ],
     )
-    markdown = "\n".join(
-        ["# Training memory against the number of images", "", table, "", *header_lines(info)]
-    )
-    print(markdown)
-    machine = args.machine or default_machine_name(torch.device("cpu"))
-    data = {"machine": info, "rows": rows}
-    write_result_files(args.out_dir, f"training-memory-{machine}", markdown, data)
-    return data
+    title = "Training memory against the number of images"
+    return write_table_results(args, "training-memory", title, table, info, rows)
 
 
 if __name__ == "__main__":

@@ -72,25 +72,38 @@ def numbers_of(dataset: LatentDataset, indices) -> list[int]:
     return numbers
 
 
-def test_each_row_is_its_own_row_group_and_a_read_reads_one(folder, monkeypatch):
-    for path in sorted((folder / "data").glob("*.parquet")):
-        metadata = pq.read_metadata(path)
-        assert [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)] == [
-            1
-        ] * metadata.num_rows
-    read: list[int] = []
-    original = pq.ParquetFile.read_row_group
+@pytest.fixture
+def reads(monkeypatch) -> list[int]:
+    """The rows of each `read_row_groups` call, as they happen."""
+    counts: list[int] = []
+    original = pq.ParquetFile.read_row_groups
 
-    def counting(self, group, *args, **kwargs):
-        table = original(self, group, *args, **kwargs)
-        read.append(table.num_rows)
+    def counting(self, groups, *args, **kwargs):
+        table = original(self, groups, *args, **kwargs)
+        counts.append(table.num_rows)
         return table
 
-    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counting)
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", counting)
+    return counts
+
+
+def test_each_row_is_its_own_row_group_and_a_random_read_reads_one(folder, reads):
+    for path in sorted((folder / "data").glob("*.parquet")):
+        metadata = pq.read_metadata(path)
+        groups = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+        assert groups == [1] * metadata.num_rows
     dataset = LatentDataset(folder)
     order = [7, 0, 14, 3, 9, -1, 5]
     assert numbers_of(dataset, order) == [index % 15 for index in order]
-    assert read == [1] * len(order)
+    assert reads == [1] * len(order)
+
+
+def test_reads_in_order_double_up_to_the_read_ahead(folder, reads, monkeypatch):
+    monkeypatch.setattr(latent_dataset, "READ_AHEAD_ROWS", 2)
+    dataset = LatentDataset(folder)
+    assert numbers_of(dataset, range(15)) == list(range(15))
+    # shard rows 5, 4, 6: runs of 1, 2, 2 (end of shard 0), 2, 2, 2, 2, 2 (shard 2: 6 rows)
+    assert reads == [1, 2, 2, 2, 2, 2, 2, 2] and sum(reads) == 15
 
 
 def test_shards_of_64_row_groups_written_before_still_read(tmp_path, monkeypatch):
