@@ -10,7 +10,8 @@ image), written by `write_shard` twice in a temporary folder:
   reads ahead, up to `READ_AHEAD_ROWS`, while the indices come in order);
 - after, old files: the current `LatentDataset` on the 64-row layout (datasets written before).
 
-Each is read in random order (--items uniform indices, seeded) and in order (a full pass).
+Each is read in random order (--items uniform indices, seeded) and in order (a full pass); the
+memory the parsed footers take is measured in a fresh process.
 Bytes read are the process's `rchar` in /proc/self/io (what the reads asked of the file
 system, page cache or not) over the reads, divided by the items. `datasets.load_dataset` of
 each layout into a fresh cache is timed too when `datasets` is installed (by default it converts
@@ -26,9 +27,12 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import gc
 import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -67,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--items", type=int, default=300, help="random reads per candidate")
     parser.add_argument("--machine", help="name in the results file names (default: device)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--no-footer-memory", action="store_true", help="skip the fresh process (smoke runs)"
+    )
+    parser.add_argument("--footer-memory", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -156,6 +164,30 @@ def measured(figures: dict[str, float], name: str, items: int) -> Iterator[None]
     figures[f"{name}_items_per_s"] = items / seconds
 
 
+def footer_memory(root: Path) -> float:
+    """MiB per 1,000 rows that `LatentDataset` holds for the footers of the shards it has read,
+    measured in a fresh process (in this one, memory freed by the writing would be reused)."""
+    command = [sys.executable, "-m", "benchmarks.latent_reader", "--footer-memory", str(root)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def print_footer_memory(root: Path) -> None:
+    """`footer_memory`, in the fresh process: resident growth from reading one row of every
+    shard but the first, per 1,000 rows of those shards."""
+    manifest = read_manifest(root)
+    dataset = LatentDataset(root, max_open_shards=len(manifest["shards"]))
+    dataset[0]  # the imports and the first shard, before the baseline
+    gc.collect()
+    before = resident_mib()
+    start = manifest["shards"][0]["rows"]
+    for shard in manifest["shards"][1:]:
+        dataset[start]
+        start += shard["rows"]
+    rows = start - manifest["shards"][0]["rows"]
+    print((resident_mib() - before) / rows * 1000)
+
+
 def read_all(dataset: Any, indices: list[int]) -> None:
     for index in indices:
         dataset[index]["latents"].sum()
@@ -164,10 +196,8 @@ def read_all(dataset: Any, indices: list[int]) -> None:
 def measure(make: Callable[[], Any], random_indices: list[int]) -> dict[str, float]:
     figures: dict[str, float] = {}
     dataset = make()
-    before = resident_mib()
     with measured(figures, "random", len(random_indices)):
         read_all(dataset, random_indices)
-    figures["resident_growth_mib"] = resident_mib() - before
     dataset = make()
     with measured(figures, "sequential", len(dataset)):
         read_all(dataset, list(range(len(dataset))))
@@ -191,8 +221,11 @@ def load_dataset_seconds(root: Path, cache: Path, **options: Any) -> float | Non
     return seconds
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
+    if args.footer_memory:
+        print_footer_memory(args.footer_memory)
+        return None
     info = machine_info(torch.device("cpu"))
     with tempfile.TemporaryDirectory() as temporary:
         old_layout, new_layout = Path(temporary, "old"), Path(temporary, "new")
@@ -209,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, (make, root) in candidates.items():
             figures = measure(make, indices)
             files = sorted((root / "data").glob("*.parquet"))
+            if name != "before" and not args.no_footer_memory:  # "before" kept no footer
+                figures["footer_mib_per_1000_rows"] = footer_memory(root)
             figures["file_mib"] = sum(path.stat().st_size for path in files) / 2**20
             figures["footer_bytes_per_row"] = (
                 sum(pq.read_metadata(path).serialized_size for path in files) / args.rows
@@ -227,13 +262,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "latents": f"[{args.channels}, {args.side}, {args.side}] float32",
         "row_bytes": row_bytes,
         "random_items": args.items,
-        "measured": "bytes: /proc/self/io rchar over the reads / items; "
-        "resident growth: over the random reads",
+        "measured": "bytes: /proc/self/io rchar over the reads / items; footers held: resident "
+        "growth of a fresh process reading one row of each shard but the first, per 1,000 rows",
     }
     table = markdown_table(
         [
             "candidate", "bytes read / random item", "÷ row bytes", "random items/s",
-            "sequential bytes / item", "sequential items/s", "resident growth (MiB)",
+            "sequential bytes / item", "sequential items/s", "footers held (MiB / 1,000 rows)",
             "files (MiB)", "footer bytes / row", "load_dataset (s)",
             "load_dataset batch_size=1000 (s)",
         ],
@@ -245,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{row['random_items_per_s']:,.0f}",
                 f"{row['sequential_bytes_per_item']:,.0f}",
                 f"{row['sequential_items_per_s']:,.0f}",
-                f"{row['resident_growth_mib']:.1f}",
+                f"{row.get('footer_mib_per_1000_rows', 0.0):.1f}",
                 f"{row['file_mib']:.1f}",
                 f"{row['footer_bytes_per_row']:.0f}",
                 *(

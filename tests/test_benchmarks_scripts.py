@@ -227,7 +227,8 @@ def test_reconstruct_benchmark_times_the_command_against_the_bare_model(tmp_path
 
 
 def test_latent_reader_benchmark_reads_less_per_random_item(tmp_path: Path) -> None:
-    options = "--rows 40 --shards 2 --channels 16 --side 4 --items 10 --machine smoke"
+    options = "--rows 40 --shards 2 --channels 16 --side 4 --items 10 --no-footer-memory"
+    options += " --machine smoke"
     data = latent_reader.main([*options.split(), "--out-dir", str(tmp_path)])
     assert (tmp_path / "latent-reader-smoke.md").is_file()
     rows = {row["candidate"]: row for row in data["rows"]}
