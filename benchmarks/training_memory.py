@@ -6,7 +6,8 @@ fields, as photos compress) in a temporary folder; fcdm_diffae's tiny test confi
 (so that its peak resident set is its own), candidates round-robin, --repeats times:
 
 - before: `CropDataset` as it was up to commit c12eb19: every decoded file kept, in each worker
-  (reproduced here by patching `CropDataset.pixels` back);
+  (reproduced here by patching `CropDataset.pixels` back; the `read_image` it calls is today's,
+  which makes two fewer copies of each image than it did then);
 - after: the current `CropDataset`: decoded files kept up to `IMAGE_CACHE_BYTES` per process,
   the others decoded per sample (straight to uint8);
 - after, no cache: the same with `cache_bytes=0` (every sample decoded).
