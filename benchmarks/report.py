@@ -174,3 +174,17 @@ def write_results(out_dir: Path, stem: str, markdown: str, data: dict[str, Any])
     for path in (markdown_path, json_path):
         print(f"wrote {path}")
     return [markdown_path, json_path]
+
+
+def write_table_results(
+    args: Any, stem: str, title: str, table: str, info: dict[str, Any], rows: list[Any]
+) -> dict[str, Any]:
+    """Print `# title`, the table and the machine header, and write them (and {"machine": info,
+    "rows": rows}) as `<stem>-<machine>.md/.json` in `args.out_dir`; the machine is
+    `args.machine`, else the CPU's `default_machine_name`. Returns the JSON data."""
+    markdown = "\n".join([f"# {title}", "", table, "", *header_lines(info)])
+    print(markdown)
+    machine = args.machine or default_machine_name(torch.device("cpu"))
+    data = {"machine": info, "rows": rows}
+    write_results(args.out_dir, f"{stem}-{machine}", markdown, data)
+    return data

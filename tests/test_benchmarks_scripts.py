@@ -21,11 +21,13 @@ if str(ROOT) not in sys.path:  # the benchmarks are scripts beside the packages,
 
 from benchmarks import (  # noqa: E402
     encode_dataset,
+    latent_reader,
     pipeline_vae,
     quality,
     reconstruct,
     speed,
     tiling,
+    training_memory,
 )
 from benchmarks.flux2 import FLUX2_NAME, build_flux2_vae  # noqa: E402
 
@@ -222,3 +224,20 @@ def test_reconstruct_benchmark_times_the_command_against_the_bare_model(tmp_path
     assert (tmp_path / "out" / "reconstruct-embedded-smoke.md").is_file()
     assert len(data["seconds"]["model"]) == len(data["seconds"]["command"]) == 1
     assert data["command_over_model"] == data["medians"]["command"] / data["medians"]["model"]
+
+
+def test_latent_reader_benchmark_reads_less_per_random_item(tmp_path: Path) -> None:
+    options = "--rows 40 --shards 2 --channels 16 --side 4 --items 10 --no-footer-memory"
+    options += " --machine smoke"
+    data = latent_reader.main([*options.split(), "--out-dir", str(tmp_path)])
+    assert (tmp_path / "latent-reader-smoke.md").is_file()
+    rows = {row["candidate"]: row for row in data["rows"]}
+    assert rows["after"]["random_bytes_per_item"] < rows["before"]["random_bytes_per_item"]
+
+
+def test_training_memory_benchmark_run_reports_its_figures(tmp_path: Path, capsys) -> None:
+    training_memory.write_images(tmp_path / "images", 0, 3, side=32)
+    run = ["--run", "after", str(tmp_path / "images"), str(tmp_path / "out")]
+    training_memory.main([*run, "--steps", "2", "--batch", "2", "--crop", "16", "--workers", "0"])
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["steps_per_s"] > 0 and figures["peak_rss_main_mib"] > 0

@@ -175,6 +175,21 @@ def read_image(path: Path) -> tuple[Tensor, str]:
     palette images become RGB; 16-bit greyscale keeps its 16 bits. The note says what was done
     ("" when nothing was).
     """
+    pixels, note = _read_upright(path, as_uint8=False)
+    return pixels.unsqueeze(0), note
+
+
+def read_image_uint8(path: Path) -> Tensor:
+    """A PNG/JPEG/WebP file -> [3, H, W] uint8 in [0, 255]: `quantize_8bit` of `read_image`'s
+    pixels, decoded straight to 8 bits (no float copy; what training reads for every sample).
+
+    The tensor is a channels-last view ([H, W, 3] in memory, as Pillow decodes).
+    """
+    return _read_upright(path, as_uint8=True)[0]
+
+
+def _read_upright(path: Path, as_uint8: bool) -> tuple[Tensor, str]:
+    """[3, H, W] upright RGB (uint8, or float32 in [-1, 1]) and the conversion note."""
     Image = require_pillow()
     from PIL import ImageOps
 
@@ -187,24 +202,28 @@ def read_image(path: Path) -> tuple[Tensor, str]:
             orientation = exif_orientation(image)
             if orientation != 1:
                 notes.append(f"{EXIF_ORIENTATIONS[orientation]} upright (EXIF orientation)")
-            upright = ImageOps.exif_transpose(image)
+            # Both copy the image even when they change nothing: at 1024² two 4 MB copies
+            # (RGB is held as 4 bytes a pixel) that cost as much as the JPEG decode.
+            upright = image if orientation == 1 else ImageOps.exif_transpose(image)
             if image.mode in SIXTEEN_BIT_GREY:
                 pixels = _sixteen_bit_grey(upright)
+                pixels = quantize_8bit(pixels) if as_uint8 else pixels
             else:
-                pixels = _eight_bit_rgb(upright.convert("RGB"))
+                rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
+                pixels = _eight_bit_rgb(rgb)
+                pixels = pixels if as_uint8 else pixels.float() / 127.5 - 1.0
     except BadImage:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise BadImage(f"unreadable ({error})") from None
-    return pixels.unsqueeze(0), "; ".join(note for note in notes if note)
+    return pixels, "; ".join(note for note in notes if note)
 
 
 def _eight_bit_rgb(rgb: Any) -> Tensor:
-    """An RGB Pillow image -> [3, H, W] float32 in [-1, 1]."""
-    width, height = rgb.size
-    pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-    pixels = pixels.view(height, width, 3).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
-    return pixels.float() / 127.5 - 1.0
+    """An RGB Pillow image -> [3, H, W] uint8 (a view of [H, W, 3])."""
+    import numpy as np
+
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)  # np.array: one writable copy
 
 
 def _sixteen_bit_grey(grey: Any) -> Tensor:

@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from diffae_core.diffusion import cosine_interpolated_logsnr, diffuse
 from diffae_core.io import atomic_write
@@ -47,7 +47,14 @@ from diffae_core.loading import load_tensors
 
 from .console import ArgumentError, Console
 from .distributed import Processes, process_group
-from .images import IMAGE_SUFFIXES, BadImage, find_image_tree, probe_image, read_image
+from .images import (
+    IMAGE_SUFFIXES,
+    BadImage,
+    find_image_tree,
+    probe_image,
+    read_image,
+    read_image_uint8,
+)
 from .metrics import psnr_8bit
 
 TRAIN_PARTS = ("all", "decoder")
@@ -180,14 +187,24 @@ def apply_color_matrix(image: Tensor, matrix: Tensor) -> Tensor:
     return mapped.clamp(0.0, 1.0) * 2.0 - 1.0
 
 
+IMAGE_CACHE_BYTES = 512 * 2**20
+"""Decoded training images (uint8) one training process keeps in memory, all its DataLoader
+workers together: 512 MiB, about 170 images of 1024 x 1024; the others are decoded per sample."""
+
+
 class CropDataset(Dataset):
     """Sample index -> dict of one training sample, all draws from `sample_generator(seed, i)`.
 
     image [3, S, S] float32 in [-1, 1] (a random crop of a random file, flipped left-right half
     the time; zoomed out, rotated and recoloured as `augmentation` says), t [] in [0, 1],
     pixel_noise [3, S, S] of std `noise_std`, latent_noise [C, h, w] standard normal. Files are
-    visited in a fresh permutation per pass. Decoded files are kept in memory (uint8) in each
-    worker.
+    visited in a fresh permutation per pass.
+
+    Memory is bounded, whatever the number of files: decoded files (uint8) are kept up to
+    `cache_bytes` per process, split evenly between its DataLoader workers; the first ones
+    decoded stay and the others are decoded again for every sample. (Under a fresh permutation
+    per pass every file is as likely to come next, so which ones stay does not change the share
+    of samples served from memory, and nothing needs evicting.) The samples do not depend on it.
     """
 
     def __init__(
@@ -199,23 +216,34 @@ class CropDataset(Dataset):
         seed: int,
         one_step_fraction: float = 0.0,
         augmentation: Augmentation | None = None,
+        cache_bytes: int = IMAGE_CACHE_BYTES,
     ) -> None:
         self.files, self.crop_size, self.seed = files, crop_size, seed
         self.one_step_fraction = one_step_fraction
         self.augmentation = augmentation or Augmentation()
         self.latent_shape, self.noise_std = latent_shape, noise_std
+        self.cache_bytes = cache_bytes
         self.cache: dict[int, Tensor] = {}
+        self.cached_bytes = 0
         self.order, self.order_pass = torch.empty(0, dtype=torch.long), -1
 
     def __len__(self) -> int:
         return 2**62  # indexed by global sample number, never exhausted
 
     def pixels(self, file_index: int) -> Tensor:
-        """The file as uint8 [3, H, W] (cached)."""
-        if file_index not in self.cache:
-            image, _ = read_image(self.files[file_index])
-            self.cache[file_index] = ((image[0] + 1.0) * 127.5).round().to(torch.uint8)
-        return self.cache[file_index]
+        """The file as uint8 [3, H, W]: from the cache, or decoded (and kept if it fits)."""
+        pixels = self.cache.get(file_index)
+        if pixels is None:
+            pixels = read_image_uint8(self.files[file_index])
+            if self.cached_bytes + pixels.nbytes <= self.cache_budget():
+                self.cache[file_index] = pixels
+                self.cached_bytes += pixels.nbytes
+        return pixels
+
+    def cache_budget(self) -> int:
+        """This process's share of `cache_bytes` (each DataLoader worker holds its own cache)."""
+        worker = get_worker_info()
+        return self.cache_bytes // (worker.num_workers if worker is not None else 1)
 
     def file_at(self, index: int) -> int:
         """The file of global sample `index`: pass index // count visits the files in a seeded
