@@ -461,6 +461,6 @@ def test_help_and_argument_errors_do_not_import_torch():
 
 def test_the_command_line_names_are_the_cores():
     from diffae.cli import arguments
-    from diffae_core.diffusion import SAMPLER_NAMES, SCHEDULE_KINDS
+    from diffae_core.config import SAMPLER_NAMES, SCHEDULE_KINDS
 
     assert (arguments.SAMPLER_NAMES, arguments.SCHEDULE_KINDS) == (SAMPLER_NAMES, SCHEDULE_KINDS)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from diffae_core.families import DecodeSwitch
 
-# The core's names (`diffae_core.diffusion.SAMPLER_NAMES`, `diffae_core.diffusion.SCHEDULE_KINDS`),
+# The core's names (`diffae_core.config.SAMPLER_NAMES`, `diffae_core.config.SCHEDULE_KINDS`),
 # written here because importing those modules imports torch, seconds before `--help` could
 # answer; tests/test_newcomer.py holds them equal.
 SAMPLER_NAMES = ("ddim", "dpmpp_2m")
