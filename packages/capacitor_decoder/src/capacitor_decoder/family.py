@@ -5,7 +5,6 @@ from __future__ import annotations
 from diffae_core.families import DecodeSwitch, Family
 
 from .config import CapacitorDecoderConfig, CapacitorDecoderInferenceConfig
-from .model import CapacitorDecoder
 
 TINY_CONFIG = CapacitorDecoderConfig(model_dim=16, decoder_depth=5, adaln_low_rank_rank=4)
 """A structurally complete capacitor decoder (2 + 1 + 2 blocks) small enough for tests. It keeps
@@ -21,7 +20,7 @@ RAW_LATENTS = DecodeSwitch(
 
 FAMILY = Family(
     name="capacitor_decoder",
-    model_class=CapacitorDecoder,
+    model="capacitor_decoder.model:CapacitorDecoder",
     config_class=CapacitorDecoderConfig,
     inference_config_class=CapacitorDecoderInferenceConfig,
     repo_ids=("data-archetype/capacitor_decoder",),
