@@ -26,6 +26,7 @@ FAMILY = Family(
     repo_ids=("data-archetype/capacitor_decoder",),
     tiny_config=TINY_CONFIG,
     tiny_variants={"capacitor_decoder": TINY_CONFIG},
+    has_encoder=False,
     decode_switches=(RAW_LATENTS,),
     # With FLUX.2's encoder in front of it (the card's 2k benchmark).
     card_psnr={"data-archetype/capacitor_decoder": 36.34},

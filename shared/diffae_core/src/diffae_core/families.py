@@ -54,6 +54,9 @@ class Family:
     tiny_variants: Mapping[str, Any] = field(default_factory=dict)
     """Small configs named after the published structures they mimic (e.g. one per preset whose
     layout differs); the shared contract tests run every one."""
+    has_encoder: bool = True
+    """False for a decode-only family: its model's `has_encoder` (the model has no `encode`),
+    stated here too so tools can tell without importing the model."""
     decode_switches: tuple[DecodeSwitch, ...] = ()
     """Command-line switches of this family's `decode` (e.g. capacitor_decoder's raw FLUX.2
     latents); tools refuse them for the other families."""

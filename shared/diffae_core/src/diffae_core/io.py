@@ -139,13 +139,13 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-        if not 0 < length <= min(MAX_HEADER_BYTES, file_bytes - 8):
-            raise CheckpointError(
-                f"{path}: not a safetensors file (its 8-byte header length {length} does not "
-                f"fit its {file_bytes} bytes)"
-            )
-        text = handle.read(length)
+        text = handle.read(length) if 0 < length <= MAX_HEADER_BYTES else b""
     try:
+        if not 0 < length <= file_bytes - 8:
+            raise ValueError(
+                f"header too small or too large: its 8-byte length {length} does not fit "
+                f"the file's {file_bytes} bytes"
+            )
         data = json.loads(text.decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError("the header is not a JSON object")

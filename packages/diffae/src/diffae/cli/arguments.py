@@ -266,12 +266,18 @@ def build_parser(
     inspect = commands.add_parser(
         "inspect",
         parents=[common],
-        help="family, config, parameters, latent shapes and checkpoint header of a model",
+        help="family, config, latent shapes and stored tensors of a model, from its files",
     )
     inspect.add_argument(
         "target",
         metavar="MODEL_OR_FILE",
         help="repo id, model directory, model.safetensors, or a latents file",
+    )
+    inspect.add_argument(
+        "--check",
+        action="store_true",
+        help="also build the model (on the meta device: no memory, but torch is imported) and "
+        "compare model.safetensors with it key by key, and count its parameters",
     )
     verify = commands.add_parser(
         "verify",
