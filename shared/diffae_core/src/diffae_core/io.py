@@ -114,10 +114,10 @@ def _stored_tensor(name: str, entry: object) -> tuple[StoredTensor, tuple[int, i
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise ValueError(f"tensor {name!r}: expected dtype, shape and data_offsets")
     code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if code not in SAFETENSORS_DTYPES:
+    if not isinstance(code, str) or code not in SAFETENSORS_DTYPES:
         raise ValueError(f"tensor {name!r}: unknown dtype {code!r}")
     sizes = [*shape, *offsets] if isinstance(shape, list) and isinstance(offsets, list) else [-1]
-    if len(offsets) != 2 or any(type(size) is not int or size < 0 for size in sizes):
+    if any(type(size) is not int or size < 0 for size in sizes) or len(offsets) != 2:
         raise ValueError(f"tensor {name!r}: invalid shape, data type, or offset")
     dtype, itemsize = SAFETENSORS_DTYPES[code]
     tensor = StoredTensor(dtype, tuple(shape), offsets[1] - offsets[0])
@@ -165,7 +165,7 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
                 f"file not fully covered: the tensors hold {end} bytes, the file "
                 f"{file_bytes - 8 - length} after its header (truncated or extended?)"
             )
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as error:
+    except (UnicodeDecodeError, ValueError, TypeError) as error:  # JSONDecodeError too
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
     return SafetensorsHeader({name: tensor for name, (tensor, _) in entries.items()}, metadata)
 
