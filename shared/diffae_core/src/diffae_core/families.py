@@ -7,7 +7,8 @@ and never import a family by name.
 
 Reading the families imports no torch: a `Family` names its model class ("package.module:Class")
 and imports it on first use of `model_class`, so a tool that needs only configs (`diffae inspect`,
-`--help`) runs without it. A family's `family.py` and `config.py` must therefore not import torch.
+`--help`) runs without it. A family's `family.py`, `config.py` and `__init__.py` (which loading
+the entry point imports first) must therefore not import torch; tests/test_inspect.py checks.
 """
 
 from __future__ import annotations
