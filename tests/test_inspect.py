@@ -4,6 +4,7 @@ safetensors' own (values, dtypes, and what it refuses)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from diffae.latents import write_latent_file
 from diffae_core.families import installed_families
 from diffae_core.io import CheckpointError, read_safetensors_header
 from diffae_core.loading import read_header
-from diffae_testing import randomize_weights
+from diffae_testing import add_to_hub_cache, randomize_weights
 
 FAMILIES = installed_families()
 SUBPROCESS_TIMEOUT = 120
@@ -32,7 +33,7 @@ print(json.dumps({"status": status, "torch": sorted(m for m in sys.modules if m 
 """
 
 
-def inspect_without_torch(*arguments: str) -> tuple[int, list[str], str]:
+def inspect_without_torch(*arguments: str, env: dict[str, str] | None = None):
     """(exit status, the torch modules imported, the report) of `diffae inspect` in a new
     Python process."""
     result = subprocess.run(
@@ -40,6 +41,7 @@ def inspect_without_torch(*arguments: str) -> tuple[int, list[str], str]:
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     *report, verdict = result.stdout.strip().splitlines()
@@ -78,6 +80,19 @@ def test_inspect_of_a_saved_model_imports_no_torch(name: str, saved_models: dict
     assert (status, torch_modules) == (0, [])
     assert f"family: {name} (from " in report and "values stored: " in report
     assert "checkpoint vs model: not checked; add --check" in report
+
+
+def test_inspect_of_a_published_repo_id_in_the_hub_cache_imports_no_torch(
+    saved_models: dict[str, Path], tmp_path: Path
+):
+    name = "fcdm_diffae" if "fcdm_diffae" in FAMILIES else next(iter(FAMILIES))
+    repo_id = FAMILIES[name].repo_ids[0]
+    files = {file: saved_models[name] / file for file in ("config.json", "model.safetensors")}
+    add_to_hub_cache(tmp_path, repo_id, files)
+    offline = os.environ | {"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    status, torch_modules, report = inspect_without_torch(repo_id, env=offline)
+    assert (status, torch_modules) == (0, [])
+    assert f"family: {name} (from published repo id {repo_id})" in report
 
 
 def test_inspect_of_latent_and_foreign_files_imports_no_torch(tmp_path: Path):
