@@ -34,7 +34,7 @@ from diffae import __version__ as diffae_version
 from diffae.console import CliError
 from diffae.images import BadImage, find_images, fit_image, read_image, sample_photos, write_png
 from diffae.metrics import psnr_8bit, summarize
-from diffae.models import DTYPES, choose_model, patch_multiple
+from diffae.models import DTYPES, choose_dtype, choose_model, patch_multiple
 from diffae.viewer import compression_ratio, save_viewer_inputs, write_metrics_rows
 from diffae.visuals import latent_pca
 from diffae_core.families import Family
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Evaluate, print the Markdown, write the results files; returns the JSON data."""
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    dtype = choose_dtype(args.dtype, device)
     family, reason, model, vae = load_models(args, device, dtype)
     inference_config = family.inference_config_class(num_steps=args.steps, seed=args.seed)
     multiple = patch_multiple(model.config)

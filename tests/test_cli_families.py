@@ -248,13 +248,19 @@ def test_decode_skips_integer_and_wrong_channel_latents(
 
 
 def test_inspect(family: Family, model_dir: Path, capsys):
-    assert main(["inspect", str(model_dir / "model.safetensors"), "--family", family.name]) == 0
+    weights = model_dir / "model.safetensors"
+    assert main(["inspect", str(weights), "--family", family.name]) == 0
     report = capsys.readouterr().out
     model = family.model_class.from_config_on_meta(family.tiny_config)
+    stored = sum(tensor.numel() for tensor in model.checkpoint_state().values())
     assert f"family: {family.name} (from {model_dir / 'diffae.json'})" in report
-    assert f"parameters: {model.num_parameters():,}" in report
-    assert "checkpoint matches the model" in report
+    assert f"values stored: {stored:,} (parameters and buffers)" in report
     assert "float32:" in report and "256x256:" in report
+    assert "checkpoint vs model: not checked; add --check" in report
+    assert main(["inspect", str(weights), "--family", family.name, "--check"]) == 0
+    checked = capsys.readouterr().out
+    assert f"parameters: {model.num_parameters():,}" in checked
+    assert "checkpoint matches the model" in checked and "add --check" not in checked
 
 
 def test_family_recorded_detected_or_ambiguity_named(

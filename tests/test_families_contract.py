@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffae_core.families import Family, installed_families
-from diffae_core.loading import CheckpointMismatchError, ModelNotAvailableError, PretrainedModel
+from diffae_core.io import ModelNotAvailableError
+from diffae_core.loading import CheckpointMismatchError, PretrainedModel
 from diffae_testing import add_to_hub_cache, randomize_weights, randomize_whitening
 
 FLOAT32_RELATIVE = 1e-5

@@ -23,12 +23,8 @@ from safetensors.torch import save_file
 
 from diffae_core.config import ConfigError
 from diffae_core.families import installed_families
-from diffae_core.loading import (
-    CheckpointError,
-    CheckpointMismatchError,
-    ModelNotAvailableError,
-    read_header,
-)
+from diffae_core.io import CheckpointError, ModelNotAvailableError
+from diffae_core.loading import CheckpointMismatchError, read_header
 from diffae_testing import randomize_weights
 
 FAMILIES = installed_families()

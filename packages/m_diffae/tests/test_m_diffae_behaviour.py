@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffae_core.families import installed_families
-from diffae_core.loading import ModelNotAvailableError
+from diffae_core.io import ModelNotAvailableError
 from diffae_testing import add_to_hub_cache, randomize_weights
 from m_diffae import MDiffAE, MDiffAEConfig, MDiffAEInferenceConfig, OpenPoints
 from m_diffae.dico import DiCoBlock

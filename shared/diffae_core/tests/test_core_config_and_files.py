@@ -13,15 +13,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from diffae_core.config import ConfigError, JsonConfig
-from diffae_core.loading import (
-    ModelNotAvailableError,
-    PretrainedModel,
-    TensorInfo,
-    diff_state,
-    read_header,
-    resolve_model_dir,
-    state_info,
-)
+from diffae_core.io import ModelNotAvailableError, resolve_model_dir
+from diffae_core.loading import PretrainedModel, TensorInfo, diff_state, read_header, state_info
 from diffae_core.runtime import check_dtype
 from diffae_testing import add_to_hub_cache
 

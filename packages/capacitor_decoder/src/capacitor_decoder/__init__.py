@@ -7,15 +7,9 @@ latents = flux2_whiten(z128, stats.running_mean, stats.running_var, stats.eps)
 recon = decoder.decode(latents, height=H, width=W)  # [N, 3, H, W], float32, ~[-1, 1]
 """
 
+from typing import Any
+
 from .config import CapacitorDecoderConfig, CapacitorDecoderInferenceConfig
-from .flux2 import (
-    Flux2Statistics,
-    flux2_dewhiten,
-    flux2_patchify,
-    flux2_unpatchify,
-    flux2_whiten,
-)
-from .model import CapacitorDecoder
 
 __all__ = [
     "CapacitorDecoder",
@@ -27,3 +21,17 @@ __all__ = [
     "flux2_unpatchify",
     "flux2_whiten",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The model-side names, imported on first use: loading this package's `diffae.families`
+    entry point (`.family`) imports the package, and that must import no torch."""
+    if name == "CapacitorDecoder":
+        from .model import CapacitorDecoder
+
+        return CapacitorDecoder
+    if name in __all__:
+        from . import flux2
+
+        return getattr(flux2, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

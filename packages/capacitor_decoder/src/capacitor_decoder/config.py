@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.diffusion import StrengthVPInferenceConfig
-from diffae_core.fcdm import FCDMConfig
+from diffae_core.config import FCDMConfig, StrengthVPInferenceConfig
 
-from .flux2 import FLUX2_PATCHIFIED_CHANNELS, FLUX2_PIXELS_PER_CELL
+FLUX2_LATENT_CHANNELS = 32
+FLUX2_PATCHIFIED_CHANNELS = 4 * FLUX2_LATENT_CHANNELS
+FLUX2_PIXELS_PER_CELL = 16
+"""8x VAE downsampling times the 2x2 patchify. (The FLUX.2 sizes live here, not in `flux2.py`,
+so that the config, and `diffae inspect`, need no torch.)"""
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import Tensor
 
-from .config import CapacitorDecoderInferenceConfig
-from .flux2 import FLUX2_LATENT_CHANNELS, Flux2Statistics, flux2_patchify
+from .config import FLUX2_LATENT_CHANNELS, CapacitorDecoderInferenceConfig
+from .flux2 import Flux2Statistics, flux2_patchify
 from .model import CapacitorDecoder
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from diffae_core.families import DecodeSwitch, Family
 
 from .config import CapacitorDecoderConfig, CapacitorDecoderInferenceConfig
-from .model import CapacitorDecoder
 
 TINY_CONFIG = CapacitorDecoderConfig(model_dim=16, decoder_depth=5, adaln_low_rank_rank=4)
 """A structurally complete capacitor decoder (2 + 1 + 2 blocks) small enough for tests. It keeps
@@ -21,12 +20,13 @@ RAW_LATENTS = DecodeSwitch(
 
 FAMILY = Family(
     name="capacitor_decoder",
-    model_class=CapacitorDecoder,
+    model="capacitor_decoder.model:CapacitorDecoder",
     config_class=CapacitorDecoderConfig,
     inference_config_class=CapacitorDecoderInferenceConfig,
     repo_ids=("data-archetype/capacitor_decoder",),
     tiny_config=TINY_CONFIG,
     tiny_variants={"capacitor_decoder": TINY_CONFIG},
+    has_encoder=False,
     decode_switches=(RAW_LATENTS,),
     # With FLUX.2's encoder in front of it (the card's 2k benchmark).
     card_psnr={"data-archetype/capacitor_decoder": 36.34},

@@ -16,10 +16,6 @@ from torch import Tensor
 from diffae_core.diffusion import dewhiten, whiten
 from diffae_core.layers import channels_to_space, space_to_channels
 
-FLUX2_LATENT_CHANNELS = 32
-FLUX2_PATCHIFIED_CHANNELS = 4 * FLUX2_LATENT_CHANNELS
-FLUX2_PIXELS_PER_CELL = 16
-"""8x VAE downsampling times the 2x2 patchify."""
 FLUX2_BATCH_NORM_EPS = 1e-4
 
 

@@ -6,13 +6,18 @@ import torch
 from torch import Tensor
 
 from diffae_core.autoencoder import DiffusionAutoencoder
-from diffae_core.diffusion import InferenceConfigBase
+from diffae_core.config import InferenceConfigBase
 from diffae_core.fcdm import build_fcdm_decoder
 from diffae_core.loading import KeyAliases
 from diffae_core.runtime import check_size, check_tensor, check_values
 
-from .config import CapacitorDecoderConfig, CapacitorDecoderInferenceConfig
-from .flux2 import FLUX2_LATENT_CHANNELS, FLUX2_PATCHIFIED_CHANNELS, Flux2Statistics
+from .config import (
+    FLUX2_LATENT_CHANNELS,
+    FLUX2_PATCHIFIED_CHANNELS,
+    CapacitorDecoderConfig,
+    CapacitorDecoderInferenceConfig,
+)
+from .flux2 import Flux2Statistics
 
 DECODER_ATTRIBUTES = (
     "patchify",

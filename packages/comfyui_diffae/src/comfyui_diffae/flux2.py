@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from capacitor_decoder.flux2 import FLUX2_PATCHIFIED_CHANNELS, Flux2Statistics
+from capacitor_decoder.config import FLUX2_PATCHIFIED_CHANNELS
+from capacitor_decoder.flux2 import Flux2Statistics
 
 
 def comfy_flux2_statistics(flux2_vae: Any) -> Flux2Statistics:

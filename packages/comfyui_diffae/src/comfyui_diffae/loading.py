@@ -20,7 +20,8 @@ import torch
 
 from diffae_core.config import ConfigError
 from diffae_core.families import Family, installed_families
-from diffae_core.loading import IDENTITY_NAME, CheckpointError, read_header, saved_family
+from diffae_core.io import IDENTITY_NAME, CheckpointError, saved_family
+from diffae_core.loading import read_header
 
 CONFIG_NAME = "config.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

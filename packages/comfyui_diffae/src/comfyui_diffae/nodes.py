@@ -16,7 +16,7 @@ from typing import Any
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from diffae_core.diffusion import SAMPLER_NAMES, SCHEDULE_KINDS
+from diffae_core.config import SAMPLER_NAMES, SCHEDULE_KINDS
 from diffae_core.families import installed_families
 
 from .flux2 import check_flux2_vae

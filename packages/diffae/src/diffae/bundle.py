@@ -33,7 +33,8 @@ from typing import Any
 from huggingface_hub import ModelCardData
 
 from diffae_core.families import Family
-from diffae_core.loading import IDENTITY_NAME, CheckpointMismatchError
+from diffae_core.io import IDENTITY_NAME
+from diffae_core.loading import CheckpointMismatchError
 
 from . import __version__
 from .models import choose_family, patch_multiple, read_config, resolve_model

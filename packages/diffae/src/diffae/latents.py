@@ -13,15 +13,17 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-from torch import Tensor
 
-from diffae_core.io import atomic_write
+from diffae_core.io import CheckpointError, atomic_write, read_safetensors_header
 
-from .images import find_files
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# torch (through safetensors.torch and .images) is imported by the functions that read or write
+# tensors: `read_description` reads the header alone, so `diffae inspect` runs without torch.
 
 METADATA_KEY = "diffae"
 
@@ -51,19 +53,21 @@ def write_latent_file(
     path: Path, tensors: dict[str, Tensor], items: list[dict[str, Any]], header: dict[str, Any]
 ) -> None:
     """Write `tensors` (name -> [1, C, h, w]) with the item descriptions, atomically."""
+    from safetensors.torch import save_file
+
     metadata = {METADATA_KEY: json.dumps(header | {"items": items})}
     state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in tensors.items()}
     atomic_write(path, lambda tmp: save_file(state, os.fspath(tmp), metadata=metadata))
 
 
 def read_description(path: Path) -> dict[str, Any] | None:
-    """The "diffae" metadata of a safetensors file, or None when it has none."""
+    """The "diffae" metadata of a safetensors file, or None when it has none (header only)."""
     try:
-        with safe_open(os.fspath(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        text = metadata.get(METADATA_KEY)
+        text = read_safetensors_header(path).metadata.get(METADATA_KEY)
         return None if text is None else json.loads(text)
-    except (SafetensorError, OSError, ValueError) as error:
+    except CheckpointError as error:  # says "<path>: not a readable safetensors file (...)"
+        raise BadLatentFile(str(error).removeprefix(f"{path}: ")) from None
+    except (OSError, ValueError) as error:
         raise BadLatentFile(f"not a readable safetensors file ({error})") from None
 
 
@@ -110,4 +114,6 @@ def _undescribed_items(path: Path, tensors: dict[str, Tensor]):
 
 def find_latent_files(arguments: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """.safetensors files named or inside folders named, and the arguments that are neither."""
+    from .images import find_files
+
     return find_files(arguments, (".safetensors",))

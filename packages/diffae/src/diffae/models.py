@@ -13,24 +13,29 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from diffae_core.config import ConfigError
 from diffae_core.families import Family, installed_families
-from diffae_core.loading import IDENTITY_NAME, read_header, resolve_model_dir, saved_family
+from diffae_core.io import IDENTITY_NAME, resolve_model_dir, saved_family
 
 from .console import CliError, Console
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that load or run a model: choosing a family and reading
+# a model's files (`diffae inspect`) need only the configs, and run without it.
+
 DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
 }
+"""--dtype spellings -> torch's name of the dtype."""
 INFERENCE_FLAGS = {
     "steps": "num_steps",
     "sampler": "sampler",
@@ -83,7 +88,10 @@ def families_matching(config_data: dict[str, Any], families: dict[str, Family]) 
 
 def weights_fit(family: Family, config_data: dict[str, Any], weights: Path) -> bool:
     """Whether `weights`' header (names, shapes) is what `family` builds from the config; reads
-    no tensor data."""
+    no tensor data. Builds the family's model on `meta`, so it imports torch: reached only
+    when several families accept the config."""
+    from diffae_core.loading import read_header
+
     try:
         header = read_header(weights)
     except (OSError, ValueError):
@@ -218,6 +226,8 @@ def patch_multiple(config: Any) -> int:
 
 def default_device() -> str:
     """cuda when available, else cpu."""
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -227,6 +237,8 @@ def choose_device(name: str | None) -> torch.device:
     `cpu:0` is the CPU (torch reads it so); an accelerator type (cuda, mps, xpu, ...) must be
     available in this torch build and on this machine, and its index must exist.
     """
+    import torch
+
     try:
         device = torch.device(name or default_device())
     except RuntimeError:
@@ -250,8 +262,10 @@ def choose_device(name: str | None) -> torch.device:
 
 def choose_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """--dtype, else bfloat16 on CUDA and float32 elsewhere."""
+    import torch
+
     if name is not None:
-        return DTYPES[name]
+        return getattr(torch, DTYPES[name])
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
@@ -286,11 +300,13 @@ class ModelChoice:
 def resolve_model(model: str, argument: str = "--model") -> Path:
     """The folder of --model: a directory, or a Hub id with the families' other spellings.
     Errors name the command-line `argument`, not the Python parameter."""
-    alternatives = [
+    # A generator: the other spellings (which import the model classes, and torch) are looked
+    # up only when the id as given is not found.
+    alternatives = (
         other
         for family in available_families().values()
         for other in family.model_class.repo_id_alternatives(model)
-    ]
+    )
     try:
         return resolve_model_dir(model, alternatives=alternatives)
     except FileNotFoundError as error:

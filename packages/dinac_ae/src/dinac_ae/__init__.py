@@ -6,7 +6,18 @@ class_token = model.predict_class(latents)  # [N, 768] DINO class-token predicti
 recon = model.decode(latents, height=H, width=W)
 """
 
+from typing import Any
+
 from .config import DinacAEConfig, DinacAEInferenceConfig
-from .model import DinacAE, EncoderPosterior
 
 __all__ = ["DinacAE", "DinacAEConfig", "DinacAEInferenceConfig", "EncoderPosterior"]
+
+
+def __getattr__(name: str) -> Any:
+    """The model-side names, imported on first use: loading this package's `diffae.families`
+    entry point (`.family`) imports the package, and that must import no torch."""
+    if name in ("DinacAE", "EncoderPosterior"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import check_choice, check_multiple, check_positive
-from diffae_core.diffusion import StrengthVPInferenceConfig
-from diffae_core.fcdm import FCDMConfig
+from diffae_core.config import (
+    FCDMConfig,
+    StrengthVPInferenceConfig,
+    check_choice,
+    check_multiple,
+    check_positive,
+)
 
 MLP_TYPES = ("gelu", "silu", "relu")
 """The MLP activations a config may name (`model.ACTIVATIONS` maps each to its function)."""

@@ -7,7 +7,6 @@ import dataclasses
 from diffae_core.families import Family
 
 from .config import DinacAEConfig, DinacAEInferenceConfig
-from .model import DinacAE
 
 TINY_CONFIG = DinacAEConfig(
     patch_size=4,
@@ -25,7 +24,7 @@ heads, 4 registers) small enough for tests."""
 
 FAMILY = Family(
     name="dinac_ae",
-    model_class=DinacAE,
+    model="dinac_ae.model:DinacAE",
     config_class=DinacAEConfig,
     inference_config_class=DinacAEInferenceConfig,
     repo_ids=tuple(f"data-archetype/{name}" for name in DinacAEConfig.PRESETS),

@@ -5,9 +5,22 @@
 >>> recon = model.decode(latents, height=H, width=W)  # float32 [N, 3, H, W]
 """
 
-from diffae_core.diffusion import EncoderPosterior
+from typing import Any
 
 from .config import FCDMDiffAEConfig, FCDMDiffAEInferenceConfig
-from .model import FCDMDiffAE
 
 __all__ = ["EncoderPosterior", "FCDMDiffAE", "FCDMDiffAEConfig", "FCDMDiffAEInferenceConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    """The model-side names, imported on first use: loading this package's `diffae.families`
+    entry point (`.family`) imports the package, and that must import no torch."""
+    if name == "FCDMDiffAE":
+        from .model import FCDMDiffAE
+
+        return FCDMDiffAE
+    if name == "EncoderPosterior":
+        from diffae_core.diffusion import EncoderPosterior
+
+        return EncoderPosterior
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

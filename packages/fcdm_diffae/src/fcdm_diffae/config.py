@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.diffusion import VPInferenceConfig
-from diffae_core.fcdm import FCDMConfig
+from diffae_core.config import FCDMConfig, VPInferenceConfig
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ import dataclasses
 from diffae_core.families import Family, model_variant
 
 from .config import FCDMDiffAEConfig, FCDMDiffAEInferenceConfig
-from .model import ENCODER_NORMALIZES_MEAN, FCDMDiffAE
 
 TINY_VARIANTS = {
     name: dataclasses.replace(
@@ -28,22 +27,27 @@ the same model again."""
 
 TINY_CONFIG = TINY_VARIANTS["semdisdiffae_p32_v2"]
 
-OPEN_VARIANTS = {
-    f"encoder_normalizes_mean={ENCODER_NORMALIZES_MEAN} (default)": FCDMDiffAE,
-    f"encoder_normalizes_mean={not ENCODER_NORMALIZES_MEAN}": model_variant(
-        FCDMDiffAE, encoder_normalizes_mean=not ENCODER_NORMALIZES_MEAN
-    ),
-}
-"""The one open point that changes outputs (`model.ENCODER_NORMALIZES_MEAN`)."""
+
+def open_variants() -> dict[str, type]:
+    """The one open point that changes outputs (`model.ENCODER_NORMALIZES_MEAN`)."""
+    from .model import ENCODER_NORMALIZES_MEAN, FCDMDiffAE
+
+    return {
+        f"encoder_normalizes_mean={ENCODER_NORMALIZES_MEAN} (default)": FCDMDiffAE,
+        f"encoder_normalizes_mean={not ENCODER_NORMALIZES_MEAN}": model_variant(
+            FCDMDiffAE, encoder_normalizes_mean=not ENCODER_NORMALIZES_MEAN
+        ),
+    }
+
 
 FAMILY = Family(
     name="fcdm_diffae",
-    model_class=FCDMDiffAE,
+    model="fcdm_diffae.model:FCDMDiffAE",
     config_class=FCDMDiffAEConfig,
     inference_config_class=FCDMDiffAEInferenceConfig,
     repo_ids=tuple(f"data-archetype/{name}" for name in FCDMDiffAEConfig.PRESETS),
     tiny_config=TINY_CONFIG,
     tiny_variants=TINY_VARIANTS,
-    open_variants=OPEN_VARIANTS,
+    open_variants_of=open_variants,
     card_psnr={"data-archetype/semdisdiffae_p32_v2": 36.06},
 )

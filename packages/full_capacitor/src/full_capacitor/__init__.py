@@ -5,10 +5,9 @@ latents = model.encode(images)  # [N, 3, H, W] in [-1, 1] -> [N, 128, H/16, W/16
 recon = model.decode(latents, height=H, width=W)  # [N, 3, H, W], float32, ~[-1, 1]
 """
 
-from diffae_core.diffusion import EncoderPosterior
+from typing import Any
 
 from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
-from .model import FullCapacitor
 
 __all__ = [
     "EncoderPosterior",
@@ -16,3 +15,17 @@ __all__ = [
     "FullCapacitorConfig",
     "FullCapacitorInferenceConfig",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The model-side names, imported on first use: loading this package's `diffae.families`
+    entry point (`.family`) imports the package, and that must import no torch."""
+    if name == "FullCapacitor":
+        from .model import FullCapacitor
+
+        return FullCapacitor
+    if name == "EncoderPosterior":
+        from diffae_core.diffusion import EncoderPosterior
+
+        return EncoderPosterior
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,7 +7,6 @@ import dataclasses
 from diffae_core.families import Family, model_variant
 
 from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
-from .model import ENCODER_NORMALIZES_MEAN, FullCapacitor
 
 TINY_CONFIG = FullCapacitorConfig(
     patch_size=4,
@@ -20,17 +19,22 @@ TINY_CONFIG = FullCapacitorConfig(
 """A structurally complete full_capacitor (2 + 1 + 2 decoder blocks) small enough for tests;
 `dataclasses.replace(TINY_CONFIG, bottleneck_patchify_mode="patch_2x2")` is its L32 variant."""
 
-OPEN_VARIANTS = {
-    f"encoder_normalizes_mean={ENCODER_NORMALIZES_MEAN} (default)": FullCapacitor,
-    f"encoder_normalizes_mean={not ENCODER_NORMALIZES_MEAN}": model_variant(
-        FullCapacitor, encoder_normalizes_mean=not ENCODER_NORMALIZES_MEAN
-    ),
-}
-"""The open point that changes reconstructions (`model.ENCODER_NORMALIZES_MEAN`)."""
+
+def open_variants() -> dict[str, type]:
+    """The open point that changes reconstructions (`model.ENCODER_NORMALIZES_MEAN`)."""
+    from .model import ENCODER_NORMALIZES_MEAN, FullCapacitor
+
+    return {
+        f"encoder_normalizes_mean={ENCODER_NORMALIZES_MEAN} (default)": FullCapacitor,
+        f"encoder_normalizes_mean={not ENCODER_NORMALIZES_MEAN}": model_variant(
+            FullCapacitor, encoder_normalizes_mean=not ENCODER_NORMALIZES_MEAN
+        ),
+    }
+
 
 FAMILY = Family(
     name="full_capacitor",
-    model_class=FullCapacitor,
+    model="full_capacitor.model:FullCapacitor",
     config_class=FullCapacitorConfig,
     inference_config_class=FullCapacitorInferenceConfig,
     repo_ids=("data-archetype/full_capacitor",),
@@ -41,6 +45,6 @@ FAMILY = Family(
             TINY_CONFIG, bottleneck_patchify_mode="patch_2x2"
         ),
     },
-    open_variants=OPEN_VARIANTS,
+    open_variants_of=open_variants,
     card_psnr={"data-archetype/full_capacitor": 36.62},
 )

@@ -5,8 +5,19 @@ latents = model.encode(images)            # [N, 3, H, W] in [-1, 1] -> [N, 64, H
 recon = model.decode(latents, height=H, width=W)   # 1 DDIM step, float32
 """
 
+from typing import Any
+
 from .config import MDiffAEConfig, MDiffAEInferenceConfig
-from .model import MDiffAE
 from .open_points import OpenPoints
 
 __all__ = ["MDiffAE", "MDiffAEConfig", "MDiffAEInferenceConfig", "OpenPoints"]
+
+
+def __getattr__(name: str) -> Any:
+    """The model-side names, imported on first use: loading this package's `diffae.families`
+    entry point (`.family`) imports the package, and that must import no torch."""
+    if name == "MDiffAE":
+        from .model import MDiffAE
+
+        return MDiffAE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

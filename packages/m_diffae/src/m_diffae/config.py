@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from diffae_core.config import JsonConfig, LatentLayout, check_architecture_fields
-from diffae_core.diffusion import VPInferenceConfig
+from diffae_core.config import (
+    JsonConfig,
+    LatentLayout,
+    VPInferenceConfig,
+    check_architecture_fields,
+)
 
 
 @dataclass(frozen=True)

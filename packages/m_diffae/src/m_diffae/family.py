@@ -7,7 +7,6 @@ import itertools
 from diffae_core.families import Family, model_variant
 
 from .config import MDiffAEConfig, MDiffAEInferenceConfig
-from .model import MDiffAE
 from .open_points import DEFAULT_OPEN_POINTS, MODULATION_ORDERS, OpenPoints
 
 TINY_CONFIG = MDiffAEConfig(
@@ -26,6 +25,8 @@ def _open_variants() -> dict[str, type]:
     """MDiffAE under each modulation order x MLP re-normalisation (`open_points`), the
     default first. The PDG-only points (mask place and draw) do not change 1-step
     reconstructions; the key-presence points are settled by the header."""
+    from .model import MDiffAE
+
     default = (DEFAULT_OPEN_POINTS.modulation_order, DEFAULT_OPEN_POINTS.mlp_renorm)
     variants = {f"modulation_order={default[0]}, mlp_renorm={default[1]} (default)": MDiffAE}
     for order, renorm in itertools.product(MODULATION_ORDERS, (True, False)):
@@ -38,7 +39,7 @@ def _open_variants() -> dict[str, type]:
 
 FAMILY = Family(
     name="m_diffae",
-    model_class=MDiffAE,
+    model="m_diffae.model:MDiffAE",
     config_class=MDiffAEConfig,
     inference_config_class=MDiffAEInferenceConfig,
     # The spelling the repository's files were read under, then the card's; `from_pretrained`
@@ -46,6 +47,6 @@ FAMILY = Family(
     repo_ids=("data-archetype/mdiffae-v1", "data-archetype/mdiffae_v1"),
     tiny_config=TINY_CONFIG,
     tiny_variants={"mdiffae_v1": TINY_CONFIG},
-    open_variants=_open_variants(),
+    open_variants_of=_open_variants,
     card_psnr={"data-archetype/mdiffae_v1": 34.15, "data-archetype/mdiffae-v1": 34.15},
 )

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffae_core.autoencoder import DiffusionAutoencoder
+from diffae_core.config import InferenceConfigBase
 from diffae_core.diffusion import (
     EncoderPosterior,
     GuidedPredictor,
-    InferenceConfigBase,
     deterministic_posterior,
     host_to_device,
 )

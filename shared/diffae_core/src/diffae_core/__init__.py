@@ -2,10 +2,11 @@
 
 `layers` (norms, AdaLN, time embedding, patchify, row tiling), `fcdm` (the FCDM block, encoder,
 decoder and autoencoder), `diffusion` (VP schedule, posterior, samplers with path-drop guidance,
-inference settings, whitening), `autoencoder` (the base class every model derives from),
-`config` and `io` (JSON configs, atomic files; no torch), `loading` (checkpoints, the Hub,
-from/save_pretrained), `runtime` (dtype policy, input checks, the compile recipe) and
-`families` (entry points); docs/architecture.md draws the layers. Images are [N, 3, H, W] RGB
+whitening), `autoencoder` (the base class every model derives from), `config` (JSON configs,
+`FCDMConfig`, the inference settings), `io` (atomic files, safetensors headers, the Hub),
+`loading` (checkpoint diffs, strict loading, from/save_pretrained), `runtime` (dtype policy,
+input checks, the compile recipe) and `families` (entry points); `config`, `io` and `families`
+import no torch. docs/architecture.md draws the layers. Images are [N, 3, H, W] RGB
 in [-1, 1]; latents are [N, C, h, w].
 """
 
@@ -17,9 +18,9 @@ from typing import Any
 _WHERE = {
     "DiffusionAutoencoder": "autoencoder",
     "FCDMAutoencoder": "fcdm",
-    "FCDMConfig": "fcdm",
+    "FCDMConfig": "config",
     "build_fcdm_decoder": "fcdm",
-    "CheckpointError": "loading",
+    "CheckpointError": "io",
     "CheckpointMismatchError": "loading",
     "StateDiff": "loading",
     "TensorInfo": "loading",
@@ -36,9 +37,9 @@ _WHERE = {
     "FCDMBlock": "fcdm",
     "FCDMDecoder": "fcdm",
     "FCDMEncoder": "fcdm",
-    "ModelNotAvailableError": "loading",
-    "resolve_model_dir": "loading",
-    "VPInferenceConfig": "diffusion",
+    "ModelNotAvailableError": "io",
+    "resolve_model_dir": "io",
+    "VPInferenceConfig": "config",
     "ChannelWiseRMSNorm": "layers",
     "GRN": "layers",
     "EncoderPosterior": "diffusion",

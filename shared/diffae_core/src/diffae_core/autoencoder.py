@@ -17,11 +17,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .config import InferenceConfigBase, VPInferenceConfig
 from .diffusion import (
     EncoderPosterior,
     GuidedPredictor,
-    InferenceConfigBase,
-    VPInferenceConfig,
     dewhiten,
     sample_images,
     whiten,

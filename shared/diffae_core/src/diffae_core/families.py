@@ -4,12 +4,19 @@ Each model package declares, in its pyproject.toml, `[project.entry-points."diff
 with `<name> = "<pkg>.family:FAMILY"`.
 Tools that serve every family (command line, bundles, benchmarks) use `installed_families()`
 and never import a family by name.
+
+Reading the families imports no torch: a `Family` names its model class ("package.module:Class")
+and imports it on first use of `model_class`, so a tool that needs only configs (`diffae inspect`,
+`--help`) runs without it. A family's `family.py`, `config.py` and `__init__.py` (which loading
+the entry point imports first) must therefore not import torch; tests/test_inspect.py checks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -37,7 +44,8 @@ class Family:
     """What a tool needs to know of one model family."""
 
     name: str
-    model_class: type
+    model: str
+    """The model class as "package.module:Class" (see `model_class`)."""
     config_class: type
     inference_config_class: type
     repo_ids: tuple[str, ...]
@@ -47,15 +55,30 @@ class Family:
     tiny_variants: Mapping[str, Any] = field(default_factory=dict)
     """Small configs named after the published structures they mimic (e.g. one per preset whose
     layout differs); the shared contract tests run every one."""
+    has_encoder: bool = True
+    """False for a decode-only family: its model's `has_encoder` (the model has no `encode`),
+    stated here too so tools can tell without importing the model."""
     decode_switches: tuple[DecodeSwitch, ...] = ()
     """Command-line switches of this family's `decode` (e.g. capacitor_decoder's raw FLUX.2
     latents); tools refuse them for the other families."""
-    open_variants: Mapping[str, type] = field(default_factory=dict)
-    """The model class under each reading of the spec's open points that changes outputs
-    (label -> class), the default reading first; empty when nothing open changes outputs.
-    `diffae verify` reconstructs with each to settle them with the real weights."""
+    open_variants_of: Callable[[], Mapping[str, type]] | None = None
+    """Builds `open_variants` (on first use: the classes import torch); None: nothing open
+    changes outputs."""
     card_psnr: Mapping[str, float] = field(default_factory=dict)
     """Published repo id -> mean reconstruction PSNR (dB) on the card's 2k-image benchmark."""
+
+    @cached_property
+    def model_class(self) -> type:
+        """The model class, imported on first use (it imports torch)."""
+        module, _, name = self.model.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    @cached_property
+    def open_variants(self) -> dict[str, type]:
+        """The model class under each reading of the spec's open points that changes outputs
+        (label -> class), the default reading first; empty when nothing open changes outputs.
+        `diffae verify` reconstructs with each to settle them with the real weights."""
+        return {} if self.open_variants_of is None else dict(self.open_variants_of())
 
     def tiny_configs(self) -> dict[str, Any]:
         """`tiny_variants`, or {"tiny": tiny_config} when the family declares no variants."""

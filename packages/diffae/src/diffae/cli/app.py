@@ -59,19 +59,16 @@ def as_cli_error(error: ArgumentError) -> CliError:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Problems with the inputs (missing files, offline hub, bad config or checkpoint), reported
-    without a traceback; anything else is a bug and keeps its traceback."""
-    from diffae_core.config import ConfigError
-    from diffae_core.loading import CheckpointError, CheckpointMismatchError
+    without a traceback; anything else is a bug and keeps its traceback.
 
-    return (
-        CliError,
-        ArgumentError,
-        ModelError,
-        OSError,
-        ConfigError,
-        CheckpointError,
-        CheckpointMismatchError,
-    )
+    A checkpoint that does not match its model can only be raised once `diffae_core.loading`
+    (torch) is imported; a command that never imports it (`inspect`) does not get it here."""
+    from diffae_core.config import ConfigError
+    from diffae_core.io import CheckpointError
+
+    loading = sys.modules.get("diffae_core.loading")
+    mismatch = () if loading is None else (loading.CheckpointMismatchError,)
+    return (CliError, ArgumentError, ModelError, OSError, ConfigError, CheckpointError, *mismatch)
 
 
 def command_of(argv: Sequence[str]) -> str:
@@ -83,13 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `diffae` with `argv` (default: sys.argv[1:]); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     command = command_of(argv)
-    # Only decode has family switches; reading the families imports every family's torch code.
+    # Only decode has family switches (the other commands' help needs no family).
     families = installed_families().values() if command == "decode" else ()
     args = build_parser(families, only=command).parse_args(argv)
     console = Console(quiet=args.quiet)
-    errors: tuple[type[BaseException], ...] = (CliError,)
     try:
-        errors = user_errors()
         module, function = COMMANDS[args.command].split(":")
         run = getattr(import_module(f"{__package__}.{module}"), function)
         return run(args, console)
@@ -98,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # at /dev/null so the interpreter's final flush does not fail again.
         silence_stdout()
         return 1
-    except errors as error:
+    except Exception as error:
+        if not isinstance(error, user_errors()):
+            raise
         if isinstance(error, ArgumentError):
             error = as_cli_error(error)
         console.problem(f"diffae {args.command}: error: {error}")

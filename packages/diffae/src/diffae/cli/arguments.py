@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from diffae_core.families import DecodeSwitch
 
-# The core's names (`diffae_core.diffusion.SAMPLER_NAMES`, `diffae_core.diffusion.SCHEDULE_KINDS`),
+# The core's names (`diffae_core.config.SAMPLER_NAMES`, `diffae_core.config.SCHEDULE_KINDS`),
 # written here because importing those modules imports torch, seconds before `--help` could
 # answer; tests/test_newcomer.py holds them equal.
 SAMPLER_NAMES = ("ddim", "dpmpp_2m")
@@ -266,12 +266,18 @@ def build_parser(
     inspect = commands.add_parser(
         "inspect",
         parents=[common],
-        help="family, config, parameters, latent shapes and checkpoint header of a model",
+        help="family, config, latent shapes and stored tensors of a model, from its files",
     )
     inspect.add_argument(
         "target",
         metavar="MODEL_OR_FILE",
         help="repo id, model directory, model.safetensors, or a latents file",
+    )
+    inspect.add_argument(
+        "--check",
+        action="store_true",
+        help="also build the model (on the meta device: no memory, but torch is imported) and "
+        "compare model.safetensors with it key by key, and count its parameters",
     )
     verify = commands.add_parser(
         "verify",

@@ -1,7 +1,7 @@
-"""The `inspect` command: a model's family, config, sizes and checkpoint header, reading no weights.
-
-The model is built on the `meta` device; latent shapes come from running its `encode` there
-(shapes only), so they hold for every family without a table of formulas here.
+"""The `inspect` command: a model's family, config, latent shapes and stored tensors, from its
+`config.json` and the safetensors header alone (no weights read, no torch imported: under a
+second). `--check` also builds the model on the `meta` device (torch) and compares the header
+with it key by key.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from diffae_core.loading import read_header
+from diffae_core.io import StoredTensor, read_safetensors_header
 
 from ..console import CliError, Console
 from ..latents import BadLatentFile, read_description
@@ -46,25 +44,38 @@ def inspect(args: argparse.Namespace, console: Console) -> int:
     config_data = read_config(folder)
     family, reason = choose_family(args.target, config_data, args.family, folder=folder)
     config = family.config_class.from_dict(config_data, source=str(folder / "config.json"))
-    with torch.device("meta"):
-        model = family.model_class(config)
     lines = [f"model:  {args.target}", f"family: {family.name} (from {reason})", "config:"]
     lines += [f"  {key}: {value}" for key, value in config_data.items()]
-    lines += parameter_lines(model)
-    lines += latent_shape_lines(model, config)
-    if weights.is_file():
-        lines += storage_lines(weights)
-        lines.append("checkpoint vs model:")
-        report = family.model_class.inspect_checkpoint(weights, config).report()
-        lines += [f"  {line}" for line in report.splitlines()]
+    lines += latent_shape_lines(config, decode_only=not family.has_encoder)
+    if not weights.is_file():
+        lines.append(f"no {weights.name} in {folder}: nothing stored to list or check")
     else:
-        lines.append(f"no {weights.name} in {folder}: header not checked")
+        tensors = read_safetensors_header(weights).tensors
+        lines += stored_value_lines(tensors) + storage_lines(weights.name, tensors)
+        if args.check:
+            lines += model_check_lines(family, config, weights)
+        else:
+            lines.append(
+                "checkpoint vs model: not checked; add --check to compare (builds the model "
+                "on the meta device, imports torch)"
+            )
     print("\n".join(lines))
     return 0
 
 
-def parameter_lines(model: torch.nn.Module) -> list[str]:
-    """Total learnable values, then per top-level module, and the buffers."""
+def model_check_lines(family: Any, config: Any, weights: Path) -> list[str]:
+    """The model's parameter counts and the header compared with it (imports torch)."""
+    model = family.model_class.from_config_on_meta(config)
+    report = family.model_class.inspect_checkpoint(weights, config).report()
+    return [
+        *parameter_lines(model),
+        "checkpoint vs model:",
+        *(f"  {line}" for line in report.splitlines()),
+    ]
+
+
+def parameter_lines(model: Any) -> list[str]:
+    """Total learnable values of a (meta) model, then per top-level module, and the buffers."""
     total = sum(p.numel() for p in model.parameters())
     lines = [f"parameters: {total:,}"]
     for name, child in model.named_children():
@@ -75,64 +86,62 @@ def parameter_lines(model: torch.nn.Module) -> list[str]:
     return [*lines, f"buffers: {buffers:,} values"]
 
 
-def latent_shape(model: Any, config: Any, size: int) -> tuple[int, ...] | None:
-    """[C, h, w] of one size x size image: `config.latent_channels` over the patch grid, else
-    `encode` on meta. (The config is enough for every family, and a meta encode would import
-    torch's compiler stack for the decompositions of its norms: seconds for one shape.)"""
+def latent_shape(config: Any, size: int) -> tuple[int, int, int] | None:
+    """[C, h, w] of one size x size image (size a multiple of the patch), read off the config:
+    `latent_channels` over the grid of `effective_patch_size` cells; None without them."""
     channels = getattr(config, "latent_channels", None)
-    if isinstance(channels, int):
-        patch = patch_multiple(config)
-        return (channels, size // patch, size // patch)
-    if callable(getattr(model, "encode", None)):
-        try:
-            latents = model.encode(torch.zeros(1, 3, size, size, device="meta"))
-            return tuple(int(s) for s in latents.shape[1:])
-        except (RuntimeError, ValueError, TypeError):
-            pass  # an op without a meta kernel
-    return None
+    if not isinstance(channels, int):
+        return None
+    patch = patch_multiple(config)
+    return (channels, size // patch, size // patch)
 
 
-def latent_shape_lines(model: Any, config: Any) -> list[str]:
+def latent_shape_lines(config: Any, *, decode_only: bool) -> list[str]:
     """Latent shape and compression per listed image size."""
     patch = patch_multiple(config)
-    can_encode = callable(getattr(model, "encode", None))
-    title = "latents per image (C x h x w)" + ("" if can_encode else ", decode input only")
+    title = "latents per image (C x h x w)" + (", decode input only" if decode_only else "")
     lines = [f"{title}, patch {patch}:"]
     for size in IMAGE_SIZES:
         size = -(-size // patch) * patch  # round up to a multiple of the patch
-        shape = latent_shape(model, config, size)
+        shape = latent_shape(config, size)
         if shape is None:
-            return [*lines, "  unknown (no encode and no latent_channels)"]
+            return [*lines, "  unknown (the config has no latent_channels)"]
         ratio = 3 * size * size / (shape[0] * shape[1] * shape[2])
         lines.append(f"  {size}x{size}: {'x'.join(map(str, shape))} ({ratio:.1f}x fewer values)")
     return lines
 
 
-def storage_lines(weights: Path) -> list[str]:
-    """Tensors, values and bytes per dtype stored in a safetensors file (header only)."""
-    header = read_header(weights)
-    totals: dict[torch.dtype, list[int]] = defaultdict(lambda: [0, 0])
-    for info in header.values():
-        totals[info.dtype][0] += 1
-        totals[info.dtype][1] += info.numel
-    lines = [f"stored in {weights.name}:"]
-    for dtype, (tensors, values) in sorted(totals.items(), key=lambda kv: str(kv[0])):
-        megabytes = values * dtype.itemsize / 1e6
-        name = str(dtype).removeprefix("torch.")
-        lines.append(f"  {name}: {tensors} tensors, {values:,} values, {megabytes:.1f} MB")
+def stored_value_lines(tensors: dict[str, StoredTensor]) -> list[str]:
+    """Values stored (parameters and buffers), in total and per top-level name."""
+    per_name: dict[str, int] = defaultdict(int)
+    for key, info in tensors.items():
+        per_name[key.split(".")[0]] += info.numel
+    lines = [f"values stored: {sum(per_name.values()):,} (parameters and buffers)"]
+    return lines + [f"  {name}: {count:,}" for name, count in per_name.items()]
+
+
+def storage_lines(file_name: str, tensors: dict[str, StoredTensor]) -> list[str]:
+    """Tensors, values and bytes per dtype stored in a safetensors file."""
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for info in tensors.values():
+        for index, amount in enumerate((1, info.numel, info.nbytes)):
+            totals[info.dtype][index] += amount
+    lines = [f"stored in {file_name}:"]
+    for dtype, (count, values, nbytes) in sorted(totals.items()):
+        lines.append(f"  {dtype}: {count} tensors, {values:,} values, {nbytes / 1e6:.1f} MB")
     return lines
 
 
 def describe_latent_file(path: Path, description: dict[str, Any]) -> str:
     """The report on a latents file written by `diffae encode`."""
-    header = read_header(path)
+    tensors = read_safetensors_header(path).tensors
     lines = [
         f"latents file: {path}",
         f"family: {description.get('family')}  model: {description.get('model')}",
         f"whitened: {description.get('whitened')}  patch: {description.get('patch')}",
     ]
     for item in description.get("items", []):
-        info = header.get(item["tensor"])
+        info = tensors.get(item["tensor"])
         shape = "?" if info is None else "x".join(map(str, info.shape))
         lines.append(
             f"  {item['tensor']}: {shape} from {item.get('source')} "
@@ -143,13 +152,12 @@ def describe_latent_file(path: Path, description: dict[str, Any]) -> str:
 
 def describe_tensors(path: Path) -> str:
     """The report on a safetensors file that is neither a model's nor `diffae encode`'s."""
-    header = read_header(path)
+    tensors = read_safetensors_header(path).tensors
     lines = [
         f"safetensors file: {path}",
         "neither a model file (no config.json beside it) nor written by `diffae encode`; "
-        f"{len(header)} tensors:",
+        f"{len(tensors)} tensors:",
     ]
-    for name, info in header.items():
-        dtype = str(info.dtype).removeprefix("torch.")
-        lines.append(f"  {name}: {'x'.join(map(str, info.shape))} {dtype}")
+    for name, info in tensors.items():
+        lines.append(f"  {name}: {'x'.join(map(str, info.shape))} {info.dtype}")
     return "\n".join(lines)
