@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from diffae_core.families import Family, model_variant
+from diffae_core.families import Family, boolean_variants
 
 from .config import FCDMDiffAEConfig, FCDMDiffAEInferenceConfig
 
@@ -30,14 +30,9 @@ TINY_CONFIG = TINY_VARIANTS["semdisdiffae_p32_v2"]
 
 def open_variants() -> dict[str, type]:
     """The one open point that changes outputs (`model.ENCODER_NORMALIZES_MEAN`)."""
-    from .model import ENCODER_NORMALIZES_MEAN, FCDMDiffAE
+    from .model import FCDMDiffAE
 
-    return {
-        f"encoder_normalizes_mean={ENCODER_NORMALIZES_MEAN} (default)": FCDMDiffAE,
-        f"encoder_normalizes_mean={not ENCODER_NORMALIZES_MEAN}": model_variant(
-            FCDMDiffAE, encoder_normalizes_mean=not ENCODER_NORMALIZES_MEAN
-        ),
-    }
+    return boolean_variants(FCDMDiffAE, "encoder_normalizes_mean")
 
 
 FAMILY = Family(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from diffae_core.families import Family, model_variant
+from diffae_core.families import Family, boolean_variants
 
 from .config import FullCapacitorConfig, FullCapacitorInferenceConfig
 
@@ -22,14 +22,9 @@ TINY_CONFIG = FullCapacitorConfig(
 
 def open_variants() -> dict[str, type]:
     """The open point that changes reconstructions (`model.ENCODER_NORMALIZES_MEAN`)."""
-    from .model import ENCODER_NORMALIZES_MEAN, FullCapacitor
+    from .model import FullCapacitor
 
-    return {
-        f"encoder_normalizes_mean={ENCODER_NORMALIZES_MEAN} (default)": FullCapacitor,
-        f"encoder_normalizes_mean={not ENCODER_NORMALIZES_MEAN}": model_variant(
-            FullCapacitor, encoder_normalizes_mean=not ENCODER_NORMALIZES_MEAN
-        ),
-    }
+    return boolean_variants(FullCapacitor, "encoder_normalizes_mean")
 
 
 FAMILY = Family(

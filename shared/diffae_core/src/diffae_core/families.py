@@ -112,6 +112,17 @@ def model_variant(model_class: type, **class_attributes: Any) -> type:
     return type(f"{model_class.__name__}[{label}]", (model_class,), dict(class_attributes))
 
 
+def boolean_variants(model_class: type, attribute: str) -> dict[str, type]:
+    """A yes/no open point's two readings: `model_class` as it is (its value, the default,
+    first) and the subclass with the other value (e.g. fcdm_diffae's and full_capacitor's
+    `encoder_normalizes_mean`)."""
+    value = bool(getattr(model_class, attribute))
+    return {
+        f"{attribute}={value} (default)": model_class,
+        f"{attribute}={not value}": model_variant(model_class, **{attribute: not value}),
+    }
+
+
 def installed_families() -> dict[str, Family]:
     """Every family whose package is installed, by name; a broken package is an error."""
     families: dict[str, Family] = {}
