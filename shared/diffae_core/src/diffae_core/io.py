@@ -6,6 +6,7 @@ headers read with the standard library, the Hugging Face cache, and the `diffae.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from collections.abc import Callable, Iterable
@@ -95,10 +96,7 @@ class StoredTensor:
 
     @property
     def numel(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
