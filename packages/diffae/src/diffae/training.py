@@ -47,6 +47,7 @@ from diffae_core.loading import load_tensors
 
 from .console import ArgumentError, Console
 from .distributed import Processes, process_group
+from .faults import Interrupted, StopRequest, ignore_interrupts, stop_requests
 from .images import IMAGE_SUFFIXES, BadImage, find_image_tree, probe_image, read_image
 from .metrics import psnr_8bit
 
@@ -531,14 +532,26 @@ def train(model: Any, config: TrainingConfig, *, console: Console | None = None)
     processes = Processes.from_environment()
     name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = processes.device_for(torch.device(name))
-    with process_group(processes, device):
-        return run_training(model, config, processes, device, console or Console(quiet=True))
+    console = console or Console(quiet=True)
+    # Ctrl-C in one process: the step finishes, a checkpoint is saved, the run stops. Under
+    # torchrun, torchrun stops the processes; the last checkpoint is where to resume.
+    with (
+        process_group(processes, device),
+        stop_requests(console, enabled=processes.world_size == 1) as stop,
+    ):
+        return run_training(model, config, processes, device, console, stop)
 
 
 def run_training(
-    model: Any, config: TrainingConfig, processes: Processes, device: torch.device, console: Console
+    model: Any,
+    config: TrainingConfig,
+    processes: Processes,
+    device: torch.device,
+    console: Console,
+    stop: StopRequest | None = None,
 ) -> Any:
-    """`train` in a process group that is up."""
+    """`train` in a process group that is up; `stop.requested` (Ctrl-C) ends it after the step
+    with a checkpoint and raises `Interrupted`."""
     settings, out = config.settings, config.out
     if settings.batch_size % processes.world_size:
         raise ArgumentError(
@@ -647,6 +660,14 @@ def run_training(
         if record and processes.main:
             append_log(out / LOG_NAME, record)
             console.note(progress_line(record, settings.steps))
+        if stop is not None and stop.requested and step < settings.steps:
+            if not saving:
+                save_checkpoint(out, step, model, ema.module, optimizer, settings, config.family)
+            bar.close()
+            raise Interrupted(
+                f"interrupted after step {step} of {settings.steps}, saved in {out}: run again "
+                "with resume=True to continue exactly from there"
+            )
     bar.close()
     return ema.module
 
@@ -679,6 +700,7 @@ def training_loader(
         num_workers=settings.workers,
         persistent_workers=False,
         pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_interrupts,
     )
 
 
