@@ -11,6 +11,7 @@ step of their own in `.ci/run`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ from safetensors.torch import load_file
 
 from diffae.cli import dataset_encoding as encode_command
 from diffae.cli import main
+from diffae.cli import training as train_command
 from diffae.faults import LOCK_NAME
 from diffae.latent_dataset import read_manifest
 from diffae_core.families import installed_families
@@ -313,6 +315,51 @@ def train_arguments(data: Path, config: Path, out: Path, steps: int) -> list[str
         "--steps", str(steps), "--batch-size", "2", "--crop-size", "8", "--warmup-steps", "2",
         "--save-every", "1000", "--log-every", "1", "--threads", "1", "--quiet",
     ]  # fmt: skip
+
+
+def test_train_refuses_a_read_only_or_missing_folder_before_the_model(
+    image_dir, tmp_path, mount_tmpfs, monkeypatch, capsys
+):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the folder was checked")
+
+    monkeypatch.setattr(train_command, "choose_family", no_model)
+    config = tmp_path / "config.json"
+    FAMILY.tiny_config.save(config)
+    missing = tmp_path / "no_such_folder" / "run"
+    assert main(train_arguments(image_dir, config, missing, steps=2)) == 1
+    assert capsys.readouterr().err == (
+        f"diffae train: error: --out {missing}: its parent folder {missing.parent} does not exist\n"
+    )
+    read_only = mount_tmpfs("ro,size=64k") / "run"
+    assert main(train_arguments(image_dir, config, read_only, steps=2)) == 1
+    assert capsys.readouterr().err == (
+        f"diffae train: error: --out {read_only}: cannot write there (Read-only file system)\n"
+    )
+
+
+def test_train_refuses_a_folder_a_live_run_holds_and_takes_over_a_dead_ones(
+    image_dir, tmp_path, capsys
+):
+    """Lock files as another run leaves them: pid 1 (alive on any host) holds the folder; a
+    pid that has exited (a killed run) does not."""
+    config = tmp_path / "config.json"
+    FAMILY.tiny_config.save(config)
+    out = tmp_path / "run"
+    out.mkdir()
+    host = socket.gethostname()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": host, "started": "then"}))
+    assert main(train_arguments(image_dir, config, out, steps=2)) == 1
+    assert capsys.readouterr().err.startswith(
+        f"diffae train: error: --out {out}: in use by another run (pid 1 on host {host}, since "
+        "then; lock file"
+    )
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    (out / LOCK_NAME).write_text(json.dumps({"pid": int(gone.stdout), "host": host}))
+    assert main(train_arguments(image_dir, config, out, steps=2)) == 0
+    assert (out / "model").is_dir() and not (out / LOCK_NAME).exists()
 
 
 @pytest.mark.faults

@@ -47,7 +47,7 @@ from diffae_core.loading import load_tensors
 
 from .console import ArgumentError, Console
 from .distributed import Processes, process_group
-from .faults import Interrupted, StopRequest, ignore_interrupts, stop_requests
+from .faults import FolderLock, Interrupted, StopRequest, ignore_interrupts, stop_requests
 from .images import IMAGE_SUFFIXES, BadImage, find_image_tree, probe_image, read_image
 from .metrics import psnr_8bit
 
@@ -535,8 +535,10 @@ def train(model: Any, config: TrainingConfig, *, console: Console | None = None)
     console = console or Console(quiet=True)
     # Ctrl-C in one process: the step finishes, a checkpoint is saved, the run stops. Under
     # torchrun, torchrun stops the processes; the last checkpoint is where to resume.
+    # One run at a time in `out` (rank 0 holds its lock for all).
     with (
         process_group(processes, device),
+        FolderLock(config.out) if processes.main else contextlib.nullcontext(),
         stop_requests(console, enabled=processes.world_size == 1) as stop,
     ):
         return run_training(model, config, processes, device, console, stop)
