@@ -32,6 +32,7 @@ from diffae.cli import main
 from diffae.cli import training as train_command
 from diffae.faults import LOCK_NAME
 from diffae.latent_dataset import read_manifest
+from diffae.training import STATE_NAME
 from diffae_core.families import installed_families
 from diffae_testing import randomize_weights, randomize_whitening
 
@@ -336,6 +337,45 @@ def test_train_refuses_a_read_only_or_missing_folder_before_the_model(
     assert capsys.readouterr().err == (
         f"diffae train: error: --out {read_only}: cannot write there (Read-only file system)\n"
     )
+
+
+def pages(folder: Path, page: int) -> int:
+    """The tmpfs pages the files under `folder` take."""
+    return sum(-(-path.stat().st_size // page) for path in folder.rglob("*") if path.is_file())
+
+
+def test_train_on_a_full_disk_keeps_the_last_checkpoint_and_resumes_exactly(
+    image_dir, tmp_path, mount_tmpfs, capsys
+):
+    """Room for one checkpoint but not for the next one's temporary state: one line saying
+    which step is kept; with the space freed, `--resume` ends with the weights of a run on a
+    disk with room."""
+    config = tmp_path / "config.json"
+    FAMILY.tiny_config.save(config)
+    arguments = [*train_arguments(image_dir, config, tmp_path / "straight", 3), "--save-every", "1"]
+    assert main(arguments) == 0
+    disk = mount_tmpfs("size=4m")
+    page = os.statvfs(disk).f_frsize
+    state_pages = -(-(tmp_path / "straight" / STATE_NAME).stat().st_size // page)
+    filler = disk / "filler"
+    room = pages(tmp_path / "straight", page) + 1 + state_pages // 2  # + the lock file
+    filler.write_bytes(b"\0" * (free_bytes(disk) - room * page))
+    out = disk / "run"
+    assert main([*train_arguments(image_dir, config, out, 3), "--save-every", "1"]) == 1
+    error = capsys.readouterr().err
+    assert error == (
+        f"diffae train: error: --out {out}: no space left on the device (the checkpoint of "
+        "step 1 is kept; nothing half-written is left): free some space and run again with "
+        "--resume to continue from it\n"
+    )
+    assert leftovers(out) == [] and not (out / LOCK_NAME).exists()
+
+    filler.unlink()
+    assert main(["train", str(image_dir), "--out", str(out), "--resume", "--threads", "1"]) == 0
+    expected = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    resumed = load_file(out / "model" / "model.safetensors")
+    for name in expected:
+        assert torch.equal(resumed[name], expected[name]), name
 
 
 def test_train_refuses_a_folder_a_live_run_holds_and_takes_over_a_dead_ones(

@@ -495,8 +495,10 @@ def encode_dataset(
     batch_size: images of one size per `encode` call; num_workers: DataLoader processes
         reading the images (0: this one).
     refused: (entry, reason) of inputs the caller could not use, listed as skipped.
-    Problems with the arguments raise an ArgumentError naming the argument (`out`, ...); a
-    shard that cannot be read raises `BadDataset`.
+    Problems with the arguments raise an ArgumentError naming the argument (`out`, ...): `out`
+    (created if missing, its parent must exist) not writable, held by another run (its lock
+    file, see `diffae.faults`), or its disk full. A shard that cannot be read raises
+    `BadDataset`; Ctrl-C, `Interrupted` at the next batch boundary (in one process).
     """
     processes = Processes.from_environment()
     console = console or Console(quiet=True)
@@ -522,7 +524,7 @@ def encode_dataset(
                 out, sources, model, settings, preprocessing, processes, console, stop,
                 batch_size=batch_size, num_workers=num_workers, refused=list(refused),
             )  # fmt: skip
-        except OSError as error:
+        except Exception as error:  # pyarrow's, the OS's
             if not disk_full(error):
                 raise
             written = len(list((out / DATA_FOLDER).glob("shard-*.parquet")))

@@ -42,19 +42,21 @@ class Interrupted(KeyboardInterrupt):
 
 
 def disk_full(error: BaseException) -> bool:
-    """Whether `error` is a write refused for lack of space (or quota), by the OS or by pyarrow
-    (whose OSError carries the errno in its message only)."""
-    if not isinstance(error, OSError):
-        return False
-    return error.errno in DISK_FULL_ERRNOS or "No space left on device" in str(error)
+    """Whether `error` is a write refused for lack of space (or quota): the OS's OSError, or
+    pyarrow's and safetensors' errors, which carry the OS's message only."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return True
+    return "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
 
 
-def disk_full_error(out: Path, kept: str) -> ArgumentError:
-    """The one line for a full disk under `out`: what was kept, how to finish."""
+def disk_full_error(
+    out: Path, kept: str, then: str = "run again with the same arguments to finish"
+) -> ArgumentError:
+    """The one line for a full disk under `out`: what was kept, how to go on."""
     return ArgumentError(
         "out",
         f" {out}: no space left on the device ({kept}; nothing half-written is left): "
-        "free some space and run again with the same arguments to finish",
+        f"free some space and {then}",
     )
 
 

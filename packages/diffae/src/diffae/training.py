@@ -47,7 +47,15 @@ from diffae_core.loading import load_tensors
 
 from .console import ArgumentError, Console
 from .distributed import Processes, process_group
-from .faults import FolderLock, Interrupted, StopRequest, ignore_interrupts, stop_requests
+from .faults import (
+    FolderLock,
+    Interrupted,
+    StopRequest,
+    disk_full,
+    disk_full_error,
+    ignore_interrupts,
+    stop_requests,
+)
 from .images import IMAGE_SUFFIXES, BadImage, find_image_tree, probe_image, read_image
 from .metrics import psnr_8bit
 
@@ -541,7 +549,19 @@ def train(model: Any, config: TrainingConfig, *, console: Console | None = None)
         FolderLock(config.out) if processes.main else contextlib.nullcontext(),
         stop_requests(console, enabled=processes.world_size == 1) as stop,
     ):
-        return run_training(model, config, processes, device, console, stop)
+        try:
+            return run_training(model, config, processes, device, console, stop)
+        except Exception as error:
+            if not disk_full(error):
+                raise
+            if not (config.out / STATE_NAME).is_file():
+                raise disk_full_error(config.out, "no checkpoint saved yet") from None
+            step = read_state_metadata(config.out)["step"]
+            raise disk_full_error(
+                config.out,
+                f"the checkpoint of step {step} is kept",
+                "run again with resume=True to continue from it",
+            ) from None
 
 
 def run_training(
