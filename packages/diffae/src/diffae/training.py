@@ -535,7 +535,9 @@ def train(model: Any, config: TrainingConfig, *, console: Console | None = None)
     Under torchrun each process calls this with the same arguments (`settings.batch_size` is
     the global batch) inside one process group, left at the end. Rank 0 writes `out/model/`,
     `out/training_state.safetensors` and `out/log.jsonl`. Problems with the arguments raise
-    an ArgumentError naming the field (`batch_size`, `crop_size`, `data`, `resume`).
+    an ArgumentError naming the field (`batch_size`, `crop_size`, `data`, `resume`), or `out`
+    when another run holds it (`diffae.faults.FolderLock`) or its disk is full (the last
+    checkpoint kept). Ctrl-C in one process: a checkpoint at the step, then `Interrupted`.
     """
     processes = Processes.from_environment()
     name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
