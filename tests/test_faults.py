@@ -151,7 +151,8 @@ def mount_tmpfs(tmp_path: Path) -> Iterator:
         yield mount
     finally:
         for folder in mounted:
-            subprocess.run(["umount", str(folder)], check=True)
+            if subprocess.run(["umount", str(folder)]).returncode:
+                subprocess.run(["umount", "--lazy", str(folder)], check=True)  # still busy
 
 
 def free_bytes(folder: Path) -> int:
