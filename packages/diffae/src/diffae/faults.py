@@ -72,23 +72,19 @@ def pid_alive(pid: int) -> bool:
 
 
 def writable_folder(out: Path) -> Path:
-    """`out` created if missing (its parent must exist) and checked writable, before any work:
-    an ArgumentError naming `out` otherwise."""
+    """`out` checked, before any work and without writing anything: a folder (or to be created
+    in a folder that exists) this process may write in; an ArgumentError naming `out` else."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ArgumentError("out", f": expected a folder (created if missing), got the file {out}")
     parent = out.absolute().parent
     if not out.exists() and not parent.is_dir():
         raise ArgumentError("out", f" {out}: its parent folder {parent} does not exist")
-    try:
-        out.mkdir(exist_ok=True)
-        probe = out / f".{LOCK_NAME}.{os.getpid()}.probe"
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
-        raise ArgumentError(
-            "out", f" {out}: cannot write there ({error.strerror or error})"
-        ) from None
+    where = out if out.exists() else parent
+    if not os.access(where, os.W_OK | os.X_OK):  # a read-only mount refuses root too
+        read_only = os.statvfs(where).f_flag & os.ST_RDONLY
+        reason = "Read-only file system" if read_only else "Permission denied"
+        raise ArgumentError("out", f" {out}: cannot write there ({reason})")
     return out
 
 
@@ -128,6 +124,12 @@ class FolderLock:
             _held[self.key] += 1
             return self
         writable_folder(self.out)
+        try:
+            self.out.mkdir(exist_ok=True)
+        except OSError as error:
+            raise ArgumentError(
+                "out", f" {self.out}: cannot write there ({error.strerror or error})"
+            ) from None
         owner = LockOwner(os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         text = json.dumps({"pid": owner.pid, "host": owner.host, "started": owner.started})
         for _ in range(3):  # a stale lock removed, then created again by us (or a rival)
