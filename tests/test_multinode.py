@@ -1,7 +1,7 @@
 """Two machines on one host: `diffae encode-dataset` and `diffae train` under two torchrun
 agents (`--nnodes 2 --nproc-per-node 1`, c10d rendezvous on 127.0.0.1) give what one process
 gives. Each agent is what a cluster starts on each node; here both are subprocesses of the test,
-bounded in time and always stopped. Marked `multinode` (~30-60 s: four torch imports and a
+bounded in time and always stopped. Marked `multinode` (~10 s each: four torch imports and a
 rendezvous), a step of its own in `.ci/run`.
 """
 
