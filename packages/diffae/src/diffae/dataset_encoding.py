@@ -20,6 +20,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +35,15 @@ from diffae_core.io import atomic_write_text
 from . import __version__
 from .console import ArgumentError, Console
 from .distributed import Processes, process_group
+from .faults import (
+    FolderLock,
+    Interrupted,
+    StopRequest,
+    disk_full,
+    disk_full_error,
+    ignore_interrupts,
+    stop_requests,
+)
 from .images import BadImage, find_image_tree, fit_image, read_image, resize_shorter_side
 from .latent_dataset import (
     DATA_FOLDER,
@@ -343,9 +353,11 @@ def encode_shards(
     batch_size: int,
     num_workers: int,
     settings_digest: str,
+    stop: StopRequest,
 ) -> tuple[dict[int, dict[str, Any]], int, float]:
     """Encode this rank's missing shards: the records of all of its shards, by index; how many
-    images it encoded, in how many seconds."""
+    images it encoded, in how many seconds. `stop.requested` (Ctrl-C) raises `Interrupted`
+    before the next image, so the shard being encoded is not written."""
     size = preprocessing.shard_size
     count = -(-len(sources) // size)
     records: dict[int, dict[str, Any]] = {}
@@ -372,12 +384,20 @@ def encode_shards(
         num_workers=num_workers,
         prefetch_factor=max(2, batch_size) if num_workers else None,
         pin_memory=loaded.device.type == "cuda",
+        worker_init_fn=ignore_interrupts,
     )
     start = time.perf_counter()
     with console.progress(len(stream), "encode-dataset") as bar:
         encoder = Encoder(out, count, loaded, batch_size, settings_digest, bar)
         current: ShardWork | None = None
         for item in loader:  # in stream order, so one shard after the other
+            if stop.requested:
+                mine = sum(1 for index in range(count) if owns(processes, index))
+                raise Interrupted(
+                    f"interrupted: {len(records)} of {mine} shards are "
+                    "written and kept, the one being encoded is not; run again with the same "
+                    "arguments to finish"
+                )
             work, position, _ = stream[item.position]
             if work is not current:
                 if current is not None:
@@ -475,8 +495,10 @@ def encode_dataset(
     batch_size: images of one size per `encode` call; num_workers: DataLoader processes
         reading the images (0: this one).
     refused: (entry, reason) of inputs the caller could not use, listed as skipped.
-    Problems with the arguments raise an ArgumentError naming the argument (`out`, ...); a
-    shard that cannot be read raises `BadDataset`.
+    Problems with the arguments raise an ArgumentError naming the argument (`out`, ...): `out`
+    (created if missing, its parent must exist) not writable, held by another run (its lock
+    file, see `diffae.faults`), or its disk full. A shard that cannot be read raises
+    `BadDataset`; Ctrl-C, `Interrupted` at the next batch boundary (in one process).
     """
     processes = Processes.from_environment()
     console = console or Console(quiet=True)
@@ -491,10 +513,44 @@ def encode_dataset(
         raise ArgumentError("sources", ": no images to encode")
     out = output_folder(out)
     settings = dataset_settings(model, sources, preprocessing, model_id, model_revision)
+    # One run at a time in `out` (rank 0 holds the lock for all); Ctrl-C stops at a batch
+    # boundary in one process (under torchrun, torchrun stops the processes).
+    with (
+        FolderLock(out) if processes.main else nullcontext(),
+        stop_requests(console, enabled=processes.world_size == 1) as stop,
+    ):
+        try:
+            manifest, encoded, seconds = encode_into(
+                out, sources, model, settings, preprocessing, processes, console, stop,
+                batch_size=batch_size, num_workers=num_workers, refused=list(refused),
+            )  # fmt: skip
+        except Exception as error:  # pyarrow's, the OS's
+            if not disk_full(error):
+                raise
+            written = len(list((out / DATA_FOLDER).glob("shard-*.parquet")))
+            raise disk_full_error(out, f"{written} finished shards kept") from None
+    return EncodedDataset(out, manifest, encoded, seconds)
+
+
+def encode_into(
+    out: Path,
+    sources: Sequence[Source],
+    model: LoadedModel,
+    settings: dict[str, Any],
+    preprocessing: Preprocessing,
+    processes: Processes,
+    console: Console,
+    stop: StopRequest,
+    *,
+    batch_size: int,
+    num_workers: int,
+    refused: list[tuple[str, str]],
+) -> tuple[dict[str, Any], int, float]:
+    """`encode_dataset` in a folder this run holds: (manifest, images encoded, seconds)."""
     settings_digest = digest(settings)
     resumed = check_previous_run(out, settings)
     if processes.main and not resumed:
-        write_manifest(out, manifest_of(settings, {}, list(refused), complete=False))
+        write_manifest(out, manifest_of(settings, {}, refused, complete=False))
     with process_group(processes, model.device, COLLECTIVE_TIMEOUT):
         records, encoded, seconds = encode_shards(
             out,
@@ -506,6 +562,7 @@ def encode_dataset(
             batch_size=batch_size,
             num_workers=num_workers,
             settings_digest=settings_digest,
+            stop=stop,
         )
         records = {
             index: record
@@ -513,8 +570,8 @@ def encode_dataset(
             for index, record in part.items()
         }
         assert sorted(records) == list(range(-(-len(sources) // preprocessing.shard_size)))
-        manifest = manifest_of(settings, records, list(refused), complete=True)
+        manifest = manifest_of(settings, records, refused, complete=True)
         if processes.main:
             write_manifest(out, manifest)
         processes.barrier()  # nobody exits (and so ends the torchrun job) before the manifest
-    return EncodedDataset(out, manifest, encoded, seconds)
+    return manifest, encoded, seconds

@@ -47,6 +47,15 @@ from diffae_core.loading import load_tensors
 
 from .console import ArgumentError, Console
 from .distributed import Processes, process_group
+from .faults import (
+    FolderLock,
+    Interrupted,
+    StopRequest,
+    disk_full,
+    disk_full_error,
+    ignore_interrupts,
+    stop_requests,
+)
 from .images import (
     IMAGE_SUFFIXES,
     BadImage,
@@ -554,19 +563,47 @@ def train(model: Any, config: TrainingConfig, *, console: Console | None = None)
     Under torchrun each process calls this with the same arguments (`settings.batch_size` is
     the global batch) inside one process group, left at the end. Rank 0 writes `out/model/`,
     `out/training_state.safetensors` and `out/log.jsonl`. Problems with the arguments raise
-    an ArgumentError naming the field (`batch_size`, `crop_size`, `data`, `resume`).
+    an ArgumentError naming the field (`batch_size`, `crop_size`, `data`, `resume`), or `out`
+    when another run holds it (`diffae.faults.FolderLock`) or its disk is full (the last
+    checkpoint kept). Ctrl-C in one process: a checkpoint at the step, then `Interrupted`.
     """
     processes = Processes.from_environment()
     name = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = processes.device_for(torch.device(name))
-    with process_group(processes, device):
-        return run_training(model, config, processes, device, console or Console(quiet=True))
+    console = console or Console(quiet=True)
+    # Ctrl-C in one process: the step finishes, a checkpoint is saved, the run stops. Under
+    # torchrun, torchrun stops the processes; the last checkpoint is where to resume.
+    # One run at a time in `out` (rank 0 holds its lock for all).
+    with (
+        process_group(processes, device),
+        FolderLock(config.out) if processes.main else contextlib.nullcontext(),
+        stop_requests(console, enabled=processes.world_size == 1) as stop,
+    ):
+        try:
+            return run_training(model, config, processes, device, console, stop)
+        except Exception as error:
+            if not disk_full(error):
+                raise
+            if not (config.out / STATE_NAME).is_file():
+                raise disk_full_error(config.out, "no checkpoint saved yet") from None
+            step = read_state_metadata(config.out)["step"]
+            raise disk_full_error(
+                config.out,
+                f"the checkpoint of step {step} is kept",
+                "run again with resume=True to continue from it",
+            ) from None
 
 
 def run_training(
-    model: Any, config: TrainingConfig, processes: Processes, device: torch.device, console: Console
+    model: Any,
+    config: TrainingConfig,
+    processes: Processes,
+    device: torch.device,
+    console: Console,
+    stop: StopRequest | None = None,
 ) -> Any:
-    """`train` in a process group that is up."""
+    """`train` in a process group that is up; `stop.requested` (Ctrl-C) ends it after the step
+    with a checkpoint and raises `Interrupted`."""
     settings, out = config.settings, config.out
     if settings.batch_size % processes.world_size:
         raise ArgumentError(
@@ -675,6 +712,14 @@ def run_training(
         if record and processes.main:
             append_log(out / LOG_NAME, record)
             console.note(progress_line(record, settings.steps))
+        if stop is not None and stop.requested and step < settings.steps:
+            if not saving:
+                save_checkpoint(out, step, model, ema.module, optimizer, settings, config.family)
+            bar.close()
+            raise Interrupted(
+                f"interrupted after step {step} of {settings.steps}, saved in {out}: run again "
+                "with resume=True to continue exactly from there"
+            )
     bar.close()
     return ema.module
 
@@ -707,6 +752,7 @@ def training_loader(
         num_workers=settings.workers,
         persistent_workers=False,
         pin_memory=device.type == "cuda",
+        worker_init_fn=ignore_interrupts,
     )
 
 

@@ -40,6 +40,7 @@ ARGUMENT_FLAGS = {
     "num_workers": "--num-workers",
     "out": "--out",
     "overwrite=True": "--overwrite",
+    "resume=True": "--resume",
     "resume": "--resume",
     "labels": "--labels",
     "run_folders": "RUN_DIR",
@@ -48,13 +49,26 @@ ARGUMENT_FLAGS = {
 a `name=value` spelling is also replaced where the message suggests it."""
 
 
-def as_cli_error(error: ArgumentError) -> CliError:
-    """A library's ArgumentError in the command line's words: its flag for its argument."""
-    detail = error.detail
+LIBRARY_PHRASES = {"run again with the same arguments": "run the same command again"}
+"""How a library message's advice reads on the command line."""
+
+
+def in_cli_words(text: str) -> str:
+    """A library message with the command line's spellings (`--overwrite`, "the same
+    command") for its `name=value` and phrases."""
     for spelling, flag in ARGUMENT_FLAGS.items():
         if "=" in spelling:
-            detail = detail.replace(spelling, flag)
-    return CliError(f"{ARGUMENT_FLAGS.get(error.argument, error.argument)}{detail}")
+            text = text.replace(spelling, flag)
+    for phrase, words in LIBRARY_PHRASES.items():
+        text = text.replace(phrase, words)
+    return text
+
+
+def as_cli_error(error: ArgumentError) -> CliError:
+    """A library's ArgumentError in the command line's words: its flag for its argument."""
+    return CliError(
+        f"{ARGUMENT_FLAGS.get(error.argument, error.argument)}{in_cli_words(error.detail)}"
+    )
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -100,8 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             error = as_cli_error(error)
         console.problem(f"diffae {args.command}: error: {error}")
         return 1
-    except KeyboardInterrupt:
-        console.problem(f"diffae {args.command}: interrupted")
+    except KeyboardInterrupt as interruption:
+        # A library's `Interrupted` says what was kept and how to go on; a bare Ctrl-C nothing.
+        message = in_cli_words(str(interruption)) or "interrupted"
+        console.problem(f"diffae {args.command}: {message}")
         return 130
 
 

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..console import CliError, Console
 from ..dataset_encoding import Preprocessing, encode_dataset, list_sources
 from ..distributed import Processes
+from ..faults import FolderLock
 from ..latent_dataset import BadDataset
 from ..models import (
     ModelChoice,
@@ -41,24 +43,30 @@ def encode_dataset_command(args: argparse.Namespace, console: Console) -> int:
     device = processes.device_for(choose_device(args.device))
     choice = choose_model(args.model, args.family)
     require_encoder(choice.family, "encode-dataset")
-    loaded = load_model(choice, device, console, dtype=args.dtype, name=args.model)
-    # A folder (the embedded model's too) is recorded by its absolute path, a repo id as given.
-    model_id = str(choice.location.resolve()) if isinstance(choice.location, Path) else args.model
-    try:
-        dataset = encode_dataset(
-            sources,
-            out,
-            loaded,
-            model_id=model_id,
-            model_revision=model_revision(choice, args.model),
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            preprocessing=Preprocessing(args.fit, args.resize, args.shard_size),
-            refused=refused,
-            console=console,
-        )
-    except BadDataset as error:
-        raise CliError(str(error)) from None
+    # The folder is checked writable and claimed before the model loads (rank 0 for all): a
+    # second run into it is refused now, not after its model loaded.
+    with ExitStack() as claimed:
+        if processes.main:
+            claimed.enter_context(FolderLock(out))
+        loaded = load_model(choice, device, console, dtype=args.dtype, name=args.model)
+        # A folder (the embedded model's too) is recorded by its absolute path, a repo id as is.
+        location = choice.location
+        model_id = str(location.resolve()) if isinstance(location, Path) else args.model
+        try:
+            dataset = encode_dataset(
+                sources,
+                out,
+                loaded,
+                model_id=model_id,
+                model_revision=model_revision(choice, args.model),
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                preprocessing=Preprocessing(args.fit, args.resize, args.shard_size),
+                refused=refused,
+                console=console,
+            )
+        except BadDataset as error:
+            raise CliError(str(error)) from None
     counts = dataset.manifest["counts"]
     console.note(
         f"wrote {counts['rows']} rows in {counts['shards']} shards to {out}/ "

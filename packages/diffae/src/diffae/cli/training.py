@@ -11,6 +11,7 @@ import torch
 
 from ..console import CliError, Console
 from ..distributed import Processes
+from ..faults import writable_folder
 from ..images import find_images
 from ..models import choose_device, choose_family, choose_model, read_config
 from ..training import (
@@ -38,6 +39,8 @@ def train_command(args: argparse.Namespace, console: Console) -> int:
 
 def run_training(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out)
+    if Processes.from_environment().main:
+        writable_folder(out)  # a missing parent or a read-only folder, before any model
     # Checked before anything loads: a device that is not there is the user's to fix.
     device_name = None if args.device is None else str(choose_device(args.device))
     settings_given = {
