@@ -109,7 +109,8 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         steps=args.steps, batch_size=args.batch, crop_size=args.crop, warmup_steps=1,
         workers=args.workers, log_every=log_every, save_every=args.steps,
     )  # fmt: skip
-    training.train(model, Path(data), Path(out), settings, console=Console(quiet=True))
+    config = training.TrainingConfig(data=Path(data), out=Path(out), settings=settings)
+    training.train(model, config, console=Console(quiet=True))
     records = [
         json.loads(line) for line in (Path(out) / training.LOG_NAME).read_text().splitlines()
     ]
