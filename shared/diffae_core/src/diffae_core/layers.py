@@ -325,7 +325,10 @@ def combined_l2_norm(span_norms: list[Tensor]) -> Tensor:
     """The L2 norm over all spans from each span's: one span's as is, else sqrt(sum of squares)."""
     if len(span_norms) == 1:
         return span_norms[0]
-    return torch.linalg.vector_norm(torch.stack(span_norms), dim=0)
+    sum_of_squares = span_norms[0].square()
+    for norm in span_norms[1:]:
+        sum_of_squares = sum_of_squares + norm.square()
+    return sum_of_squares.sqrt()
 
 
 def conv_rows(
