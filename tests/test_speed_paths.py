@@ -124,8 +124,8 @@ def test_query_chunked_dit_block_equals_plain() -> None:
     tokens = _randn(2, 15, 16)
     with torch.no_grad():
         plain = block(tokens, rope)
-        for tile_tokens in (1, 4, 15):
-            tiled = block.forward_tiled(tokens, rope, tile_tokens)
+        for tile_tokens in (1, 4, 15, None):
+            tiled = block(tokens, rope, tile_tokens)
             torch.testing.assert_close(
                 tiled, plain, atol=FLOAT32_RELATIVE * plain.abs().max().item(), rtol=0
             )
