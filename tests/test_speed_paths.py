@@ -68,11 +68,12 @@ def test_tiled_fcdm_block_equals_plain(adaln: bool) -> None:
     modulation = _randn(2, 16, seed=1) if adaln else None
     with torch.no_grad():
         plain = block(x, adaln_m=modulation)
-        for tile_tokens in (1, 4, 9, 12, 36):  # 1 row, 1 row, 2 rows, 3 rows, the whole grid
+        # 1 row, 1 row, 2 rows, 3 rows, the whole grid, tiling off
+        for tile_tokens in (1, 4, 9, 12, 36, None):
             for recompute in (True, False):
                 for overwrite in (False, True):
                     given = x.clone()
-                    tiled = block.forward_tiled(
+                    tiled = block(
                         given,
                         adaln_m=modulation,
                         tile_tokens=tile_tokens,
@@ -82,7 +83,7 @@ def test_tiled_fcdm_block_equals_plain(adaln: bool) -> None:
                     torch.testing.assert_close(
                         tiled, plain, atol=FLOAT32_RELATIVE * plain.abs().max().item(), rtol=0
                     )
-                    split = tile_tokens < 36
+                    split = tile_tokens is not None and tile_tokens < 36
                     # Overwritten in place only when asked (and when there are chunks at all).
                     assert (tiled.data_ptr() == given.data_ptr()) == (overwrite and split)
                     if not overwrite:
@@ -108,7 +109,7 @@ def test_fcdm_block_without_autograd_updates_in_place_and_keeps_its_input(adaln:
 def test_tiled_fcdm_block_never_overwrites_under_autograd() -> None:
     block = randomize_weights(FCDMBlock(8, depthwise_kernel_size=7))
     x = _randn(1, 8, 6, 4).requires_grad_()
-    tiled = block.forward_tiled(x, tile_tokens=4, overwrite=True)
+    tiled = block(x, tile_tokens=4, overwrite=True)
     assert tiled.data_ptr() != x.data_ptr()
     tiled.sum().backward()
     assert x.grad is not None
@@ -123,8 +124,8 @@ def test_query_chunked_dit_block_equals_plain() -> None:
     tokens = _randn(2, 15, 16)
     with torch.no_grad():
         plain = block(tokens, rope)
-        for tile_tokens in (1, 4, 15):
-            tiled = block.forward_tiled(tokens, rope, tile_tokens)
+        for tile_tokens in (1, 4, 15, None):
+            tiled = block(tokens, rope, tile_tokens)
             torch.testing.assert_close(
                 tiled, plain, atol=FLOAT32_RELATIVE * plain.abs().max().item(), rtol=0
             )

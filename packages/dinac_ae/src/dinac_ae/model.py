@@ -19,7 +19,7 @@ from diffae_core import diffusion
 from diffae_core.autoencoder import DiffusionAutoencoder
 from diffae_core.diffusion import deterministic_posterior, split_posterior
 from diffae_core.fcdm import build_fcdm_decoder, mlp_hidden_channels
-from diffae_core.layers import Patchify, RowTiled
+from diffae_core.layers import Patchify, RowTiled, row_spans
 from diffae_core.runtime import check_tensor, check_values, compute_dtype
 
 from .config import DinacAEConfig, DinacAEInferenceConfig
@@ -270,9 +270,31 @@ class DitSelfAttentionCore(nn.Module):
 
     def forward(self, x: Tensor, rope: RopeTable) -> Tensor:
         """[N, L, C] -> [N, L, C]; `rope` holds L rows."""
-        q, k, v = (split_heads(part, self.heads) for part in self.qkv(x).chunk(3, dim=-1))
-        q = apply_rope(self.q_norm(q), rope)
-        k = apply_rope(self.k_norm(k), rope)
+        return self.attend(*self.heads_of(x, rope))
+
+    def heads_of(self, x: Tensor, rope: RopeTable, parts: str = "qkv") -> list[Tensor]:
+        """The `parts` ("qkv", "kv" or "q") of x [N, L, C], each [N, heads, L, D].
+
+        q and k are normalised per head and rotated by `rope` (L rows). One projection with
+        the weight rows of the parts asked for: the keys and values of a query chunk's context
+        cost no query projection.
+        """
+        channels = self.proj_out.weight.shape[0]
+        first = "qkv".index(parts[0])
+        weight = self.qkv.weight[first * channels : (first + len(parts)) * channels]
+        projected = F.linear(x, weight).chunk(len(parts), dim=-1)
+        heads = []
+        for name, part in zip(parts, projected, strict=True):
+            part = split_heads(part, self.heads)
+            if name == "q":
+                part = apply_rope(self.q_norm(part), rope)
+            elif name == "k":
+                part = apply_rope(self.k_norm(part), rope)
+            heads.append(part)
+        return heads
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Queries [N, heads, Lq, D] over keys and values [N, heads, L, D] -> [N, Lq, C]."""
         return self.proj_out(merge_heads(attention(q, k, v)))
 
 
@@ -291,50 +313,59 @@ class DitBlock(nn.Module):
         self.proj_out = self.attn_core.proj_out
         self.mlp = MLP(channels, mlp_ratio, mlp_type)
 
-    def forward(self, x: Tensor, rope: RopeTable) -> Tensor:
+    def forward(self, x: Tensor, rope: RopeTable, tile_tokens: int | None = None) -> Tensor:
         """tokens [N, L, C] -> [N, L, C], or a feature map [N, C, h, w] -> [N, C, h, w].
 
         A feature map is tokenized row-major and restored; `rope` holds L (= h * w) rows.
+        Runs in query chunks of <= tile_tokens tokens (None: one chunk, all L). Attention is
+        global, so chunks cannot cut the image: pass 1 computes the keys and values of all L
+        tokens chunk by chunk (2C wide, kept); pass 2 lets each chunk's queries attend to all
+        of them and runs the per-token MLP on the chunk. Never full size with several chunks:
+        the queries, the attention output and the 4x-wide MLP activation. Pass 2 runs backward
+        and takes the last chunk's queries from pass 1's projection (one chunk: the one fused
+        qkv projection). Several chunks equal one up to float rounding.
         """
         if x.ndim == 4:
             height, width = x.shape[-2:]
-            return from_tokens(self.forward(to_tokens(x), rope), height, width)
-        x = x + self.attn_norm2(self.attn_core(self.attn_norm1(x), rope))
-        return x + self.mlp_norm2(self.mlp(self.mlp_norm1(x)))
-
-    def forward_tiled(self, x: Tensor, rope: RopeTable, tile_tokens: int) -> Tensor:
-        """`forward` on tokens [N, L, C] in query chunks of <= tile_tokens; equal up to rounding.
-
-        Attention is global, so tiling cannot cut the image: the keys and values of all L
-        tokens are computed first (chunk by chunk; 2C wide, kept), then each chunk of queries
-        attends to all of them and goes through the per-token MLP. What is never full size:
-        the queries, the attention output and the 4x-wide MLP activation.
-        """
-        attention_core = self.attn_core
-        channels = x.shape[-1]
-        weight = attention_core.qkv.weight  # [3C, C], rows (q, k, v)
+            return from_tokens(self.forward(to_tokens(x), rope, tile_tokens), height, width)
+        core = self.attn_core
         sin, cos = rope
-        spans = [
-            (start, min(start + tile_tokens, x.shape[1]))
-            for start in range(0, x.shape[1], tile_tokens)
-        ]
+        spans = row_spans(x.shape[1], 1, tile_tokens)  # a token sequence: rows of width 1
+        last = len(spans) - 1
+        kept_queries: dict[int, Tensor] = {}
         keys, values = [], []
-        for start, stop in spans:
-            k, v = F.linear(self.attn_norm1(x[:, start:stop]), weight[channels:]).chunk(2, dim=-1)
-            k = attention_core.k_norm(split_heads(k, attention_core.heads))
-            keys.append(apply_rope(k, (sin[start:stop], cos[start:stop])))
-            values.append(split_heads(v, attention_core.heads))
-        keys_all, values_all = torch.cat(keys, dim=2), torch.cat(values, dim=2)  # [N, heads, L, D]
+        for index, (start, stop) in enumerate(spans):
+            normed = self.attn_norm1(x[:, start:stop])
+            heads = core.heads_of(
+                normed, (sin[start:stop], cos[start:stop]), "qkv" if index == last else "kv"
+            )
+            if index == last:
+                kept_queries[index] = heads.pop(0)
+            keys.append(heads[0])
+            values.append(heads[1])
+            del normed, heads
+        keys_all = keys[0] if len(keys) == 1 else torch.cat(keys, dim=2)  # [N, heads, L, D]
+        values_all = values[0] if len(values) == 1 else torch.cat(values, dim=2)
         del keys, values
-        out = torch.empty_like(x)
-        for start, stop in spans:
+        out = torch.empty_like(x) if last > 0 else x  # one chunk: never written
+        for index in reversed(range(len(spans))):
+            start, stop = spans[index]
             rows = x[:, start:stop]
-            q = F.linear(self.attn_norm1(rows), weight[:channels])
-            q = attention_core.q_norm(split_heads(q, attention_core.heads))
-            q = apply_rope(q, (sin[start:stop], cos[start:stop]))
-            attended = attention_core.proj_out(merge_heads(attention(q, keys_all, values_all)))
+            if index in kept_queries:
+                q = kept_queries.pop(index)
+            else:
+                rope_rows = (sin[start:stop], cos[start:stop])
+                q = core.heads_of(self.attn_norm1(rows), rope_rows, "q")[0]
+            attended = core.attend(q, keys_all, values_all)
+            del q
+            if index == 0:  # the last chunk to attend: free the context before its MLP
+                del keys_all, values_all
             rows = rows + self.attn_norm2(attended)
-            out[:, start:stop] = rows + self.mlp_norm2(self.mlp(self.mlp_norm1(rows)))
+            del attended
+            rows = rows + self.mlp_norm2(self.mlp(self.mlp_norm1(rows)))
+            if last == 0:
+                return rows  # the one chunk's fresh output, no copy
+            out[:, start:stop] = rows
         return out
 
 
@@ -398,7 +429,7 @@ class TransformerEncoder(RowTiled, nn.Module):
     patchify (no norm, no position embedding) -> DiT blocks with axial RoPE on the patch grid
     -> 1x1 `to_bottleneck` (channels [0, B) = mean, [B, 2B) = logsnr). No input or final norm.
     With `tile_tokens` set (`model.enable_tiling`), each block runs over query chunks
-    (`DitBlock.forward_tiled`): exact, global attention kept.
+    (`DitBlock.forward`): exact, global attention kept.
     """
 
     def __init__(
@@ -436,10 +467,7 @@ class TransformerEncoder(RowTiled, nn.Module):
         rope = self.rope(height, width)
         tokens = to_tokens(features)  # [N, C, h, w] -> [N, h*w, C]
         for block in self.blocks:
-            if self.tile_tokens is None:
-                tokens = block(tokens, rope)
-            else:
-                tokens = block.forward_tiled(tokens, rope, self.tile_tokens)
+            tokens = block(tokens, rope, self.tile_tokens)
         projection = self.to_bottleneck(from_tokens(tokens, height, width))
         if self.deterministic:
             return deterministic_posterior(projection, EncoderPosterior)

@@ -115,33 +115,22 @@ class DiCoBlock(nn.Module):
         chunks = adaln_m.to(device=x.device, dtype=x.dtype).chunk(4, dim=1)  # 4 x [N, C]
         return tuple(chunks[i][:, :, None, None] for i in self.chunk_order)
 
-    def forward(self, x: Tensor, *, adaln_m: Tensor | None = None) -> Tensor:
-        """[N, C, h, w] -> [N, C, h, w]; `adaln_m` [N, 4C] is required in AdaLN mode only."""
-        scale1, gate1, scale2, gate2 = self._modulation(x, adaln_m)
-        h = self.norm1(x)
-        if scale1 is not None:
-            h = h * (1 + scale1)
-        h = self.conv3(self.cca(F.silu(self.conv2(self.conv1(h)))))
-        x = x + gate1 * h
-        h = self.norm2(x)
-        if scale2 is not None:
-            h = h * (1 + scale2)
-        return x + gate2 * self.mlp(h, normalize=self.mlp_renorm)
-
-    def forward_tiled(
-        self, x: Tensor, *, adaln_m: Tensor | None = None, tile_tokens: int
+    def forward(
+        self, x: Tensor, *, adaln_m: Tensor | None = None, tile_tokens: int | None = None
     ) -> Tensor:
-        """`forward` over row chunks of <= tile_tokens positions; equal up to float rounding.
+        """[N, C, h, w] -> [N, C, h, w]; `adaln_m` [N, 4C] is required in AdaLN mode only.
 
-        The channel attention's mean over h x w is the one whole-image statistic: pass 1 sums
-        the conv path's SiLU output over the chunks (float32), pass 2 recomputes each chunk's
-        conv path (1x1, then the depthwise conv with a halo of k // 2 rows), gates it with the
-        global mean and runs the per-position MLP branch on the same rows.
+        Runs over row spans of <= tile_tokens positions (None: one span, the whole grid). The
+        channel attention's mean over h x w is the one whole-image statistic: pass 1 computes
+        the conv path's SiLU output span by span (1x1, then the depthwise conv with a halo of
+        k // 2 rows) and its mean over all spans (float32 sums when there are several); pass 2
+        gates each span's conv path with it and runs the per-position MLP branch on the same
+        rows. Pass 2 runs bottom-up and reuses the last span's conv path (one span: nothing is
+        recomputed); the others are recomputed. Several spans equal one up to float rounding.
         """
         height, width = x.shape[2], x.shape[3]
         spans = row_spans(height, width, tile_tokens)
-        if len(spans) == 1:  # one chunk: the plain pass, without recomputing anything
-            return self(x, adaln_m=adaln_m)
+        tiled = len(spans) > 1
         scale1, gate1, scale2, gate2 = self._modulation(x, adaln_m)
         halo = self.conv2.padding[0]
 
@@ -153,19 +142,34 @@ class DiCoBlock(nn.Module):
             h = self.conv2(self.conv1(h))[:, :, start - first : stop - first]
             return F.silu(h)
 
-        total = None
-        for start, stop in spans:
-            chunk_sum = conv_path(start, stop).sum(dim=(2, 3), keepdim=True, dtype=torch.float32)
-            total = chunk_sum if total is None else total + chunk_sum
-        assert total is not None
-        pooled = (total / (height * width)).to(x.dtype)  # [N, C, 1, 1]
+        kept: dict[int, Tensor] = {}
+        pooled = None  # [N, C, 1, 1]
+        for index, (start, stop) in enumerate(spans):
+            path = conv_path(start, stop)
+            if not tiled:  # the mean in x's dtype, as `CompactChannelAttention`'s
+                pooled = path.mean(dim=(2, 3), keepdim=True)
+            else:  # float32 sums, divided once at the end
+                span_sum = path.sum(dim=(2, 3), keepdim=True, dtype=torch.float32)
+                pooled = span_sum if pooled is None else pooled + span_sum
+            if index == len(spans) - 1:
+                kept[index] = path
+            del path
+        assert pooled is not None
+        if tiled:
+            pooled = (pooled / (height * width)).to(x.dtype)
         attention = torch.sigmoid(self.cca.proj(pooled))
-        out = torch.empty_like(x)
-        for start, stop in spans:
-            h = self.conv3(conv_path(start, stop) * attention)
+        out = torch.empty_like(x) if tiled else x  # one span: never written
+        for index in reversed(range(len(spans))):
+            start, stop = spans[index]
+            path = kept.pop(index) if index in kept else conv_path(start, stop)
+            h = self.conv3(path * attention)
+            del path
             rows = x[:, :, start:stop] + gate1 * h
             h = self.norm2(rows)
             if scale2 is not None:
                 h = h * (1 + scale2)
-            out[:, :, start:stop] = rows + gate2 * self.mlp(h, normalize=self.mlp_renorm)
+            h = rows + gate2 * self.mlp(h, normalize=self.mlp_renorm)
+            if not tiled:
+                return h  # the one span's fresh output, no copy
+            out[:, :, start:stop] = h
         return out

@@ -33,6 +33,7 @@ from diffae_core.layers import (
     SinusoidalTimeEmbeddingMLP,
     block_modulations,
     row_spans,
+    stitch_rows,
 )
 from diffae_core.loading import TensorInfo
 from diffae_core.runtime import compute_dtype
@@ -92,29 +93,21 @@ class Encoder(RowTiled, nn.Module):
         return deterministic_posterior(self(images))
 
     def forward(self, images: Tensor) -> Tensor:
-        if self.tile_tokens is not None:
-            return self._forward_tiled(images, self.tile_tokens)
-        x = self.norm_in(self.patchify(images))
-        for block in self.blocks:
-            x = block(x)
-        return self.norm_out(self.to_bottleneck(x))
-
-    def _forward_tiled(self, images: Tensor, tile_tokens: int) -> Tensor:
-        """`forward` over row chunks of the patch grid (`enable_tiling`); equal up to rounding."""
+        """images [N, 3, H, W] -> latents [N, Z, H/P, W/P], over row spans of the patch grid
+        (`tile_tokens`; None: one span, the whole grid)."""
         patch = self.patchify.proj.stride[0]
         height, width = images.shape[2] // patch, images.shape[3] // patch
-        spans = row_spans(height, width, tile_tokens)
-        x = None
-        for start, stop in spans:
-            chunk = self.norm_in(self.patchify(images[:, :, start * patch : stop * patch]))
-            if x is None:
-                x = chunk.new_empty(*chunk.shape[:2], height, width)
-            x[:, :, start:stop] = chunk
-        assert x is not None
+        spans = row_spans(height, width, self.tile_tokens)
+
+        def features(start: int, stop: int) -> Tensor:
+            return self.norm_in(self.patchify(images[:, :, start * patch : stop * patch]))
+
+        x = stitch_rows(features, spans)
         for block in self.blocks:
-            x = block.forward_tiled(x, tile_tokens=tile_tokens)
-        chunks = [self.norm_out(self.to_bottleneck(x[:, :, start:stop])) for start, stop in spans]
-        return torch.cat(chunks, dim=2)  # row chunks -> [N, Z, h, w]
+            x = block(x, tile_tokens=self.tile_tokens)
+        return stitch_rows(
+            lambda start, stop: self.norm_out(self.to_bottleneck(x[:, :, start:stop])), spans
+        )
 
 
 def draw_token_mask(
@@ -239,7 +232,8 @@ class Decoder(RowTiled, nn.Module):
         mask_tokens: replace `pdg_mask_ratio` of the latent tokens by `mask_feature` (the weak
         prediction of token-mask PDG), drawn on the CPU from `generator` (None: global RNG).
         token_mask: bool [N, 1, h, w], the positions to replace instead of a fresh draw; only
-        with mask_tokens=True.
+        with mask_tokens=True. Runs over row spans of the latent grid (`tile_tokens`; None: one
+        span, the whole grid).
         """
         if token_mask is not None and not mask_tokens:
             raise ValueError("token_mask: given with mask_tokens=False; pass mask_tokens=True")
@@ -248,12 +242,22 @@ class Decoder(RowTiled, nn.Module):
             token_mask = host_to_device(self.draw_token_mask(latents, generator), latents.device)
         cond = self.time_embed(t.to(device=x_t.device, dtype=torch.float32))
         modulations = block_modulations(self.adaln_base, self.adaln_deltas, cond)  # [D, N, 4C]
-        if self.tile_tokens is not None:
-            return self._forward_tiled(x_t, latents, modulations, token_mask, self.tile_tokens)
-        h = self._fused_input(x_t, latents, token_mask)
+        patch = self.unpatchify.upscale_factor
+        spans = row_spans(latents.shape[2], latents.shape[3], self.tile_tokens)
+
+        def fused_rows(start: int, stop: int) -> Tensor:
+            mask_rows = None if token_mask is None else token_mask[:, :, start:stop]
+            pixels = x_t[:, :, start * patch : stop * patch]
+            return self._fused_input(pixels, latents[:, :, start:stop], mask_rows)
+
+        h = stitch_rows(fused_rows, spans)
         for block, modulation in zip(self.blocks, modulations, strict=True):
-            h = block(h, adaln_m=modulation)
-        return self.unpatchify(self.out_proj(self.norm_out(h)))
+            h = block(h, adaln_m=modulation, tile_tokens=self.tile_tokens)
+
+        def output_rows(start: int, stop: int) -> Tensor:
+            return self.unpatchify(self.out_proj(self.norm_out(h[:, :, start:stop])))
+
+        return stitch_rows(output_rows, spans, patch)
 
     def _fused_input(self, x_t: Tensor, latents: Tensor, token_mask: Tensor | None) -> Tensor:
         """fuse_in(norm_in(patchify(x_t)) ++ latent_norm(latent_up(latents))), tokens masked."""
@@ -265,34 +269,6 @@ class Decoder(RowTiled, nn.Module):
         if token_mask is not None and self.mask_at == "fused":
             h = replace_tokens(h, token_mask, self.mask_feature)
         return h
-
-    def _forward_tiled(
-        self,
-        x_t: Tensor,
-        latents: Tensor,
-        modulations: Tensor,
-        token_mask: Tensor | None,
-        tile_tokens: int,
-    ) -> Tensor:
-        """`forward` over row chunks of the latent grid (`enable_tiling`); equal up to rounding."""
-        patch = self.unpatchify.upscale_factor
-        spans = row_spans(latents.shape[2], latents.shape[3], tile_tokens)
-        h = None
-        for start, stop in spans:
-            mask_rows = None if token_mask is None else token_mask[:, :, start:stop]
-            pixels = x_t[:, :, start * patch : stop * patch]
-            chunk = self._fused_input(pixels, latents[:, :, start:stop], mask_rows)
-            if h is None:
-                h = chunk.new_empty(*chunk.shape[:2], *latents.shape[2:])
-            h[:, :, start:stop] = chunk
-        assert h is not None
-        for block, modulation in zip(self.blocks, modulations, strict=True):
-            h = block.forward_tiled(h, adaln_m=modulation, tile_tokens=tile_tokens)
-        images = x_t.new_empty(x_t.shape, dtype=h.dtype)
-        for start, stop in spans:
-            rows = self.unpatchify(self.out_proj(self.norm_out(h[:, :, start:stop])))
-            images[:, :, start * patch : stop * patch] = rows
-        return images
 
 
 def _with_shape(value: Any, shape: tuple[int, ...]) -> Any:

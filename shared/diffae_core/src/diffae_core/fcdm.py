@@ -25,12 +25,13 @@ from .layers import (
     block_modulations,
     channel_rms_norm,
     channels_to_space,
+    combined_l2_norm,
     conv_rows,
-    global_response_norm,
     grn_scale,
     mlp_hidden_channels,
     row_spans,
     space_to_channels,
+    stitch_rows,
 )
 
 # ---- fcdm block ------------------------------------------------------------------------
@@ -78,19 +79,77 @@ class FCDMBlock(nn.Module):
         else:
             self.layer_scale = nn.Parameter(torch.full((channels,), layer_scale_init))
 
-    def forward(self, x: Tensor, *, adaln_m: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        adaln_m: Tensor | None = None,
+        tile_tokens: int | None = None,
+        recompute: bool = True,
+        overwrite: bool = False,
+    ) -> Tensor:
         """[N, C, h, w] -> [N, C, h, w]; `adaln_m` [N, 2C] is required in AdaLN mode.
 
-        Without autograd each step writes over the fresh tensor it reads (x itself is never
-        written): one 4C-wide tensor alive instead of two, and fewer new allocations, which
-        on a CPU are fresh pages for large images. Same operations, same values.
+        Runs over row spans of <= tile_tokens positions (None: one span, the whole grid) in two
+        passes, since GRN needs the whole image's statistic: pass 1 computes each span's hidden
+        activations [N, 4C, rows, w] and their spatial L2 norm; pass 2 applies GRN with the norm
+        over all spans, then `pwconv2` and the gated residual. The depthwise conv reads a halo
+        of k // 2 rows. Several spans equal one up to float rounding.
+
+        Without autograd each step writes over the fresh tensor it reads (x itself is written
+        only with `overwrite`): one 4C-wide tensor alive instead of two, and fewer new
+        allocations, which on a CPU are fresh pages for large images. Pass 2 runs bottom-up and
+        reuses the last span's activations (one span: nothing is recomputed). With several
+        spans, `recompute=True` recomputes the other spans' activations (one more `pwconv1` per
+        block, no full-size [N, 4C, h, w] tensor); `recompute=False` keeps them from pass 1
+        (about the untiled time, one full-size 4C-wide tensor). `overwrite=True` writes the
+        output into x itself (one full-size tensor fewer; the caller must not need x after),
+        keeping the original halo rows each recomputed span reads from below; never under
+        autograd, and one span returns its fresh output as is.
         """
+        spans = row_spans(x.shape[2], x.shape[3], tile_tokens)
+        tiled = len(spans) > 1
         scale, gate = self._modulation(x, adaln_m)
+        halo = self.dwconv.padding[0]
         inplace = not torch.is_grad_enabled()
-        h = self._hidden(self.dwconv(x), scale, inplace)
+
+        def hidden(start: int, stop: int, below: Tensor | None = None) -> Tensor:
+            return self._hidden(conv_rows(self.dwconv, x, start, stop, below), scale, inplace)
+
+        kept: dict[int, Tensor] = {}
+        span_norms = []
+        hidden_dtype = x.dtype
+        for index, (start, stop) in enumerate(spans):
+            chunk = hidden(start, stop)
+            hidden_dtype = chunk.dtype
+            # One span: the norm in the activations' dtype, as GRN's; several: float32 parts.
+            norm_dtype = torch.float32 if tiled else None
+            span_norms.append(
+                torch.linalg.vector_norm(chunk, dim=(2, 3), keepdim=True, dtype=norm_dtype)
+            )
+            if not recompute or index == len(spans) - 1:
+                kept[index] = chunk
+            del chunk
         grn = self.grn
-        h = self.pwconv2(global_response_norm(h, grn.gamma, grn.beta, grn.eps, inplace=inplace))
-        return _gated_residual(x, gate, h, inplace)
+        factor = grn_scale(combined_l2_norm(span_norms), grn.gamma, grn.eps, hidden_dtype)
+        beta = grn.beta.to(hidden_dtype)
+        overwrite = overwrite and inplace and tiled
+        out = x if overwrite or not tiled else torch.empty_like(x)  # one span: never written
+        below = None  # x's original rows just below the current span, once overwritten
+        for index in reversed(range(len(spans))):
+            start, stop = spans[index]
+            chunk = kept.pop(index) if index in kept else hidden(start, stop, below)
+            h = self.pwconv2(torch.addcmul(beta, chunk, factor, out=chunk if inplace else None))
+            del chunk
+            rows = x[:, :, start:stop]
+            if overwrite and recompute and index > 0:
+                pristine = rows if below is None else torch.cat([rows, below], dim=2)
+                below = pristine[:, :, :halo].clone()
+            h = _gated_residual(rows, gate, h, inplace)
+            if not tiled:
+                return h  # the one span's fresh output, no copy
+            out[:, :, start:stop] = h
+        return out
 
     def _hidden(self, dwconv_out: Tensor, scale: Tensor | None, inplace: bool) -> Tensor:
         """GELU(pwconv1(RMSNorm(depthwise conv output) * (1 + scale))): [N, 4C, h, w]."""
@@ -106,67 +165,6 @@ class FCDMBlock(nn.Module):
             scale, gate = adaln_m.to(x.dtype).chunk(2, dim=1)  # [N, 2C] -> 2 x [N, C]
             return scale[:, :, None, None], gate[:, :, None, None]
         return None, self.layer_scale.view(1, -1, 1, 1).to(x.dtype)
-
-    def forward_tiled(
-        self,
-        x: Tensor,
-        *,
-        adaln_m: Tensor | None = None,
-        tile_tokens: int,
-        recompute: bool = True,
-        overwrite: bool = False,
-    ) -> Tensor:
-        """`forward` over row chunks of <= tile_tokens positions; equal up to float rounding.
-
-        Pass 1 accumulates GRN's per-channel sums of squares over the chunks (float32); pass 2
-        applies GRN with the whole image's statistics, then `pwconv2` and the gated residual.
-        The depthwise conv reads a halo of k // 2 rows. `recompute=True` recomputes each
-        chunk's hidden activations in pass 2 (one more `pwconv1` per block, no full-size
-        [N, 4C, h, w] tensor); `recompute=False` keeps them from pass 1 (about the untiled
-        time, one full-size 4C-wide tensor in memory). Pass 2 runs bottom-up, so the last
-        chunk's activations are reused either way. `overwrite=True` writes the output into x
-        itself (one full-size tensor fewer; the caller must not need x afterwards), keeping
-        the original halo rows each recomputed chunk reads from below; never under autograd.
-        """
-        spans = row_spans(x.shape[2], x.shape[3], tile_tokens)
-        if len(spans) == 1:  # one chunk: the plain pass, without recomputing anything
-            return self(x, adaln_m=adaln_m)
-        scale, gate = self._modulation(x, adaln_m)
-        halo = self.dwconv.padding[0]
-        inplace = not torch.is_grad_enabled()  # chunk temporaries are updated in place
-
-        def hidden(start: int, stop: int, below: Tensor | None = None) -> Tensor:
-            return self._hidden(conv_rows(self.dwconv, x, start, stop, below), scale, inplace)
-
-        kept: dict[int, Tensor] = {}
-        sum_of_squares = None
-        for index, (start, stop) in enumerate(spans):
-            chunk = hidden(start, stop)
-            squares = torch.linalg.vector_norm(
-                chunk, dim=(2, 3), keepdim=True, dtype=torch.float32
-            ).square()
-            sum_of_squares = squares if sum_of_squares is None else sum_of_squares + squares
-            if not recompute or index == len(spans) - 1:
-                kept[index] = chunk
-            del chunk
-        assert sum_of_squares is not None
-        grn = self.grn
-        factor = grn_scale(sum_of_squares.sqrt(), grn.gamma, grn.eps, x.dtype)
-        beta = grn.beta.to(x.dtype)
-        overwrite = overwrite and inplace
-        out = x if overwrite else torch.empty_like(x)
-        below = None  # x's original rows just below the current chunk, once overwritten
-        for index in reversed(range(len(spans))):
-            start, stop = spans[index]
-            chunk = kept.pop(index) if index in kept else hidden(start, stop, below)
-            h = self.pwconv2(torch.addcmul(beta, chunk, factor, out=chunk if inplace else None))
-            del chunk
-            rows = x[:, :, start:stop]
-            if overwrite and recompute and index > 0:
-                pristine = rows if below is None else torch.cat([rows, below], dim=2)
-                below = pristine[:, :, :halo].clone()
-            out[:, :, start:stop] = _gated_residual(rows, gate, h, inplace)
-        return out
 
 
 # ---- fcdm encoder ----------------------------------------------------------------------
@@ -220,32 +218,22 @@ class FCDMEncoder(RowTiled, nn.Module):
         )
 
     def features(self, images: Tensor) -> Tensor:
-        """images [N, 3, H, W] -> bottleneck projection [N, 2B (or B), H/P, W/P]."""
-        if self.tile_tokens is not None:
-            return self._features_tiled(images, self.tile_tokens)
-        x = self.patchify(images)
-        for block in self.blocks:
-            x = block(x)
-        return self.to_bottleneck(x)
+        """images [N, 3, H, W] -> bottleneck projection [N, 2B (or B), H/P, W/P].
 
-    def _features_tiled(self, images: Tensor, tile_tokens: int) -> Tensor:
-        """`features` over row chunks of the patch grid; equal up to float rounding."""
+        Over row spans of the patch grid (`tile_tokens`; None: one span, the whole grid). Each
+        block after the patchify writes over its input: nothing else reads it.
+        """
         patch = self.patchify.proj.stride[0]
         height, width = images.shape[2] // patch, images.shape[3] // patch
-        spans = row_spans(height, width, tile_tokens)
-        x = None
-        for start, stop in spans:
-            chunk = self.patchify(images[:, :, start * patch : stop * patch])  # [N, C, rows, w]
-            if x is None:
-                x = chunk.new_empty(*chunk.shape[:2], height, width)
-            x[:, :, start:stop] = chunk
-        assert x is not None
+        spans = row_spans(height, width, self.tile_tokens)
+        x = stitch_rows(
+            lambda start, stop: self.patchify(images[:, :, start * patch : stop * patch]), spans
+        )
         for block in self.blocks:
-            x = block.forward_tiled(
-                x, tile_tokens=tile_tokens, recompute=self.tile_recompute, overwrite=True
+            x = block(
+                x, tile_tokens=self.tile_tokens, recompute=self.tile_recompute, overwrite=True
             )
-        projections = [self.to_bottleneck(x[:, :, start:stop]) for start, stop in spans]
-        return torch.cat(projections, dim=2)  # row chunks -> [N, 2B, h, w]
+        return stitch_rows(lambda start, stop: self.to_bottleneck(x[:, :, start:stop]), spans)
 
     def posterior(self, images: Tensor) -> EncoderPosterior:
         """The raw posterior in the latent layout, mean/logsnr [N, B, H/P, W/P], or with
@@ -342,90 +330,66 @@ class FCDMDecoder(RowTiled, nn.Module):
         With `unpatchify_latents` the latents come 2x2-patchified, [N, 4B, H/2P, W/2P]. With
         `drop_middle_blocks` the middle blocks are replaced by the learned mask feature: the
         weak prediction of path-drop guidance (PDG).
+
+        Runs over row spans of the latent grid (`tile_tokens`; None: one span, the whole grid).
+        Tiled, the full-size tensors are x_t, the output, and at most three [N, C, h, w]
+        feature maps (the start-block skip, the first middle block's input and its output);
+        every other block writes its output over its input. The pixel-level patchify, out_proj
+        and PixelShuffle, the fuse convs and each block's MLP run span by span.
         """
         if self.unpatchify_latents:
             latents = channels_to_space(latents)  # [N, 4B, h, w] -> [N, B, 2h, 2w]
         cond = self.time_embed(t.to(device=x_t.device, dtype=torch.float32))
         modulations = block_modulations(self.adaln_base, self.adaln_deltas, cond)  # [D, N, 2C]
-        if self.tile_tokens is not None:
-            return self._forward_tiled(x_t, latents, modulations, drop_middle_blocks)
-        features = self.fuse_in(torch.cat([self.patchify(x_t), self.latent_up(latents)], dim=1))
-
-        def run(blocks: nn.ModuleList, x: Tensor, first_index: int) -> Tensor:
-            # Global block index b selects the AdaLN delta: start 0.., middle, then end.
-            for offset, block in enumerate(blocks):
-                x = block(x, adaln_m=modulations[first_index + offset])
-            return x
-
-        start = run(self.start_blocks, features, 0)
-        if drop_middle_blocks:
-            middle = self.path_drop_mask_feature.to(start.dtype).expand_as(start)
-        else:
-            middle = run(self.middle_blocks, start, len(self.start_blocks))
-        end = self.fuse_skip(torch.cat([start, middle], dim=1))
-        end = run(self.end_blocks, end, len(self.start_blocks) + len(self.middle_blocks))
-        return self.unpatchify(self.out_proj(end))
-
-    def _forward_tiled(
-        self, x_t: Tensor, latents: Tensor, modulations: Tensor, drop_middle_blocks: bool
-    ) -> Tensor:
-        """`forward` over row chunks of the latent grid; equal up to float rounding.
-
-        Full-size tensors: x_t, the output, and at most three [N, C, h, w] feature maps (the
-        start-block skip, the first middle block's input and its output); every other block
-        writes its output over its input. The pixel-level patchify, out_proj
-        and PixelShuffle, the fuse convs and each block's MLP run chunk by chunk.
-        """
-        assert self.tile_tokens is not None
         patch = self.patch_size
         spans = row_spans(latents.shape[2], latents.shape[3], self.tile_tokens)
-        features = None
-        for start, stop in spans:
+
+        def fused_input(start: int, stop: int) -> Tensor:
             pixels = x_t[:, :, start * patch : stop * patch]
-            chunk = torch.cat([self.patchify(pixels), self.latent_up(latents[:, :, start:stop])], 1)
-            chunk = self.fuse_in(chunk)  # [N, C, rows, w]
-            if features is None:
-                features = chunk.new_empty(*chunk.shape[:2], *latents.shape[2:])
-            features[:, :, start:stop] = chunk
-        assert features is not None
+            features = [self.patchify(pixels), self.latent_up(latents[:, :, start:stop])]
+            return self.fuse_in(torch.cat(features, dim=1))  # [N, C, rows, w]
 
         def run(blocks: nn.ModuleList, x: Tensor, first_index: int, own_input: bool) -> Tensor:
-            # Blocks overwrite their input in place, except an input the caller still needs.
+            # Global block index b selects the AdaLN delta: start 0.., middle, then end. Tiled
+            # blocks overwrite their input in place, except an input the caller still needs.
             for offset, block in enumerate(blocks):
-                modulation = modulations[first_index + offset]
-                x = block.forward_tiled(
+                x = block(
                     x,
-                    adaln_m=modulation,
+                    adaln_m=modulations[first_index + offset],
                     tile_tokens=self.tile_tokens,
                     recompute=self.tile_recompute,
                     overwrite=own_input or offset > 0,
                 )
             return x
 
-        skip = run(self.start_blocks, features, 0, own_input=True)
-        del features
+        skip = run(self.start_blocks, stitch_rows(fused_input, spans), 0, own_input=True)
         middle = None
         if not drop_middle_blocks:  # the skip is read again by fuse_skip
             middle = run(self.middle_blocks, skip, len(self.start_blocks), own_input=False)
+        fused = self._fused_skip(skip, middle, spans)
+        del skip, middle
+        end_index = len(self.start_blocks) + len(self.middle_blocks)
+        end = run(self.end_blocks, fused, end_index, own_input=True)
+        del fused
+        return stitch_rows(
+            lambda start, stop: self.unpatchify(self.out_proj(end[:, :, start:stop])), spans, patch
+        )
+
+    def _fused_skip(
+        self, skip: Tensor, middle: Tensor | None, spans: list[tuple[int, int]]
+    ) -> Tensor:
+        """fuse_skip(skip ++ middle) [N, C, h, w] span by span; middle None: PDG's mask feature."""
         mask_feature = self.path_drop_mask_feature.to(skip.dtype)
-        fused = torch.empty_like(skip)
-        for start, stop in spans:
+
+        def fused_rows(start: int, stop: int) -> Tensor:
             skip_rows = skip[:, :, start:stop]
             if middle is None:
                 middle_rows = mask_feature.expand_as(skip_rows)
             else:
                 middle_rows = middle[:, :, start:stop]
-            fused[:, :, start:stop] = self.fuse_skip(torch.cat([skip_rows, middle_rows], dim=1))
-        del skip, middle
-        end = run(
-            self.end_blocks, fused, len(self.start_blocks) + len(self.middle_blocks), own_input=True
-        )
-        del fused
-        images = x_t.new_empty(x_t.shape, dtype=end.dtype)
-        for start, stop in spans:
-            rows = self.unpatchify(self.out_proj(end[:, :, start:stop]))
-            images[:, :, start * patch : stop * patch] = rows
-        return images
+            return self.fuse_skip(torch.cat([skip_rows, middle_rows], dim=1))
+
+        return stitch_rows(fused_rows, spans)
 
 
 # ---- fcdm autoencoder ------------------------------------------------------------------

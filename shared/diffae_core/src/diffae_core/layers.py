@@ -5,6 +5,7 @@ embedding, patchify, and the exact row tiling every convolutional block runs und
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -269,7 +270,7 @@ DEFAULT_TILE_TOKENS = 2048
 
 
 class RowTiled:
-    """Mixin of modules with a row-tiled forward; `tile_tokens` None runs the plain forward.
+    """Mixin of modules whose forward runs over row spans; `tile_tokens` None: one span.
 
     `tile_recompute`: whether two-pass blocks recompute their hidden activations in the second
     pass (lowest memory) or keep them from the first (less time, more memory).
@@ -286,13 +287,48 @@ def check_tile_tokens(tile_tokens: object) -> int:
     return tile_tokens
 
 
-def row_spans(height: int, width: int, tile_tokens: int) -> list[tuple[int, int]]:
+def row_spans(height: int, width: int, tile_tokens: int | None) -> list[tuple[int, int]]:
     """[(start, stop), ...] covering rows 0..height of a width-wide grid, <= tile_tokens each.
 
     At least one row per chunk, so a chunk holds max(tile_tokens, width) positions at most.
+    `tile_tokens` None (tiling off) is one span over the whole grid, [(0, height)]: the tiled
+    forward passes are then the plain ones.
     """
+    if tile_tokens is None:
+        return [(0, height)]
     rows = max(1, tile_tokens // max(width, 1))
     return [(start, min(start + rows, height)) for start in range(0, height, rows)]
+
+
+def stitch_rows(
+    compute_rows: Callable[[int, int], Tensor], spans: list[tuple[int, int]], scale: int = 1
+) -> Tensor:
+    """compute_rows(start, stop) [N, C, (stop - start) * scale, W] of each span, stacked on dim 2.
+
+    One span: its chunk as is (no copy). More: each chunk is written into one preallocated
+    [N, C, height * scale, W] tensor as it comes, so only one chunk is alive besides it.
+    `scale` maps span rows to output rows (the patch size for pixel-level outputs).
+    """
+    if len(spans) == 1:
+        return compute_rows(*spans[0])
+    stitched = None
+    for start, stop in spans:
+        chunk = compute_rows(start, stop)
+        if stitched is None:
+            stitched = chunk.new_empty(*chunk.shape[:2], spans[-1][1] * scale, chunk.shape[3])
+        stitched[:, :, start * scale : stop * scale] = chunk
+    assert stitched is not None
+    return stitched
+
+
+def combined_l2_norm(span_norms: list[Tensor]) -> Tensor:
+    """The L2 norm over all spans from each span's: one span's as is, else sqrt(sum of squares)."""
+    if len(span_norms) == 1:
+        return span_norms[0]
+    sum_of_squares = span_norms[0].square()
+    for norm in span_norms[1:]:
+        sum_of_squares = sum_of_squares + norm.square()
+    return sum_of_squares.sqrt()
 
 
 def conv_rows(
