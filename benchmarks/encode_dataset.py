@@ -1,7 +1,8 @@
 """Throughput of `encode_dataset` (`diffae encode-dataset`) against a bare `model.encode` loop.
 
 One preset (full size, PyTorch's default initialisation: the weights' values do not change the
-work) is saved to a temporary folder, with --images random RGB PNGs of --resolution squared.
+work) is saved to a temporary folder, with --images random RGB images (PNG, or JPEG with
+--image-format jpeg) of --resolution squared.
 Both candidates run in this one process, interleaved (round-robin) after a warm-up:
 
 - bare loop: `model.encode` over batches of the images already decoded to tensors, in
@@ -28,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from diffae.console import Console
 from diffae.dataset_encoding import Preprocessing, encode_dataset, list_sources
 from diffae.images import read_image, write_png
+from diffae.metrics import quantize_8bit
 from diffae.models import choose_model, load_model
 
 from .flops import count_flops
@@ -39,6 +42,9 @@ from .models import save_preset
 from .report import RESULTS_DIR, default_machine_name, header_lines, machine_info, markdown_table
 from .report import write_results as write_result_files
 from .timing import time_call
+
+IMAGE_FORMATS = {"png": ".png", "jpeg": ".jpg"}
+"""--image-format -> file suffix of the generated inputs."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default="semdisdiffae", help="'tiny': the test config")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--image-format", choices=IMAGE_FORMATS, default="png")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0)
@@ -67,11 +74,18 @@ def save_model(args: argparse.Namespace, folder: Path) -> torch.nn.Module:
 
 
 def write_images(args: argparse.Namespace, folder: Path) -> list[Path]:
+    """--images random RGB images of --resolution squared, as PNG or JPEG (quality 90)."""
     generator = torch.Generator().manual_seed(0)
     side = args.resolution
-    paths = [folder / f"image{index:04d}.png" for index in range(args.images)]
+    suffix = IMAGE_FORMATS[args.image_format]
+    paths = [folder / f"image{index:04d}{suffix}" for index in range(args.images)]
     for path in paths:
-        write_png(path, torch.rand(3, side, side, generator=generator) * 2 - 1)
+        pixels = torch.rand(3, side, side, generator=generator) * 2 - 1
+        if suffix == ".png":
+            write_png(path, pixels)
+        else:
+            rgb = quantize_8bit(pixels).permute(1, 2, 0).numpy()
+            Image.fromarray(rgb).save(path, quality=90)
     return paths
 
 
@@ -141,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "encode_gflops_per_image": flops.total / 1e9,
         "dtype": "float32",
         "resolution": args.resolution,
+        "image_format": args.image_format,
         "images": args.images,
         "batch": args.batch,
         "shard_size": args.shard_size,
