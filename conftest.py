@@ -16,3 +16,17 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device here (torch.cuda.is_available() is False)")
     return torch.device(request.param)
+
+
+@pytest.fixture(scope="module")
+def tiny_fcdm_diffae_folder(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny fcdm_diffae model (random weights and whitening) saved in the published layout:
+    what the dataset-encoding and fault tests run."""
+    from diffae_core.families import installed_families
+    from diffae_testing import randomize_weights, randomize_whitening
+
+    family = installed_families()["fcdm_diffae"]
+    folder = tmp_path_factory.mktemp("model")
+    model = randomize_whitening(randomize_weights(family.model_class(family.tiny_config)))
+    model.save_pretrained(folder)
+    return folder

@@ -24,7 +24,6 @@ from diffae.images import fit_image, read_image
 from diffae.latent_dataset import LatentDataset, latents_from_bytes, read_manifest
 from diffae.models import choose_model, load_model
 from diffae_core.families import installed_families
-from diffae_testing import randomize_weights, randomize_whitening
 
 FAMILY = installed_families()["fcdm_diffae"]
 PATCH = 4
@@ -54,11 +53,8 @@ def random_image(width: int, height: int, seed: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    model = randomize_whitening(randomize_weights(FAMILY.model_class(FAMILY.tiny_config)))
-    model.save_pretrained(folder)
-    return folder
+def model_dir(tiny_fcdm_diffae_folder: Path) -> Path:
+    return tiny_fcdm_diffae_folder
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ from diffae.faults import LOCK_NAME
 from diffae.latent_dataset import read_manifest
 from diffae.training import STATE_NAME
 from diffae_core.families import installed_families
-from diffae_testing import randomize_weights, randomize_whitening
 
 FAMILY = installed_families()["fcdm_diffae"]
 IMAGES = 12
@@ -72,11 +71,8 @@ per training step."""
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    model = randomize_whitening(randomize_weights(FAMILY.model_class(FAMILY.tiny_config)))
-    model.save_pretrained(folder)
-    return folder
+def model_dir(tiny_fcdm_diffae_folder: Path) -> Path:
+    return tiny_fcdm_diffae_folder
 
 
 @pytest.fixture(scope="module")
