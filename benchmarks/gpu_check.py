@@ -239,16 +239,20 @@ def chosen_for(
     return [c for c in chosen if with_flux2 or c.name not in flux2]
 
 
-def compiled_difference(candidate: Candidate, case: speed.Case, profile: Profile, device) -> float:
-    """max |compiled - eager| / max(1, max |eager|) for one call on the same inputs."""
-    call = speed.case_input(candidate, case, device, speed.DTYPES[case.dtype])
+def compiled_difference(
+    candidate: Candidate, case: speed.Case, profile: Profile, device, cache: dict
+) -> float:
+    """max |compiled - eager| / max(1, max |eager|) for one call on the same (seeded) inputs;
+    the compiled call is kept in `cache` for the timed compile rows."""
+    dtype = speed.DTYPES[case.dtype]
+    options = {} if profile.compile_mode is None else {"mode": profile.compile_mode}
     with torch.inference_mode():
         torch.manual_seed(0)  # the decode's unseeded noise: the same draw for both calls
-        eager = call().float()
-        options = {} if profile.compile_mode is None else {"mode": profile.compile_mode}
-        with speed.prepared([candidate], case, None, options):
+        eager = speed.case_input(candidate, case, device, dtype)().float()
+        with speed.prepared([candidate], case, None):
+            timed = speed.compiled(candidate, case.task, cache, options)
             torch.manual_seed(0)
-            compiled = call().float()
+            compiled = speed.case_input(timed, case, device, dtype)().float()
     scale = max(1.0, eager.abs().max().item())
     return (compiled - eager).abs().max().item() / scale
 
@@ -270,7 +274,9 @@ def measure(profile: Profile, device: torch.device) -> tuple[list[dict], list[di
             chosen = chosen_for(candidates, case, with_flux2, profile)
             if case.mode == "compile":
                 for candidate in chosen:
-                    difference = compiled_difference(candidate, case, profile, device)
+                    difference = compiled_difference(
+                        candidate, case, profile, device, compile_cache
+                    )
                     compiled_checks.append(
                         {
                             "model": candidate.name,
