@@ -612,7 +612,7 @@ class DinacAE(DiffusionAutoencoder):
     def validate_inference_storage(self) -> None:
         """Raise RuntimeError if a tensor's dtype breaks the storage policy or is off-device."""
         base = self.ordinary_weight_storage_dtype
-        problems = storage_problems(self, base, self.device)
+        problems = storage_problems(self, base, self.weights_device())
         if problems:
             listed = "\n  ".join(problems[:10])
             raise RuntimeError(
@@ -694,7 +694,7 @@ class DinacAE(DiffusionAutoencoder):
         if latents.ndim != 4 or latents.shape[1] != channels:
             raise ValueError(f"latents: expected [N, {channels}, h, w], got {tuple(latents.shape)}")
         check_values("latents", latents)
-        device = self.device
+        device = self.weights_device()
         raw_latents = self.dewhiten(latents.to(device))
         with torch.autocast(device.type, dtype=torch.bfloat16):
             alignment = self.dino_token_alignment_head(raw_latents)

@@ -91,7 +91,7 @@ class DiffusionAutoencoder(PretrainedModel):
         the autograd graph (training, fine-tuning).
         """
         images = check_images(images, self.config.in_channels, self.config.effective_patch_size)
-        images = images.to(device=self.device, dtype=compute_dtype(self))
+        images = images.to(device=self.weights_device(), dtype=compute_dtype(self))
         with self.autocast():
             return self.encoder.posterior(images)
 
@@ -211,9 +211,9 @@ class DiffusionAutoencoder(PretrainedModel):
         )
 
     # -- where and how it runs -----------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        """The device of the model's tensors."""
+    def weights_device(self) -> torch.device:
+        """The device of the model's weights. (A method, not a `device` property: hosts such as
+        ComfyUI set a `device` attribute on the models they manage.)"""
         return next(self.parameters()).device
 
     def autocast(self) -> AbstractContextManager[Any]:
@@ -221,7 +221,8 @@ class DiffusionAutoencoder(PretrainedModel):
         if not self.bf16_autocast:
             return nullcontext()
         enabled = compute_dtype(self) == torch.bfloat16
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        device_type = self.weights_device().type
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=enabled)
 
     def enable_tiling(
         self, tile_tokens: int = DEFAULT_TILE_TOKENS, *, recompute: bool = True
