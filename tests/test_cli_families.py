@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from diffae.cli import main
-from diffae.console import CliError
+from diffae.console import ArgumentError
 from diffae.images import read_image
 from diffae.models import choose_family, decode_accepts, patch_multiple, read_config
 from diffae.visuals import GAP
@@ -276,8 +276,8 @@ def test_family_recorded_detected_or_ambiguity_named(
         (bare / name).write_bytes((model_dir / name).read_bytes())
     try:
         chosen, reason = choose_family(str(bare), read_config(bare), None, folder=bare)
-    except CliError as error:
-        assert f"--family {family.name}" in str(error)
+    except ArgumentError as error:
+        assert f"family={family.name}" in str(error)
     else:
         assert (chosen.name, reason) == (family.name, "config.json fields and weights")
 

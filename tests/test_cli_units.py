@@ -13,12 +13,14 @@ import torch
 from safetensors.torch import save_file
 
 from diffae.cli import main
-from diffae.cli.arguments import build_parser
-from diffae.console import CliError
+from diffae.cli.app import as_cli_error
+from diffae.cli.arguments import build_parser, inference_fields
+from diffae.console import ArgumentError, MissingDependency
 from diffae.images import BadImage, fit_image, read_image, unique_names, write_png
 from diffae.metrics import psnr_8bit, quantize_8bit, summarize
 from diffae.models import choose_family, inference_config
 from diffae.visuals import comparison_grid, latent_pca
+from diffae_core.config import ConfigError
 from diffae_core.families import installed_families
 from diffae_testing import add_to_hub_cache, randomize_weights
 
@@ -120,22 +122,23 @@ def test_missing_inputs_and_model_are_one_line_errors(tmp_path: Path, capsys):
 @pytest.mark.skipif(not FAMILIES, reason="no family installed")
 def test_family_choice_errors_and_inference_options():
     family = next(iter(FAMILIES.values()))
-    with pytest.raises(CliError, match="--family: expected one of"):
+    with pytest.raises(ArgumentError, match=r"^family: expected one of") as raised:
         choose_family("x", None, "no_such_family")
+    assert str(as_cli_error(raised.value)).startswith("--family: expected one of")
     assert choose_family(family.repo_ids[0], None, None)[0] is family
     args = build_parser().parse_args(
         ["decode", "l", "--model", "m", "--out", "o", "--steps", "3", "--pdg-strength", "1.5"]
     )
-    config = inference_config(family, args)
+    config = inference_config(family, inference_fields(args))
     assert (config.num_steps, config.pdg, config.pdg_strength, config.seed) == (3, True, 1.5, 0)
     args.sampler = "no_such_sampler"
-    with pytest.raises(CliError, match="sampler"):
-        inference_config(family, args)
+    with pytest.raises(ConfigError, match="sampler"):
+        inference_config(family, inference_fields(args))
 
 
 def test_missing_pillow_says_how_to_install(monkeypatch, tmp_path: Path, capsys):
     monkeypatch.setitem(sys.modules, "PIL", None)  # `from PIL import Image` now fails
-    with pytest.raises(CliError, match="pip install pillow"):
+    with pytest.raises(MissingDependency, match="pip install pillow"):
         read_image(tmp_path / "x.png")
 
 

@@ -100,7 +100,15 @@ def imported_modules(path: Path, package: str) -> set[str]:
     return names
 
 
-TOOLS_LIBRARY = ("dataset_encoding", "distributed", "reconstruction", "runs", "training")
+TOOLS_LIBRARY = (
+    "dataset_encoding",
+    "distributed",
+    "images",
+    "models",
+    "reconstruction",
+    "runs",
+    "training",
+)
 """The tools' library modules under the commands: typed functions, no command-line words."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from tqdm import tqdm
 
@@ -13,6 +14,10 @@ class CliError(Exception):
 
 class ModelError(RuntimeError):
     """The model cannot do what was asked, or failed doing it: one line naming what failed."""
+
+
+class MissingDependency(ImportError):
+    """A package an optional feature needs is not installed: one line saying how to install it."""
 
 
 class ArgumentError(ValueError):
@@ -29,19 +34,23 @@ class ArgumentError(ValueError):
 
 
 class Console:
-    """Writes through tqdm, so messages never break a progress bar; `quiet` silences stdout."""
+    """Writes through tqdm, so messages never break a progress bar; `quiet` silences stdout.
 
-    def __init__(self, quiet: bool = False) -> None:
+    `words` rewrites every message (a command line puts its own spellings, `--fit pad`, for
+    the library's `fit=pad`)."""
+
+    def __init__(self, quiet: bool = False, words: Callable[[str], str] | None = None) -> None:
         self.quiet = quiet
+        self.words = words or (lambda text: text)
 
     def note(self, message: str) -> None:
         """Say what was done (to stdout), unless quiet."""
         if not self.quiet:
-            tqdm.write(message, file=sys.stdout)
+            tqdm.write(self.words(message), file=sys.stdout)
 
     def problem(self, message: str) -> None:
         """Report a skipped input or a failure (to stderr), even when quiet."""
-        tqdm.write(message, file=sys.stderr)
+        tqdm.write(self.words(message), file=sys.stderr)
 
     def progress(self, total: int, description: str) -> tqdm:
         """A progress bar over `total` images on stderr; none when quiet or stderr is no

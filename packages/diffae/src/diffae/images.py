@@ -17,7 +17,7 @@ from torch import Tensor
 
 from diffae_core.io import atomic_write
 
-from .console import CliError
+from .console import MissingDependency
 from .metrics import quantize_8bit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -61,11 +61,11 @@ class BadImage(Exception):
 
 
 def require_pillow() -> Any:
-    """The `PIL.Image` module, or a CliError saying how to install it."""
+    """The `PIL.Image` module, or a MissingDependency saying how to install it."""
     try:
         from PIL import Image
     except ImportError:
-        raise CliError(
+        raise MissingDependency(
             "reading and writing images needs Pillow, a dependency of diffae: pip install pillow"
         ) from None
     return Image
@@ -300,8 +300,8 @@ def fit_image(image: Tensor, multiple: int, mode: str) -> Fitted:
         new_height, new_width = height // multiple * multiple, width // multiple * multiple
         if new_height == 0 or new_width == 0:
             raise BadImage(
-                f"too small: {width}x{height} px, --fit crop needs at least "
-                f"{multiple}x{multiple} (try --fit pad)"
+                f"too small: {width}x{height} px, fit=crop needs at least "
+                f"{multiple}x{multiple} (try fit=pad)"
             )
         top, left = (height - new_height) // 2, (width - new_width) // 2
         kept = image[..., top : top + new_height, left : left + new_width]

@@ -6,11 +6,11 @@ package by name, so a family installed later is served without a change here.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,7 @@ from diffae_core.config import ConfigError
 from diffae_core.families import Family, installed_families
 from diffae_core.io import IDENTITY_NAME, resolve_model_dir, saved_family
 
-from .console import CliError, Console
+from .console import ArgumentError, Console, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -35,26 +35,19 @@ DTYPES = {
     "float16": "float16",
     "fp16": "float16",
 }
-"""--dtype spellings -> torch's name of the dtype."""
-INFERENCE_FLAGS = {
-    "steps": "num_steps",
-    "sampler": "sampler",
-    "schedule": "schedule",
-    "seed": "seed",
-}
-"""Command-line option -> inference config field (--pdg-strength sets pdg and pdg_strength)."""
+"""dtype spellings -> torch's name of the dtype."""
 EMBEDDED_MODEL = Path(__file__).resolve().parent / "data" / "model"
 """Our own small fcdm_diffae model, shipped in this package (see data/model/README.md): what
-`reconstruct`, `encode`, `decode` and `demo` use when no --model is given. No download."""
+`reconstruct`, `encode`, `decode` and `demo` use when no model is given. No download."""
 EMBEDDED_FAMILY = "fcdm_diffae"
 EMBEDDED_NAME = "the embedded diffae model"
 
 
 def available_families() -> dict[str, Family]:
-    """The installed families, or a CliError when there are none."""
+    """The installed families, or a ModelError when there are none."""
     families = installed_families()
     if not families:
-        raise CliError(
+        raise ModelError(
             "no diffae model family is installed; install one, e.g. pip install fcdm-diffae"
         )
     return families
@@ -64,13 +57,13 @@ def read_config(folder: Path) -> dict[str, Any]:
     """The JSON object in `folder/config.json`."""
     path = folder / "config.json"
     if not path.is_file():
-        raise CliError(f"{folder} has no config.json: is it a diffae model directory?")
+        raise ConfigError(f"{folder} has no config.json: is it a diffae model directory?")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CliError(f"{path}: not valid JSON ({error})") from None
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
-        raise CliError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -123,7 +116,7 @@ def known_family(
         try:
             saved = saved_family(folder)
         except ValueError as error:
-            raise CliError(str(error)) from None
+            raise ConfigError(str(error)) from None
         if saved is not None:
             return saved, f"{folder / IDENTITY_NAME}"
     if config_data is not None:
@@ -151,40 +144,42 @@ def choose_family(
 ) -> tuple[Family, str]:
     """(family, how it was chosen) for `model` (a repo id or a folder holding `config_data`).
 
-    A family that is known (`known_family`) is used, and a --family that contradicts it is
-    refused. Otherwise --family chooses among the families whose config class accepts the
+    A family that is known (`known_family`) is used, and a `forced` family that contradicts it
+    is refused. Otherwise `forced` chooses among the families whose config class accepts the
     config and whose layout fits the weights; without it, that must be a single family, and
-    the error lists the candidates with the flag to pass.
+    the error lists the candidates to pass. Errors name the argument `family` (the command
+    line's --family).
     """
     families = available_families()
     if forced is not None and forced not in families:
-        raise CliError(f"--family: expected one of {list(families)}, got {forced!r}")
+        raise ArgumentError("family", f": expected one of {list(families)}, got {forced!r}")
     known = known_family(model, folder, config_data)
     if known is not None:
         name, reason = known
         if name not in families:
-            raise CliError(
+            raise ModelError(
                 f"{model} is a {name} model ({reason}), but that family is not installed: "
                 f"pip install {name.replace('_', '-')}"
             )
         if forced not in (None, name):
-            raise CliError(
-                f"--family {forced}: {model} is a {name} model ({reason}); "
-                f"drop --family or pass --family {name}"
+            raise ArgumentError(
+                "family",
+                f" {forced}: {model} is a {name} model ({reason}); give no family or family={name}",
             )
         return families[name], reason
     if config_data is None:
-        raise CliError(f"{model}: no config.json to detect the family from; pass --family")
+        raise ConfigError(f"{model}: no config.json to detect the family from; pass family=NAME")
     accepting = families_matching(config_data, families)
     if forced is not None:
         # Among families whose config fits, the user decides; weights of another layout are
         # then refused by the loader with the keys that differ.
         if forced not in accepting:
-            raise CliError(
-                f"--family {forced}: {model}'s config.json is not a {forced} config; "
-                f"it fits {accepting or 'no installed family'}"
+            raise ArgumentError(
+                "family",
+                f" {forced}: {model}'s config.json is not a {forced} config; "
+                f"it fits {accepting or 'no installed family'}",
             )
-        return families[forced], "--family"
+        return families[forced], "the family given"
     weights = None if folder is None else folder / "model.safetensors"
     fitting = [
         name
@@ -198,20 +193,21 @@ def choose_family(
             "" if weights is None else " and weights"
         )
     if accepting and not fitting:
-        raise CliError(
+        raise ModelError(
             f"{model}: model.safetensors does not fit {', '.join(accepting)}, the families "
             f"whose config.json fits; `diffae inspect {model} --family {accepting[0]}` shows "
             "what differs"
         )
     if not fitting:
-        raise CliError(
+        raise ConfigError(
             f"{model}: config.json matches none of the installed families {list(families)}; "
-            "is the family's package installed? (or pass --family)"
+            "is the family's package installed? (or pass family=NAME)"
         )
-    flags = " or ".join(f"--family {name}" for name in fitting)
-    raise CliError(
-        f"{model}: its config.json and weights fit several families ({', '.join(fitting)}) "
-        f"and nothing records which it is; pass {flags}"
+    choices = " or ".join(f"family={name}" for name in fitting)
+    raise ArgumentError(
+        "family",
+        f": needed for {model}: its config.json and weights fit several families "
+        f"({', '.join(fitting)}) and nothing records which it is; pass {choices}",
     )
 
 
@@ -221,7 +217,7 @@ def patch_multiple(config: Any) -> int:
         value = getattr(config, field, None)
         if isinstance(value, int) and value > 0:
             return value
-    raise CliError(f"{type(config).__name__} has no effective_patch_size or patch_size")
+    raise ConfigError(f"{type(config).__name__} has no effective_patch_size or patch_size")
 
 
 def default_device() -> str:
@@ -232,7 +228,8 @@ def default_device() -> str:
 
 
 def choose_device(name: str | None) -> torch.device:
-    """--device, else the default; a CliError, before any loading, for a device not present.
+    """`name`, else the default; an ArgumentError (`device`), before any loading, for a device
+    not present.
 
     `cpu:0` is the CPU (torch reads it so); an accelerator type (cuda, mps, xpu, ...) must be
     available in this torch build and on this machine, and its index must exist.
@@ -242,26 +239,29 @@ def choose_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name or default_device())
     except RuntimeError:
-        raise CliError(f"--device: expected e.g. cpu, cuda or cuda:1, got {name!r}") from None
+        raise ArgumentError(
+            "device", f": expected e.g. cpu, cuda or cuda:1, got {name!r}"
+        ) from None
     if device.type == "cpu":
         if device.index not in (None, 0):
-            raise CliError(f"--device {name}: there is one CPU device, cpu (or cpu:0)")
+            raise ArgumentError("device", f" {name}: there is one CPU device, cpu (or cpu:0)")
         return torch.device("cpu")
     backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
     is_available = getattr(backend, "is_available", None)
     if not callable(is_available) or not is_available():
-        raise CliError(
-            f"--device {name}: no {device.type} device available to this torch "
-            f"({torch.__version__}); use --device cpu"
+        raise ArgumentError(
+            "device",
+            f" {name}: no {device.type} device available to this torch "
+            f"({torch.__version__}); use device=cpu",
         )
     count = getattr(backend, "device_count", lambda: 1)()
     if device.index is not None and device.index >= count:
-        raise CliError(f"--device {name}: only {count} {device.type} device(s) available")
+        raise ArgumentError("device", f" {name}: only {count} {device.type} device(s) available")
     return device
 
 
 def choose_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """--dtype, else bfloat16 on CUDA and float32 elsewhere."""
+    """`name` (a `DTYPES` spelling), else bfloat16 on CUDA and float32 elsewhere."""
     import torch
 
     if name is not None:
@@ -269,27 +269,20 @@ def choose_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def inference_config(family: Family, args: argparse.Namespace) -> Any:
-    """The family's inference config with the fields given on the command line set."""
-    overrides = {
-        field: getattr(args, flag)
-        for flag, field in INFERENCE_FLAGS.items()
-        if getattr(args, flag, None) is not None
-    }
-    if getattr(args, "pdg_strength", None) is not None:
-        overrides |= {"pdg": True, "pdg_strength": args.pdg_strength}
+def inference_config(family: Family, fields: Mapping[str, Any]) -> Any:
+    """The family's inference config with `fields` (num_steps, sampler, ...) set, checked."""
     try:
-        config = family.inference_config_class(**overrides)
+        config = family.inference_config_class(**fields)
         if hasattr(config, "validate"):
             config.validate()
     except (TypeError, ValueError) as error:
-        raise CliError(f"decoding options for {family.name}: {error}") from None
+        raise ConfigError(f"decoding options for {family.name}: {error}") from None
     return config
 
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """The family of --model and what to hand its `from_pretrained`, chosen before loading."""
+    """The family of a model and what to hand its `from_pretrained`, chosen before loading."""
 
     family: Family
     reason: str
@@ -297,9 +290,9 @@ class ModelChoice:
     """The published repo id itself (so the family's id aliases apply), else the folder."""
 
 
-def resolve_model(model: str, argument: str = "--model") -> Path:
-    """The folder of --model: a directory, or a Hub id with the families' other spellings.
-    Errors name the command-line `argument`, not the Python parameter."""
+def resolve_model(model: str, argument: str = "model") -> Path:
+    """The folder of `model`: a directory, or a Hub id with the families' other spellings.
+    Errors are ArgumentErrors naming `argument` (the caller's name for it)."""
     # A generator: the other spellings (which import the model classes, and torch) are looked
     # up only when the id as given is not found.
     alternatives = (
@@ -311,19 +304,24 @@ def resolve_model(model: str, argument: str = "--model") -> Path:
         return resolve_model_dir(model, alternatives=alternatives)
     except FileNotFoundError as error:
         message = str(error).removeprefix("path_or_repo_id: ")
-        raise CliError(f"{argument}: {message}") from None
+        raise ArgumentError(argument, f": {message}") from None
 
 
 def choose_model(model: str | None, forced_family: str | None) -> ModelChoice:
-    """The family from --family, a published repo id, or the model's config.json; without a
-    model (None), the embedded model."""
+    """The family from `forced_family`, a published repo id, or the model's config.json;
+    without a model (None), the embedded model. Errors name `model` and `family`."""
     families = available_families()
     if model is None:
         if EMBEDDED_FAMILY not in families:
-            raise CliError(f"the embedded model needs the {EMBEDDED_FAMILY} family; pass --model")
+            raise ModelError(
+                f"the embedded model needs the {EMBEDDED_FAMILY} family "
+                f"(pip install {EMBEDDED_FAMILY.replace('_', '-')}); or pass model=NAME"
+            )
         if forced_family not in (None, EMBEDDED_FAMILY):
-            raise CliError(f"--family {forced_family}: the embedded model is {EMBEDDED_FAMILY}")
-        return ModelChoice(families[EMBEDDED_FAMILY], "no --model given", EMBEDDED_MODEL)
+            raise ArgumentError(
+                "family", f" {forced_family}: the embedded model is {EMBEDDED_FAMILY}"
+            )
+        return ModelChoice(families[EMBEDDED_FAMILY], "no model given", EMBEDDED_MODEL)
     if any(model in family.repo_ids for family in families.values()):
         family, reason = choose_family(model, None, forced_family)
         return ModelChoice(family, reason, model)
@@ -396,12 +394,3 @@ def decode_accepts(family: Family, keyword: str) -> bool:
     """Whether the family's `decode` takes the keyword argument `keyword`."""
     decode = getattr(family.model_class, "decode", None)
     return callable(decode) and keyword in inspect.signature(decode).parameters
-
-
-def require_encoder(family: Family, command: str) -> None:
-    """A CliError, before loading, when the family's model has no `encode` (decode-only)."""
-    if not callable(getattr(family.model_class, "encode", None)):
-        raise CliError(
-            f"{command}: the {family.name} model has no encode (it is decode-only); "
-            "give its latents to `diffae decode` instead"
-        )

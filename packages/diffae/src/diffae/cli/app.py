@@ -6,13 +6,14 @@ Exit status: 0 success; 1 an error, or some inputs skipped; 2 a bad command line
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from importlib import import_module
 
 from diffae_core.families import installed_families
 
-from ..console import ArgumentError, CliError, Console, ModelError
+from ..console import ArgumentError, CliError, Console, MissingDependency, ModelError
 from .arguments import build_parser
 
 COMMANDS = {
@@ -32,6 +33,10 @@ modules import torch, which `--help` and argument errors do without."""
 
 ARGUMENT_FLAGS = {
     "batch_size": "--batch-size",
+    "device": "--device",
+    "family": "--family",
+    "fit": "--fit",
+    "model": "--model",
     "crop_size": "--crop-size",
     "data": "FOLDER",
     "folder_or_list": "INPUT",
@@ -44,12 +49,22 @@ ARGUMENT_FLAGS = {
     "resume": "--resume",
     "labels": "--labels",
     "run_folders": "RUN_DIR",
+    "device=": "--device ",
+    "fit=": "--fit ",
+    "family=": "--family ",
+    "model=": "--model ",
 }
 """The command line's spelling of the library arguments its errors name (`ArgumentError`);
 a `name=value` spelling is also replaced where the message suggests it."""
 
+POSITIONAL_MODEL = {"bundle": "MODEL", "verify": "MODEL", "inspect": "MODEL_OR_FILE"}
+"""Commands whose model is a positional argument, not --model."""
 
-LIBRARY_PHRASES = {"run again with the same arguments": "run the same command again"}
+
+LIBRARY_PHRASES = {
+    "run again with the same arguments": "run the same command again",
+    "give no family or": "drop --family or pass",
+}
 """How a library message's advice reads on the command line."""
 
 
@@ -57,18 +72,20 @@ def in_cli_words(text: str) -> str:
     """A library message with the command line's spellings (`--overwrite`, "the same
     command") for its `name=value` and phrases."""
     for spelling, flag in ARGUMENT_FLAGS.items():
-        if "=" in spelling:
-            text = text.replace(spelling, flag)
+        if "=" in spelling:  # a whole word: `family=` but not `sub_family=`
+            text = re.sub(rf"(?<![\w-]){re.escape(spelling)}", flag, text)
     for phrase, words in LIBRARY_PHRASES.items():
         text = text.replace(phrase, words)
     return text
 
 
-def as_cli_error(error: ArgumentError) -> CliError:
-    """A library's ArgumentError in the command line's words: its flag for its argument."""
-    return CliError(
-        f"{ARGUMENT_FLAGS.get(error.argument, error.argument)}{in_cli_words(error.detail)}"
-    )
+def as_cli_error(error: ArgumentError, command: str = "") -> CliError:
+    """A library's ArgumentError in the command line's words: its flag (or positional
+    argument, for `command`) for its argument."""
+    flag = ARGUMENT_FLAGS.get(error.argument, error.argument)
+    if error.argument == "model" and command in POSITIONAL_MODEL:
+        flag = POSITIONAL_MODEL[command]
+    return CliError(f"{flag}{in_cli_words(error.detail)}")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -82,7 +99,16 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     loading = sys.modules.get("diffae_core.loading")
     mismatch = () if loading is None else (loading.CheckpointMismatchError,)
-    return (CliError, ArgumentError, ModelError, OSError, ConfigError, CheckpointError, *mismatch)
+    return (
+        CliError,
+        ArgumentError,
+        ModelError,
+        MissingDependency,
+        OSError,
+        ConfigError,
+        CheckpointError,
+        *mismatch,
+    )
 
 
 def command_of(argv: Sequence[str]) -> str:
@@ -97,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only decode has family switches (the other commands' help needs no family).
     families = installed_families().values() if command == "decode" else ()
     args = build_parser(families, only=command).parse_args(argv)
-    console = Console(quiet=args.quiet)
+    console = Console(quiet=args.quiet, words=in_cli_words)
     try:
         module, function = COMMANDS[args.command].split(":")
         run = getattr(import_module(f"{__package__}.{module}"), function)
@@ -110,13 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if not isinstance(error, user_errors()):
             raise
-        if isinstance(error, ArgumentError):
-            error = as_cli_error(error)
-        console.problem(f"diffae {args.command}: error: {error}")
+        message = str(
+            as_cli_error(error, args.command) if isinstance(error, ArgumentError) else error
+        )
+        console.problem(f"diffae {args.command}: error: {message}")
         return 1
     except KeyboardInterrupt as interruption:
         # A library's `Interrupted` says what was kept and how to go on; a bare Ctrl-C nothing.
-        message = in_cli_words(str(interruption)) or "interrupted"
+        message = str(interruption) or "interrupted"
         console.problem(f"diffae {args.command}: {message}")
         return 130
 

@@ -1,4 +1,5 @@
-"""The `diffae` command line: sub-commands and their options (parsing only, no work)."""
+"""The `diffae` command line: sub-commands and their options, and the checks of what was
+parsed (no work)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from collections.abc import Iterable
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+from ..console import CliError
+
 if TYPE_CHECKING:
-    from diffae_core.families import DecodeSwitch
+    from diffae_core.families import DecodeSwitch, Family
 
 # The core's names (`diffae_core.config.SAMPLER_NAMES`, `diffae_core.config.SCHEDULE_KINDS`),
 # written here because importing those modules imports torch, seconds before `--help` could
@@ -322,3 +325,33 @@ def build_parser(
         else:
             commands.add_parser(name, help=help_text)
     return parser
+
+
+INFERENCE_FLAGS = {
+    "steps": "num_steps",
+    "sampler": "sampler",
+    "schedule": "schedule",
+    "seed": "seed",
+}
+"""Command-line option -> inference config field (--pdg-strength sets pdg and pdg_strength)."""
+
+
+def inference_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The inference config fields the decoding options given on the command line set."""
+    fields = {
+        field: getattr(args, flag)
+        for flag, field in INFERENCE_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+    if getattr(args, "pdg_strength", None) is not None:
+        fields |= {"pdg": True, "pdg_strength": args.pdg_strength}
+    return fields
+
+
+def require_encoder(family: Family, command: str) -> None:
+    """A CliError, before loading, when the family's model has no `encode` (decode-only)."""
+    if not callable(getattr(family.model_class, "encode", None)):
+        raise CliError(
+            f"{command}: the {family.name} model has no encode (it is decode-only); "
+            "give its latents to `diffae decode` instead"
+        )

@@ -31,7 +31,6 @@ from ..models import (
     load_model,
     model_fingerprint,
     model_folder,
-    require_encoder,
 )
 from ..runs import (
     ImageItem,
@@ -46,6 +45,7 @@ from ..runs import (
     refuse_overwriting,
     run_model,
 )
+from .arguments import inference_fields, require_encoder
 
 
 def encode_output(out: str) -> tuple[Path, bool]:
@@ -222,7 +222,7 @@ def decode(args: argparse.Namespace, console: Console) -> int:
     out = output_folder(args.out)
     device = choose_device(args.device)
     choice = choose_model(args.model, args.family)
-    decoding = inference_config(choice.family, args)
+    decoding = inference_config(choice.family, inference_fields(args))
     options = switch_options(choice.family, args)
     named, descriptions = read_latent_items(args.latents, run)
     claim_output_folder(out, args.overwrite)

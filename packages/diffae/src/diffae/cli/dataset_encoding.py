@@ -17,10 +17,10 @@ from ..models import (
     choose_device,
     choose_model,
     load_model,
-    require_encoder,
     resolve_model,
 )
 from ..runs import Run, output_folder
+from .arguments import require_encoder
 
 
 def model_revision(choice: ModelChoice, model: str | None) -> str | None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from ..console import Console
 from ..metrics import format_table
-from ..models import choose_device, choose_model, inference_config, load_model, require_encoder
+from ..models import choose_device, choose_model, inference_config, load_model
 from ..reconstruction import Reconstructions, check_outputs, reconstruct
 from ..runs import Run, list_images, output_folder
+from .arguments import inference_fields, require_encoder
 
 
 def reconstruct_command(args: argparse.Namespace, console: Console) -> int:
@@ -19,7 +20,7 @@ def reconstruct_command(args: argparse.Namespace, console: Console) -> int:
     device = choose_device(args.device)
     choice = choose_model(args.model, args.family)
     require_encoder(choice.family, "reconstruct")
-    decoding = inference_config(choice.family, args)
+    decoding = inference_config(choice.family, inference_fields(args))
     images = [path for path, _ in list_images(args.images, run)]
     check_outputs(images, out, overwrite=args.overwrite)  # before the model loads
     loaded = load_model(choice, device, console, dtype=args.dtype, name=args.model)
