@@ -8,17 +8,20 @@ changed.
 
     uv run python -m benchmarks.embedded_model_data --out embedded-model-data/
 
-writes OUT/train/ (training images) and OUT/validation/ (never trained on: the nature photos of
+writes OUT/train/ (training images), OUT/validation/ (never trained on: the nature photos of
 Debian's mate-backgrounds and scikit-learn's two sample photos, sources no training image comes
-from). Downloads go to OUT/cache/. Needs pip and apt-get (Debian) on the PATH.
+from) and OUT/valcrops/ (their 256 x 256 centre crops, for `diffae train --eval`). Downloads go
+to OUT/cache/. Needs pip and apt-get (Debian) on the PATH.
 """
 
 from __future__ import annotations
 
 import argparse
 import bz2
+import importlib.util
 import io
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -53,13 +56,23 @@ def run(command: list[str], cwd: Path) -> None:
     subprocess.run(command, cwd=cwd, check=True)
 
 
+def pip_command() -> list[str]:
+    """This interpreter's pip, else the pip on the PATH (uv's environments have no pip)."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    pip = shutil.which("pip") or shutil.which("pip3")
+    if pip is None:
+        raise SystemExit("error: pip: expected pip in this environment or on the PATH, found none")
+    return [pip]
+
+
 def fetch(cache: Path) -> None:
     """Wheels and .deb files into `cache` (skipped when already there), debs unpacked."""
     cache.mkdir(parents=True, exist_ok=True)
     for requirement in WHEELS:
         name = requirement.split("==")[0].replace("-", "_")
         if not list(cache.glob(f"{name}-*.whl")):
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", "."]
+            command = [*pip_command(), "download", "--no-deps", "-d", "."]
             run([*command, requirement], cache)
     for package in DEBS + VALIDATION_DEBS:
         if not list(cache.glob(f"{package}_*.deb")):
@@ -147,6 +160,12 @@ def prepare(cache: Path, out: Path, long_side: int) -> None:
     for name in ("china.jpg", "flower.jpg"):
         data = wheel_member(cache, "scikit_learn", f"sklearn/datasets/images/{name}")
         save(Image.open(io.BytesIO(data)), validation / f"sklearn_{Path(name).stem}.png", 1024)
+    # the 256 x 256 centre crops `diffae train --eval` scores at each checkpoint
+    (out / "valcrops").mkdir(parents=True, exist_ok=True)
+    for path in sorted(validation.glob("*.png")):
+        with Image.open(path) as image:
+            left, top = (image.width - 256) // 2, (image.height - 256) // 2
+            image.crop((left, top, left + 256, top + 256)).save(out / "valcrops" / path.name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -101,9 +101,24 @@ def test_zoom_out_cuts_a_larger_square_and_downscales_it(image_file):
     assert sum(smoothness[0]) > 1.3 * sum(smoothness[1])
 
 
+def test_zoom_in_upsamples_a_smaller_square(image_file):
+    # max_zoom_in 4: squares of 4..16 px, resampled to 16, so neighbouring pixels differ less
+    zoomed, plain = dataset(image_file, Augmentation(max_zoom_in=4.0)), dataset(image_file, None)
+    busyness = [
+        [float(d[i]["images"].diff(dim=-1).abs().mean()) for i in range(12)]
+        for d in (zoomed, plain)
+    ]
+    assert sum(busyness[0]) < 0.7 * sum(busyness[1])
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("color_augmentation", 1.5), ("rotation_augmentation", -0.1), ("max_zoom_out", 0.5)],
+    [
+        ("color_augmentation", 1.5),
+        ("rotation_augmentation", -0.1),
+        ("max_zoom_out", 0.5),
+        ("max_zoom_in", 0.9),
+    ],
 )
 def test_bad_augmentation_settings_name_the_field(name, value):
     with pytest.raises(ValueError, match=name):

@@ -105,6 +105,10 @@ class TrainingSettings:
     """Each crop is cut from a square of side crop_size x z, z log-uniform in [1, max_zoom_out]
     (at most the image's short side), and downscaled (antialiased) to crop_size: the scene at
     coarser scales than the files hold (1: crops at the files' own scale)."""
+    max_zoom_in: float = 1.0
+    """With it, z is log-uniform in [1 / max_zoom_in, max_zoom_out]: a square smaller than the
+    crop is upsampled (bicubic) to crop_size, the smooth, defocused content of close-ups, which
+    the files hold little of (1: no upsampling)."""
     train: str = "all"
     seed: int = 0
     workers: int = 2
@@ -122,8 +126,9 @@ class TrainingSettings:
         for name in ("color_augmentation", "rotation_augmentation", "one_step_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: expected in [0, 1], got {getattr(self, name)}")
-        if self.max_zoom_out < 1.0:
-            raise ValueError(f"max_zoom_out: expected >= 1, got {self.max_zoom_out}")
+        for name in ("max_zoom_out", "max_zoom_in"):
+            if getattr(self, name) < 1.0:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -271,8 +276,11 @@ class CropDataset(Dataset):
         extra = sample_generator(self.seed + AUGMENTATION_STREAM, index)  # augmentation draws
         size = self.crop_size
         height, width = pixels.shape[-2:]
-        zoom = augmentation.max_zoom_out ** float(torch.rand((), generator=extra))
-        side = min(height, width, round(size * zoom))
+        # log-uniform in [1 / max_zoom_in, max_zoom_out]; without zoom-in the draw is the
+        # one runs made before zoom-in existed
+        zoom_range = augmentation.max_zoom_out * augmentation.max_zoom_in
+        zoom = zoom_range ** float(torch.rand((), generator=extra)) / augmentation.max_zoom_in
+        side = max(1, min(height, width, round(size * zoom)))
         top = int(torch.randint(0, height - side + 1, (), generator=generator))
         left = int(torch.randint(0, width - side + 1, (), generator=generator))
         crop = pixels[:, top : top + side, left : left + side].float() / 127.5 - 1.0
@@ -304,11 +312,15 @@ class Augmentation:
     color: float = 0.0
     rotation: float = 0.0
     max_zoom_out: float = 1.0
+    max_zoom_in: float = 1.0
 
     @classmethod
     def of(cls, settings: TrainingSettings) -> Augmentation:
         return cls(
-            settings.color_augmentation, settings.rotation_augmentation, settings.max_zoom_out
+            settings.color_augmentation,
+            settings.rotation_augmentation,
+            settings.max_zoom_out,
+            settings.max_zoom_in,
         )
 
 
