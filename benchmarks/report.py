@@ -35,15 +35,19 @@ IDLE_LOAD_PER_CPU = 0.25
 CPU: at the start (nothing of ours running yet) and at the end (less our own torch threads)."""
 
 
+RESULTS = "benchmarks/results"
+
+
 def git_commit() -> str | None:
-    """The checkout's commit, with '+dirty' when tracked files differ from it; None outside git."""
+    """The checkout's commit, with '+dirty' when tracked files differ from it (results files
+    aside: an earlier run of the same session writes them); None outside git."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         changes = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS}"],
             cwd=root,
             capture_output=True,
             text=True,
