@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -342,6 +343,22 @@ def finished_record(path: Path, settings_digest: str) -> dict[str, Any] | None:
     return record
 
 
+WORKER_NICENESS = 10
+"""How much lower the decoding workers' CPU priority is than the encoding process's when the
+model runs on the CPU (Linux `nice`): there the workers compete with the model's own threads,
+and a worker that preempts one thread of a parallel region stalls all of them until it is
+done; at a lower priority they decode while a core would idle. Not on an accelerator, where
+the CPU is the workers'."""
+
+
+def background_worker(worker_id: int = 0) -> None:
+    """A DataLoader `worker_init_fn` for CPU encoding: `ignore_interrupts`, at a lower
+    priority (`WORKER_NICENESS`; where the OS has no `nice`, as it was)."""
+    ignore_interrupts(worker_id)
+    if hasattr(os, "nice"):
+        os.nice(WORKER_NICENESS)
+
+
 def encode_shards(
     out: Path,
     sources: Sequence[Source],
@@ -384,7 +401,7 @@ def encode_shards(
         num_workers=num_workers,
         prefetch_factor=max(2, batch_size) if num_workers else None,
         pin_memory=loaded.device.type == "cuda",
-        worker_init_fn=ignore_interrupts,
+        worker_init_fn=background_worker if loaded.device.type == "cpu" else ignore_interrupts,
     )
     start = time.perf_counter()
     with console.progress(len(stream), "encode-dataset") as bar:
