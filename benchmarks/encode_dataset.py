@@ -135,20 +135,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             bare_loop(model, tensors[:1], 1)  # warm-up; FLOPs of one image
         tool_run(args, root / "images", root / "model", root / "out")  # warm-up
         bare, phase, whole = [], [], []
-        for _ in range(args.repeats):
-            seconds = time_call(lambda: bare_loop(model, tensors, args.batch), device)
-            bare.append(args.images / seconds)
-            seconds, per_second = tool_run(args, root / "images", root / "model", root / "out")
-            phase.append(per_second)
-            whole.append(args.images / seconds)
+        for repeat in range(args.repeats):
+            # the order alternates, so that a drift of the machine's speed favours neither
+            for candidate in ("bare", "tool") if repeat % 2 == 0 else ("tool", "bare"):
+                if candidate == "bare":
+                    seconds = time_call(lambda: bare_loop(model, tensors, args.batch), device)
+                    bare.append(args.images / seconds)
+                else:
+                    out = root / "out"
+                    seconds, per_second = tool_run(args, root / "images", root / "model", out)
+                    phase.append(per_second)
+                    whole.append(args.images / seconds)
     parameters = sum(p.numel() for p in model.parameters())
     rows = [
         {"candidate": "bare model.encode loop", "images_per_s": statistics.median(bare)},
         {"candidate": "encode-dataset, encode phase", "images_per_s": statistics.median(phase)},
         {"candidate": "encode-dataset, whole command", "images_per_s": statistics.median(whole)},
     ]
-    for row in rows:
+    for row, samples in zip(rows, (bare, phase, whole), strict=True):
         row["overhead"] = 1.0 - row["images_per_s"] / rows[0]["images_per_s"]
+        # each repeat's ratio to the bare loop of the same repeat: what drifts between
+        # repeats (a shared machine's speed) cancels out
+        row["paired_ratio"] = statistics.median(t / b for t, b in zip(samples, bare, strict=True))
     info = machine_info(device) | {
         "model": f"{args.family}/{args.preset} (random weights)",
         "parameters": parameters,
@@ -161,11 +169,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "shard_size": args.shard_size,
         "num_workers": args.num_workers,
         "repeats": args.repeats,
-        "timed": "images/s, median of the repeats; overhead = 1 - candidate / bare loop",
+        "timed": "images/s, median of the repeats; overhead = 1 - candidate / bare loop; "
+        "paired ratio: median over the repeats of candidate / bare loop in the same repeat "
+        "(alternating which runs first)",
     }
     table = markdown_table(
-        ["candidate", "images/s", "overhead"],
-        [[r["candidate"], f"{r['images_per_s']:.2f}", f"{100 * r['overhead']:.1f}%"] for r in rows],
+        ["candidate", "images/s", "overhead", "paired ratio"],
+        [
+            [
+                r["candidate"],
+                f"{r['images_per_s']:.2f}",
+                f"{100 * r['overhead']:.1f}%",
+                f"{r['paired_ratio']:.3f}",
+            ]
+            for r in rows
+        ],
     )
     markdown = "\n".join(["# encode-dataset throughput", "", *header_lines(info), "", table, ""])
     print(markdown)
