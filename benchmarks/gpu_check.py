@@ -21,7 +21,6 @@ float32) that exercises the same code in a few minutes on 2 cores, as CI does.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -149,12 +148,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """machine_info plus the driver, cuDNN, the load average and the git commit."""
+    """machine_info (commit, load average at the start, ...) plus the driver and cuDNN."""
     info = machine_info(device)
     info["driver"] = nvidia_smi("driver_version") if device.type == "cuda" else None
     info["cudnn"] = torch.backends.cudnn.version() if device.type == "cuda" else None
-    info["load_average"] = os.getloadavg()
-    info["commit"] = command_output(["git", "rev-parse", "--short", "HEAD"])
     return info
 
 
@@ -534,7 +531,6 @@ def main(argv: list[str] | None = None) -> int:
         with_memory = all(r["peak_mib"] is not None for r in rows)
         checks.append({"name": "peak memory of every row", "ok": with_memory, "detail": ""})
     value_cost = value_check_cost(profile, device, profile.dtypes[0])
-    info["load_average_end"] = os.getloadavg()
     info["elapsed_s"] = round(time.perf_counter() - started, 1)
     settings = {
         "profile": device.type,
