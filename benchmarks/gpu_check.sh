@@ -4,8 +4,8 @@
 # (benchmarks/gpu_check.py; results in benchmarks/results/gpu-check-<machine>.md and .json).
 # Exits non-zero on any failed check.
 #
-#   bash benchmarks/gpu_check.sh               # CUDA: about 10 minutes on an H100-class GPU
-#   bash benchmarks/gpu_check.sh --device cpu  # the short CPU version (CI), a few minutes
+#   bash benchmarks/gpu_check.sh               # CUDA (not yet run on a GPU)
+#   bash benchmarks/gpu_check.sh --device cpu  # the short CPU version (CI): 53 s on 2 quiet Xeon cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v nvidia-smi >/dev/null 2>&1; then
