@@ -12,9 +12,9 @@
 
 Everything is written to `results/gpu-check-<machine>.md` and `.json`; the exit status is 1 if
 any check failed. `--device cpu` runs a short version (one preset per family, small sizes,
-float32) that exercises the same code in a few minutes on 2 cores, as CI does.
+float32) that exercises the same code in about a minute on 2 cores, as CI does.
 
-    bash benchmarks/gpu_check.sh               # CUDA, about 10 minutes on an H100-class GPU
+    bash benchmarks/gpu_check.sh               # CUDA (not yet run on a GPU)
     bash benchmarks/gpu_check.sh --device cpu  # the short version
 """
 
