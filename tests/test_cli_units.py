@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffae.cli import main
-from diffae.cli.app import as_cli_error
+from diffae.cli.app import as_cli_error, in_cli_words
 from diffae.cli.arguments import build_parser, inference_fields
 from diffae.console import ArgumentError, MissingDependency
 from diffae.images import BadImage, fit_image, read_image, unique_names, write_png
@@ -108,6 +108,26 @@ def test_bad_command_line_exits_2(capsys):
         main(["decode", "x", "--model", "m", "--out", "o", "--steps", "0"])
     assert stop.value.code == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_library_words_become_the_command_lines():
+    message = "pass family=a or family=b; sub_family=c stays; fit=pad; overwrite=True"
+    assert in_cli_words(message) == (
+        "pass --family a or --family b; sub_family=c stays; --fit pad; --overwrite"
+    )
+    error = ArgumentError("model", ": 'nope' is neither a folder nor a repo id")
+    assert str(as_cli_error(error, "reconstruct")).startswith("--model: 'nope'")
+    assert str(as_cli_error(error, "verify")).startswith("MODEL: 'nope'")
+    assert str(as_cli_error(error, "inspect")).startswith("MODEL_OR_FILE: 'nope'")
+
+
+@pytest.mark.parametrize("command", ["verify", "bundle"])
+def test_a_positional_model_is_named_as_such(command: str, tmp_path: Path, capsys):
+    extra = ["--out", str(tmp_path / "bundle")] if command == "bundle" else []
+    assert main([command, str(tmp_path / "nowhere"), *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"diffae {command}: error: MODEL: "), err
+    assert "--model" not in err
 
 
 def test_missing_inputs_and_model_are_one_line_errors(tmp_path: Path, capsys):
