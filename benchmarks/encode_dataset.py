@@ -33,9 +33,9 @@ from PIL import Image
 
 from diffae.console import Console
 from diffae.dataset_encoding import Preprocessing, encode_dataset, list_sources
-from diffae.images import read_image, write_png
+from diffae.images import fit_image, read_image, write_png
 from diffae.metrics import quantize_8bit
-from diffae.models import choose_model, load_model
+from diffae.models import choose_model, load_model, patch_multiple
 
 from .flops import count_flops
 from .models import save_preset
@@ -119,6 +119,27 @@ def tool_run(args: argparse.Namespace, images: Path, model: Path, out: Path) -> 
     return seconds, dataset.encoded / dataset.encode_seconds
 
 
+def cpu_costs(
+    model: torch.nn.Module, paths: list[Path], tensors: list[torch.Tensor], batch: int
+) -> dict[str, float]:
+    """CPU milliseconds per image (this process, all its threads): reading, decoding and
+    fitting a file as a worker does, and the bare encode; the first's share of the sum is what
+    the tool adds when nothing can overlap (every core busy with the model)."""
+    start = time.process_time()
+    for path in paths:
+        image, _ = read_image(path)
+        fit_image(image, patch_multiple(model.config), "crop")
+    read_ms = (time.process_time() - start) * 1e3 / len(paths)
+    start = time.process_time()
+    bare_loop(model, tensors, batch)
+    encode_ms = (time.process_time() - start) * 1e3 / len(tensors)
+    return {
+        "read_fit_cpu_ms_per_image": read_ms,
+        "encode_cpu_ms_per_image": encode_ms,
+        "read_fit_share_of_cpu": read_ms / (read_ms + encode_ms),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
@@ -134,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with count_flops() as flops:
             bare_loop(model, tensors[:1], 1)  # warm-up; FLOPs of one image
         tool_run(args, root / "images", root / "model", root / "out")  # warm-up
+        costs = cpu_costs(model, paths, tensors, args.batch)
         bare, phase, whole = [], [], []
         for repeat in range(args.repeats):
             # the order alternates, so that a drift of the machine's speed favours neither
@@ -169,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "shard_size": args.shard_size,
         "num_workers": args.num_workers,
         "repeats": args.repeats,
+        **costs,
         "timed": "images/s, median of the repeats; overhead = 1 - candidate / bare loop; "
         "paired ratio: median over the repeats of candidate / bare loop in the same repeat "
         "(alternating which runs first)",
