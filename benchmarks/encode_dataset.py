@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
+    start_info = machine_info(device)  # the commit and the load before anything runs
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)
         for name in ("model", "images"):
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # each repeat's ratio to the bare loop of the same repeat: what drifts between
         # repeats (a shared machine's speed) cancels out
         row["paired_ratio"] = statistics.median(t / b for t, b in zip(samples, bare, strict=True))
-    info = machine_info(device) | {
+    info = start_info | {
         "model": f"{args.family}/{args.preset} (random weights)",
         "parameters": parameters,
         "encode_gflops_per_image": flops.total / 1e9,

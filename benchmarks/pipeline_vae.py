@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    info = machine_info(device)  # the commit and the load before anything runs
     vaes = build_vaes(device, dtype, args.tiny)
     rows = []
     for resolution in args.resolutions:
@@ -108,7 +109,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "speedup_vs_flux2": reference / ms,
                 }
             )
-    info = machine_info(device)
     data = {
         "machine": info,
         "timed": "vae.decode(raw FLUX.2 latents [1, 32, H/8, W/8], return_dict=False): the call "

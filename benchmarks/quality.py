@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = choose_dtype(args.dtype, device)
+    info = machine_info(device)  # the commit and the load before anything runs
     family, reason, model, vae = load_models(args, device, dtype)
     inference_config = family.inference_config_class(num_steps=args.steps, seed=args.seed)
     multiple = patch_multiple(model.config)
@@ -245,7 +246,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for label in labels
     }
     machine = args.machine or default_machine_name(device)
-    info = machine_info(device)
     settings = {
         "model": args.model,
         "family": f"{family.name} ({reason})",

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the calls, print the Markdown, write the results files; returns the JSON data."""
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    info = machine_info(device)  # the commit and the load before anything runs
     family = installed_families()[args.family]
     preset = args.preset or family.presets()[0]
     config = family.tiny_config if args.tiny else family.config_class.preset(preset)
@@ -138,7 +139,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else None
         )
     machine = args.machine or default_machine_name(device)
-    info = machine_info(device)
 
     def cell(value: float | None, digits: int) -> str:
         return "n/a" if value is None else f"{value:.{digits}f}"
