@@ -290,9 +290,9 @@ class ModelChoice:
     """The published repo id itself (so the family's id aliases apply), else the folder."""
 
 
-def resolve_model(model: str, argument: str = "model") -> Path:
+def resolve_model(model: str) -> Path:
     """The folder of `model`: a directory, or a Hub id with the families' other spellings.
-    Errors are ArgumentErrors naming `argument` (the caller's name for it)."""
+    Errors are ArgumentErrors naming `model`."""
     # A generator: the other spellings (which import the model classes, and torch) are looked
     # up only when the id as given is not found.
     alternatives = (
@@ -304,7 +304,7 @@ def resolve_model(model: str, argument: str = "model") -> Path:
         return resolve_model_dir(model, alternatives=alternatives)
     except FileNotFoundError as error:
         message = str(error).removeprefix("path_or_repo_id: ")
-        raise ArgumentError(argument, f": {message}") from None
+        raise ArgumentError("model", f": {message}") from None
 
 
 def choose_model(model: str | None, forced_family: str | None) -> ModelChoice:

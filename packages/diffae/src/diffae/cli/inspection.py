@@ -39,7 +39,7 @@ def inspect(args: argparse.Namespace, console: Console) -> int:
             return 0
         folder, weights = target.parent, target
     else:
-        folder = resolve_model(args.target, argument="MODEL_OR_FILE")
+        folder = resolve_model(args.target)
         weights = folder / "model.safetensors"
     config_data = read_config(folder)
     family, reason = choose_family(args.target, config_data, args.family, folder=folder)
