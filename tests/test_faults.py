@@ -180,6 +180,17 @@ def start_slow(arguments: list[str], delay: float) -> subprocess.Popen:
     )
 
 
+def ctrl_c_when(run: subprocess.Popen, condition, what: str) -> str:
+    """Ctrl-C (SIGINT to the process group) once `condition()` holds; the run's stderr."""
+    try:
+        wait_for(condition, run, what)
+        os.killpg(run.pid, signal.SIGINT)
+        _, error = run.communicate(timeout=WAIT_SECONDS)
+    finally:
+        run.kill()
+    return error
+
+
 def shards_written(out: Path) -> int:
     return len(list((out / "data").glob("shard-*.parquet")))
 
@@ -285,12 +296,7 @@ def test_ctrl_c_stops_at_a_batch_boundary_and_says_how_to_resume(
     out = tmp_path / "out"
     arguments = encode_arguments(model_dir, image_dir, out, "--num-workers", "1")
     run = start_slow(arguments, delay=0.2)
-    try:
-        wait_for(lambda: shards_written(out) >= 1, run, "a shard written")
-        os.killpg(run.pid, signal.SIGINT)
-        _, error = run.communicate(timeout=WAIT_SECONDS)
-    finally:
-        run.kill()
+    error = ctrl_c_when(run, lambda: shards_written(out) >= 1, "a shard written")
     assert run.returncode == 130, error
     assert "Traceback" not in error
     assert "stopping at the end of this batch" in error
@@ -411,12 +417,11 @@ def test_ctrl_c_during_training_saves_the_step_and_resume_continues_exactly(imag
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     run = start_slow([*train_arguments(image_dir, config, stopped, steps), "--workers", "1"], 0.1)
     log = stopped / "log.jsonl"
-    try:
-        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, run, "2 steps")
-        os.killpg(run.pid, signal.SIGINT)
-        _, error = run.communicate(timeout=WAIT_SECONDS)
-    finally:
-        run.kill()
+
+    def two_steps() -> bool:
+        return log.exists() and len(log.read_text().splitlines()) >= 2
+
+    error = ctrl_c_when(run, two_steps, "2 steps")
     assert run.returncode == 130, error
     assert "Traceback" not in error
     last = error.splitlines()[-1]
