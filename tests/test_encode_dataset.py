@@ -161,6 +161,37 @@ def test_batches_bucket_mixed_sizes(model_dir, image_dir, reference, tmp_path, m
         torch.testing.assert_close(latents_of(row), latents_of(reference_row))
 
 
+def test_a_worker_hands_over_a_chunk_of_images_as_one_tensor(monkeypatch):
+    """What a worker packs (one tensor for all the chunk's pixels) unpacks to the images as
+    they were; an image left waiting in a bucket is copied out, so the chunk can be freed."""
+    prepared = dataset_encoding.Prepared
+    items = [
+        prepared(0, torch.rand(3, 64, 32), "crop", "", 70, 32),
+        prepared(1, None, "", "unreadable (truncated)", 0, 0),
+        prepared(2, torch.rand(3, 32, 96), "pad", "", 30, 96),
+    ]
+    monkeypatch.setattr(dataset_encoding, "get_worker_info", lambda: object())  # in a worker
+    chunk = dataset_encoding.pack_chunk(items)
+    assert chunk.pixels is not None and chunk.pixels.dim() == 1
+    assert all(item.image is None for item in chunk.items)
+    unpacked = chunk.unpacked()
+    for got, expected in zip(unpacked, items, strict=True):
+        assert got._replace(image=None) == expected._replace(image=None)
+        assert (got.image is None) == (expected.image is None)
+        if expected.image is not None:
+            assert torch.equal(got.image, expected.image)
+
+    work = dataset_encoding.ShardWork(0, [], run=None)
+    work.buckets[(64, 32)] = [unpacked[0]]
+    work.copy_out_of(chunk)
+    waiting = work.buckets[(64, 32)][0].image
+    assert waiting.untyped_storage().data_ptr() != chunk.pixels.untyped_storage().data_ptr()
+    assert torch.equal(waiting, items[0].image)
+
+    monkeypatch.setattr(dataset_encoding, "get_worker_info", lambda: None)  # no workers
+    assert dataset_encoding.pack_chunk(items).unpacked() == items
+
+
 def test_interrupted_run_resumes_without_lost_or_doubled_rows(
     model_dir, image_dir, reference, tmp_path, monkeypatch
 ):
