@@ -20,7 +20,7 @@ from PIL import Image
 from diffae import dataset_encoding
 from diffae.cli import main
 from diffae.console import ArgumentError, Console
-from diffae.images import fit_image, read_image
+from diffae.images import fit_image, read_image, to_unit_range
 from diffae.latent_dataset import LatentDataset, latents_from_bytes, read_manifest
 from diffae.models import choose_model, load_model
 from diffae_core.families import installed_families
@@ -190,6 +190,21 @@ def test_a_worker_hands_over_a_chunk_of_images_as_one_tensor(monkeypatch):
 
     monkeypatch.setattr(dataset_encoding, "get_worker_info", lambda: None)  # no workers
     assert dataset_encoding.pack_chunk(items).unpacked() == items
+
+
+def test_a_chunk_of_8_bit_images_stays_8_bit_until_the_batch_is_converted(monkeypatch):
+    """uint8 images travel as uint8 (a quarter of the bytes); one float image (16-bit, or
+    resized) makes the chunk float; either way the batch is `to_unit_range` of the pixels."""
+    prepared = dataset_encoding.Prepared
+    eight_bit = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(2)]
+    sixteen_bit = torch.rand(3, 32, 32) * 2 - 1
+    monkeypatch.setattr(dataset_encoding, "get_worker_info", lambda: object())
+    for images in (eight_bit, [*eight_bit, sixteen_bit]):
+        items = [prepared(i, image, "none", "", 32, 32) for i, image in enumerate(images)]
+        chunk = dataset_encoding.pack_chunk(items)
+        assert chunk.pixels.dtype == (torch.uint8 if len(images) == 2 else torch.float32)
+        batch = dataset_encoding.model_input([item.image for item in chunk.unpacked()])
+        assert torch.equal(batch, torch.stack([to_unit_range(image) for image in images]))
 
 
 def test_interrupted_run_resumes_without_lost_or_doubled_rows(

@@ -1,5 +1,5 @@
 """What `diffae.training.CropDataset` reads: 8-bit pixels straight from the files, and a cache
-bounded in bytes that changes no sample."""
+bounded in bytes that changes no sample; and the compact reader of `diffae encode-dataset`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from diffae import training
-from diffae.images import read_image, read_image_uint8
+from diffae.images import read_image, read_image_compact, read_image_uint8, to_unit_range
 from diffae.metrics import quantize_8bit
 from diffae.training import CropDataset
 
@@ -49,6 +49,17 @@ def test_uint8_reader_is_the_float_reader_quantised(tmp_path: Path, mode: str):
     pixels = read_image_uint8(path)
     assert pixels.dtype == torch.uint8
     assert torch.equal(pixels, quantize_8bit(read_image(path)[0][0]))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16", "exif-jpeg"])
+def test_compact_reader_is_the_float_reader_in_fewer_bytes(tmp_path: Path, mode: str):
+    """What encode-dataset's workers read: uint8 unless the file holds 16 bits, and exactly
+    `read_image`'s pixels once `to_unit_range` converts it."""
+    path = tmp_path / ("image.jpg" if mode == "exif-jpeg" else "image.png")
+    save_rgb(path, mode)
+    pixels = read_image_compact(path)
+    assert pixels.dtype == (torch.float32 if mode == "I;16" else torch.uint8)
+    assert torch.equal(to_unit_range(pixels), read_image(path)[0][0])
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,14 @@ from .faults import (
     ignore_interrupts,
     stop_requests,
 )
-from .images import BadImage, find_image_tree, fit_image, read_image, resize_shorter_side
+from .images import (
+    BadImage,
+    find_image_tree,
+    fit_image,
+    read_image_compact,
+    resize_shorter_side,
+    to_unit_range,
+)
 from .latent_dataset import (
     DATA_FOLDER,
     FORMAT,
@@ -118,7 +125,9 @@ class Prepared(NamedTuple):
 
     position: int
     image: Tensor | None
-    """[3, H, W] float32 in [-1, 1], sides multiples of the patch; None when skipped."""
+    """[3, H, W], sides multiples of the patch, as compact as the file allows (uint8 in
+    [0, 255], or float32 in [-1, 1]: see `read_image_compact`; `to_unit_range` makes it the
+    model's input); None when skipped."""
     fit: str
     problem: str
     source_height: int
@@ -136,10 +145,11 @@ class FittedImages(Dataset):
 
     def __getitem__(self, position: int) -> Prepared:
         try:
-            image, _ = read_image(self.sources[position].path)
+            # uint8 for 8-bit files: a quarter of the bytes to hand over, no float conversion
+            image = read_image_compact(self.sources[position].path).unsqueeze(0)
             source_height, source_width = (int(size) for size in image.shape[-2:])
             if self.resize is not None:
-                image = resize_shorter_side(image, self.resize)
+                image = resize_shorter_side(to_unit_range(image), self.resize)
             fitted = fit_image(image, self.patch, self.fit)
         except BadImage as error:
             return Prepared(position, None, "", str(error), 0, 0)
@@ -156,8 +166,9 @@ class PreparedChunk(NamedTuple):
     items: list[Prepared]
     """The images' facts; `image` None when the chunk is packed."""
     pixels: Tensor | None
-    """The images' float32 pixels, flattened and concatenated in order; None when the chunk is
-    not packed (no workers: `items` keep their images)."""
+    """The images' pixels, flattened and concatenated in order (uint8 when all of them are,
+    else float32 in [-1, 1]); None when the chunk is not packed (no workers: `items` keep
+    their images)."""
     sizes: list[tuple[int, int] | None]
     """(H, W) of each item's image in `pixels`, None for an item skipped."""
 
@@ -177,11 +188,21 @@ def pack_chunk(items: list[Prepared]) -> PreparedChunk:
     if get_worker_info() is None:
         return PreparedChunk(items, None, [])
     images = [item.image for item in items if item.image is not None]
+    if any(image.is_floating_point() for image in images):  # a 16-bit or resized image
+        images = [to_unit_range(image) for image in images]
     pixels = torch.cat([image.reshape(-1) for image in images]) if images else torch.empty(0)
     sizes = [
         None if i.image is None else (int(i.image.shape[-2]), int(i.image.shape[-1])) for i in items
     ]
     return PreparedChunk([item._replace(image=None) for item in items], pixels, sizes)
+
+
+def model_input(images: list[Tensor]) -> Tensor:
+    """`Prepared` images of one size -> [N, 3, H, W] float32 in [-1, 1], converted on the CPU
+    as `read_image` converts (one conversion of the batch when all are uint8)."""
+    if all(image.dtype == torch.uint8 for image in images):
+        return to_unit_range(torch.stack(images))
+    return torch.stack([to_unit_range(image) for image in images])
 
 
 def owns(processes: Processes, shard: int) -> bool:
@@ -331,7 +352,7 @@ class Encoder:
             self.encode(work, work.buckets.pop(size))
 
     def encode(self, work: ShardWork, batch: list[Prepared]) -> None:
-        images = torch.stack([item.image for item in batch]).to(self.loaded.device)
+        images = model_input([item.image for item in batch]).to(self.loaded.device)
         keys = [work.sources[item.position].key for item in batch]
         latents = run_model(self.loaded.model, images, self.loaded.model.encode, keys)
         self.bar.update(len(batch))

@@ -175,7 +175,7 @@ def read_image(path: Path) -> tuple[Tensor, str]:
     palette images become RGB; 16-bit greyscale keeps its 16 bits. The note says what was done
     ("" when nothing was).
     """
-    pixels, note = _read_upright(path, as_uint8=False)
+    pixels, note = _read_upright(path, "float32")
     return pixels.unsqueeze(0), note
 
 
@@ -185,11 +185,28 @@ def read_image_uint8(path: Path) -> Tensor:
 
     The tensor is a channels-last view ([H, W, 3] in memory, as Pillow decodes).
     """
-    return _read_upright(path, as_uint8=True)[0]
+    return _read_upright(path, "uint8")[0]
 
 
-def _read_upright(path: Path, as_uint8: bool) -> tuple[Tensor, str]:
-    """[3, H, W] upright RGB (uint8, or float32 in [-1, 1]) and the conversion note."""
+def read_image_compact(path: Path) -> Tensor:
+    """A PNG/JPEG/WebP file -> [3, H, W] in its own depth: uint8 in [0, 255] for 8-bit images,
+    float32 in [-1, 1] for 16-bit greyscale. `to_unit_range` of it is `read_image`'s pixels,
+    exactly; it is a quarter of their bytes for 8-bit images, and costs no float conversion.
+
+    The uint8 tensor is a channels-last view, as `read_image_uint8`'s.
+    """
+    return _read_upright(path, "compact")[0]
+
+
+def to_unit_range(pixels: Tensor) -> Tensor:
+    """uint8 in [0, 255] -> float32 in [-1, 1] (x / 127.5 - 1, as `read_image` converts);
+    a float tensor is returned as it is."""
+    return pixels if pixels.is_floating_point() else pixels.float() / 127.5 - 1.0
+
+
+def _read_upright(path: Path, depth: str) -> tuple[Tensor, str]:
+    """[3, H, W] upright RGB and the conversion note; depth "float32" (in [-1, 1]), "uint8"
+    or "compact" (uint8 unless the file holds 16-bit greyscale: then float32)."""
     Image = require_pillow()
     from PIL import ImageOps
 
@@ -207,11 +224,11 @@ def _read_upright(path: Path, as_uint8: bool) -> tuple[Tensor, str]:
             upright = image if orientation == 1 else ImageOps.exif_transpose(image)
             if image.mode in SIXTEEN_BIT_GREY:
                 pixels = _sixteen_bit_grey(upright)
-                pixels = quantize_8bit(pixels) if as_uint8 else pixels
+                pixels = quantize_8bit(pixels) if depth == "uint8" else pixels
             else:
                 rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
                 pixels = _eight_bit_rgb(rgb)
-                pixels = pixels if as_uint8 else pixels.float() / 127.5 - 1.0
+                pixels = to_unit_range(pixels) if depth == "float32" else pixels
     except BadImage:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as error:
