@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 from diffae.console import Console
-from diffae.dataset_encoding import Preprocessing, encode_dataset, list_sources
-from diffae.images import fit_image, read_image, write_png
+from diffae.dataset_encoding import FittedImages, Preprocessing, encode_dataset, list_sources
+from diffae.images import read_image, write_png
 from diffae.metrics import quantize_8bit
 from diffae.models import choose_model, load_model, patch_multiple
 
@@ -120,16 +120,18 @@ def tool_run(args: argparse.Namespace, images: Path, model: Path, out: Path) -> 
 
 
 def cpu_costs(
-    model: torch.nn.Module, paths: list[Path], tensors: list[torch.Tensor], batch: int
+    model: torch.nn.Module, images: Path, tensors: list[torch.Tensor], batch: int
 ) -> dict[str, float]:
     """CPU milliseconds per image (this process, all its threads): reading, decoding and
-    fitting a file as a worker does, and the bare encode; the first's share of the sum is what
-    the tool adds when nothing can overlap (every core busy with the model)."""
+    fitting a file as a worker does (`FittedImages`), and the bare encode; the first's share
+    of the sum is what the tool adds when nothing can overlap (every core busy with the
+    model)."""
+    sources, _ = list_sources(images)
+    worker_items = FittedImages(sources, patch_multiple(model.config), "crop", None)
     start = time.process_time()
-    for path in paths:
-        image, _ = read_image(path)
-        fit_image(image, patch_multiple(model.config), "crop")
-    read_ms = (time.process_time() - start) * 1e3 / len(paths)
+    for position in range(len(worker_items)):
+        worker_items[position]
+    read_ms = (time.process_time() - start) * 1e3 / len(worker_items)
     start = time.process_time()
     bare_loop(model, tensors, batch)
     encode_ms = (time.process_time() - start) * 1e3 / len(tensors)
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with count_flops() as flops:
             bare_loop(model, tensors[:1], 1)  # warm-up; FLOPs of one image
         tool_run(args, root / "images", root / "model", root / "out")  # warm-up
-        costs = cpu_costs(model, paths, tensors, args.batch)
+        costs = cpu_costs(model, root / "images", tensors, args.batch)
         bare, phase, whole = [], [], []
         for repeat in range(args.repeats):
             # the order alternates, so that a drift of the machine's speed favours neither
