@@ -10,7 +10,10 @@ Both candidates run in this one process, interleaved (round-robin) after a warm-
 - tool: the encode phase of `diffae.dataset_encoding.encode_dataset`, as it reports it
   (reading and fitting the PNGs, bucketing, encoding, Parquet shards, statistics), and the
   whole of what `diffae encode-dataset` does (adding the listing and the model loading), each
-  run into a fresh folder.
+  run into a fresh folder;
+- with --against COMMIT, the encode phase of `diffae/dataset_encoding.py` as it was at that
+  commit (loaded from git beside today's package): a change to the pipeline measured side by
+  side with what it replaces, in one run.
 
     uv run python -m benchmarks.encode_dataset --preset semdisdiffae --images 32 --batch 4
 
@@ -21,18 +24,23 @@ writes benchmarks/results/encode-dataset-<machine>.md and .json. The tool's over
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from PIL import Image
 
+from diffae import dataset_encoding
 from diffae.console import Console
-from diffae.dataset_encoding import FittedImages, Preprocessing, encode_dataset, list_sources
+from diffae.dataset_encoding import FittedImages, list_sources
 from diffae.images import read_image, write_png
 from diffae.metrics import quantize_8bit
 from diffae.models import choose_model, load_model, patch_multiple
@@ -61,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument(
+        "--against", metavar="COMMIT", help="also time dataset_encoding.py as of this commit"
+    )
     parser.add_argument("--machine", help="name in the results file names (default: device)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
@@ -95,22 +106,50 @@ def bare_loop(model: torch.nn.Module, images: list[torch.Tensor], batch: int) ->
             model.encode(torch.cat(images[start : start + batch]))
 
 
-def tool_run(args: argparse.Namespace, images: Path, model: Path, out: Path) -> tuple[float, float]:
+def pipeline_at(commit: str) -> ModuleType:
+    """`diffae.dataset_encoding` as of `commit`, loaded from git as a module of today's
+    `diffae` package (its relative imports resolve there): DataLoader workers are forked, and
+    what they send back is found again under the module's name in sys.modules."""
+    repository = Path(__file__).resolve().parents[1]
+    source = subprocess.run(
+        ["git", "show", f"{commit}:packages/diffae/src/diffae/dataset_encoding.py"],
+        cwd=repository,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    name = f"diffae.dataset_encoding_at_{commit[:12]}"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "diffae"
+    sys.modules[name] = module
+    exec(compile(source, f"{commit}:dataset_encoding.py", "exec"), module.__dict__)
+    return module
+
+
+def tool_run(
+    args: argparse.Namespace,
+    images: Path,
+    model: Path,
+    out: Path,
+    pipeline: ModuleType = dataset_encoding,
+) -> tuple[float, float]:
     """(seconds of the whole call, images/s of its encode phase), into a fresh `out`: what
-    `diffae encode-dataset IMAGES --model MODEL --dtype float32 --device cpu` runs."""
+    `diffae encode-dataset IMAGES --model MODEL --dtype float32 --device cpu` runs (with
+    `pipeline`'s `encode_dataset`)."""
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     sources, refused = list_sources(images)
     choice = choose_model(str(model), args.family)
     loaded = load_model(choice, torch.device("cpu"), Console(quiet=True), dtype="float32")
-    dataset = encode_dataset(
+    dataset = pipeline.encode_dataset(
         sources,
         out,
         loaded,
         model_id=str(model.resolve()),
         batch_size=args.batch,
         num_workers=args.num_workers,
-        preprocessing=Preprocessing(shard_size=args.shard_size),
+        preprocessing=pipeline.Preprocessing(shard_size=args.shard_size),
         refused=refused,
     )
     seconds = time.perf_counter() - start
@@ -157,31 +196,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tensors = [read_image(path)[0] for path in paths]
         with count_flops() as flops:
             bare_loop(model, tensors[:1], 1)  # warm-up; FLOPs of one image
-        tool_run(args, root / "images", root / "model", root / "out")  # warm-up
+        pipelines = {"tool": dataset_encoding}
+        if args.against:
+            pipelines["earlier"] = pipeline_at(args.against)
+        for pipeline in pipelines.values():  # warm-up
+            tool_run(args, root / "images", root / "model", root / "out", pipeline)
         costs = cpu_costs(model, root / "images", tensors, args.batch)
-        bare, phase, whole = [], [], []
+        candidates = ["bare", *pipelines]
+        samples: dict[str, list[float]] = {name: [] for name in ("bare", "phase", "whole")}
+        if args.against:
+            samples |= {"earlier_phase": [], "earlier_whole": []}
         for repeat in range(args.repeats):
-            # the order alternates, so that a drift of the machine's speed favours neither
-            for candidate in ("bare", "tool") if repeat % 2 == 0 else ("tool", "bare"):
+            # the order rotates, so that a drift of the machine's speed favours none
+            shift = repeat % len(candidates)
+            for candidate in candidates[shift:] + candidates[:shift]:
                 if candidate == "bare":
                     seconds = time_call(lambda: bare_loop(model, tensors, args.batch), device)
-                    bare.append(args.images / seconds)
-                else:
-                    out = root / "out"
-                    seconds, per_second = tool_run(args, root / "images", root / "model", out)
-                    phase.append(per_second)
-                    whole.append(args.images / seconds)
+                    samples["bare"].append(args.images / seconds)
+                    continue
+                out, pipeline = root / "out", pipelines[candidate]
+                seconds, per_second = tool_run(args, root / "images", root / "model", out, pipeline)
+                prefix = "" if candidate == "tool" else "earlier_"
+                samples[f"{prefix}phase"].append(per_second)
+                samples[f"{prefix}whole"].append(args.images / seconds)
     parameters = sum(p.numel() for p in model.parameters())
-    rows = [
-        {"candidate": "bare model.encode loop", "images_per_s": statistics.median(bare)},
-        {"candidate": "encode-dataset, encode phase", "images_per_s": statistics.median(phase)},
-        {"candidate": "encode-dataset, whole command", "images_per_s": statistics.median(whole)},
-    ]
-    for row, samples in zip(rows, (bare, phase, whole), strict=True):
-        row["overhead"] = 1.0 - row["images_per_s"] / rows[0]["images_per_s"]
+    names = {
+        "bare": "bare model.encode loop",
+        "phase": "encode-dataset, encode phase",
+        "whole": "encode-dataset, whole command",
+        "earlier_phase": f"encode-dataset at {args.against}, encode phase",
+        "earlier_whole": f"encode-dataset at {args.against}, whole command",
+    }
+    rows = []
+    for key, values in samples.items():
+        rows.append({"candidate": names[key], "images_per_s": statistics.median(values)})
+        rows[-1]["overhead"] = 1.0 - rows[-1]["images_per_s"] / rows[0]["images_per_s"]
         # each repeat's ratio to the bare loop of the same repeat: what drifts between
         # repeats (a shared machine's speed) cancels out
-        row["paired_ratio"] = statistics.median(t / b for t, b in zip(samples, bare, strict=True))
+        pairs = zip(values, samples["bare"], strict=True)
+        rows[-1]["paired_ratio"] = statistics.median(t / b for t, b in pairs)
     info = start_info | {
         "model": f"{args.family}/{args.preset} (random weights)",
         "parameters": parameters,
@@ -194,10 +247,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "shard_size": args.shard_size,
         "num_workers": args.num_workers,
         "repeats": args.repeats,
+        "against": args.against,
         **costs,
         "timed": "images/s, median of the repeats; overhead = 1 - candidate / bare loop; "
         "paired ratio: median over the repeats of candidate / bare loop in the same repeat "
-        "(alternating which runs first)",
+        "(the order of the candidates rotates from one repeat to the next)",
     }
     table = markdown_table(
         ["candidate", "images/s", "overhead", "paired ratio"],
@@ -216,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = {
         "info": info,
         "results": rows,
-        "samples": {"bare": bare, "phase": phase, "whole": whole},
+        "samples": samples,
     }
     machine = args.machine or default_machine_name(device)
     write_result_files(args.out_dir, f"encode-dataset-{machine}", markdown, data)
