@@ -196,6 +196,20 @@ def test_encode_dataset_benchmark_on_a_tiny_model(tmp_path: Path) -> None:
     assert all(row["images_per_s"] > 0 for row in data["results"])
 
 
+def test_encode_dataset_benchmark_times_an_earlier_commit_beside_today(tmp_path: Path) -> None:
+    """--against loads dataset_encoding.py from git (here HEAD's) as a third candidate, its
+    DataLoader worker included."""
+    options = f"--preset tiny --images 4 --batch 2 --resolution {TINY_SIDE} --repeats 1"
+    options += " --num-workers 1 --against HEAD --machine smoke"
+    data = encode_dataset.main([*options.split(), "--out-dir", str(tmp_path)])
+    candidates = [row["candidate"] for row in data["results"]]
+    assert candidates[-2:] == [
+        "encode-dataset at HEAD, encode phase",
+        "encode-dataset at HEAD, whole command",
+    ]
+    assert all(row["images_per_s"] > 0 for row in data["results"])
+
+
 def test_pipeline_vae_times_both_decoders(tmp_path: Path) -> None:
     options = f"--tiny --resolutions {TINY_SIDE} --repeats 1 --warmup 1 --machine smoke"
     data = pipeline_vae.main([*options.split(), "--out-dir", str(tmp_path)])

@@ -201,7 +201,8 @@ def read_image_compact(path: Path) -> Tensor:
 def to_unit_range(pixels: Tensor) -> Tensor:
     """uint8 in [0, 255] -> float32 in [-1, 1] (x / 127.5 - 1, as `read_image` converts);
     a float tensor is returned as it is."""
-    return pixels if pixels.is_floating_point() else pixels.float() / 127.5 - 1.0
+    # in place on the new float tensor: the same operations, one allocation instead of three
+    return pixels if pixels.is_floating_point() else pixels.float().div_(127.5).sub_(1.0)
 
 
 def _read_upright(path: Path, depth: str) -> tuple[Tensor, str]:
